@@ -1,0 +1,53 @@
+#!/usr/bin/env node
+// relgate command line: `relgate serve` and its flags, each mirrored by a
+// RELGATE_* environment variable.
+import { Command, Option } from 'commander';
+import { DEFAULT_CONFIG, startServer } from '../server.ts';
+
+const program = new Command()
+  .name('relgate')
+  .description('A durable gRPC gateway for request/response interfaces between related applications.')
+  .showHelpAfterError();
+
+const integer = (value: string) => {
+  const parsed = Number(value);
+  if (!Number.isSafeInteger(parsed) || parsed < 0) throw new Error(`"${value}" is not a whole number`);
+  return parsed;
+};
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+
+program
+  .command('serve')
+  .description('Start the gateway.')
+  .addOption(new Option('--listen <host:port>', 'address to listen on').env('RELGATE_LISTEN').default(DEFAULT_CONFIG.listen))
+  .addOption(new Option('--db <path>', 'SQLite database file, or :memory:').env('RELGATE_DB').default(DEFAULT_CONFIG.db))
+  .addOption(new Option('--durability <level>', 'full: fsync every commit; normal: survive a process kill only').choices(['full', 'normal']).env('RELGATE_DURABILITY').default(DEFAULT_CONFIG.durability))
+  .addOption(new Option('--interfaces <dir>', 'directory of interface .proto files (repeatable; RELGATE_INTERFACES takes a colon-separated list)').argParser(collect).env('RELGATE_INTERFACES'))
+  .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).env('RELGATE_LOG_LEVEL').default(DEFAULT_CONFIG.logLevel))
+  .addOption(new Option('--max-message-bytes <n>', 'largest message accepted').argParser(integer).env('RELGATE_MAX_MESSAGE_BYTES').default(DEFAULT_CONFIG.maxReceiveBytes))
+  .addOption(new Option('--watch-buffer <events>', 'events queued for one watcher before it is cut off').argParser(integer).env('RELGATE_WATCH_BUFFER').default(DEFAULT_CONFIG.watchBuffer))
+  .addOption(new Option('--progress-interval <ms>', 'milliseconds between watch progress events').argParser(integer).env('RELGATE_PROGRESS_INTERVAL').default(DEFAULT_CONFIG.progressIntervalMs))
+  .addOption(new Option('--history-revisions <n>', 'change-log revisions kept for resuming watches').argParser(integer).env('RELGATE_HISTORY_REVISIONS').default(DEFAULT_CONFIG.historyRevisions))
+  .addOption(new Option('--history-age <seconds>', 'change-log age kept for resuming watches').argParser(integer).env('RELGATE_HISTORY_AGE').default(DEFAULT_CONFIG.historyAgeMs / 1000))
+  .addOption(new Option('--shutdown-grace <ms>', 'how long shutdown waits for calls').argParser(integer).env('RELGATE_SHUTDOWN_GRACE').default(DEFAULT_CONFIG.shutdownGraceMs))
+  .action(async (options: Record<string, unknown>) => {
+    const interfaces = options.interfaces;
+    const server = await startServer({
+      listen: options.listen as string,
+      db: options.db as string,
+      durability: options.durability as 'full' | 'normal',
+      interfaces: typeof interfaces === 'string' ? interfaces.split(':').filter(Boolean) : ((interfaces as string[] | undefined) ?? []),
+      logLevel: options.logLevel as string,
+      maxReceiveBytes: options.maxMessageBytes as number,
+      watchBuffer: options.watchBuffer as number,
+      progressIntervalMs: options.progressInterval as number,
+      historyRevisions: options.historyRevisions as number,
+      historyAgeMs: (options.historyAge as number) * 1000,
+      shutdownGraceMs: options.shutdownGrace as number,
+    });
+    const shutdown = () => void server.stop().then(() => process.exit(0));
+    process.once('SIGTERM', shutdown);
+    process.once('SIGINT', shutdown);
+  });
+
+await program.parseAsync();

@@ -1,0 +1,130 @@
+// One error type for the whole gateway. Service code throws RelgateError;
+// toServiceError() turns it into a gRPC status with google.rpc.Status details
+// in exactly one place, and fromServiceError() reads it back on the client.
+import { Metadata, status as Code, type ServiceError, type StatusObject } from '@grpc/grpc-js';
+import { newRoot } from './protos.ts';
+
+export { Code };
+
+/** ErrorInfo domain of every relgate error. */
+export const ERROR_DOMAIN = 'relgate.dev';
+
+export interface FieldViolation {
+  /** Dotted path into the request message, e.g. "fields.sans[1]". */
+  field: string;
+  description: string;
+}
+
+export interface RelgateErrorOptions {
+  /** UPPER_SNAKE_CASE reason for ErrorInfo. */
+  reason: string;
+  metadata?: Record<string, string>;
+  fieldViolations?: FieldViolation[];
+  cause?: unknown;
+}
+
+export class RelgateError extends Error {
+  override readonly name = 'RelgateError';
+  readonly code: Code;
+  readonly reason: string;
+  readonly metadata: Record<string, string>;
+  readonly fieldViolations: FieldViolation[];
+
+  constructor(code: Code, message: string, options: RelgateErrorOptions) {
+    super(message, { cause: options.cause });
+    this.code = code;
+    this.reason = options.reason;
+    this.metadata = options.metadata ?? {};
+    this.fieldViolations = options.fieldViolations ?? [];
+  }
+}
+
+export function isRelgateError(error: unknown): error is RelgateError {
+  return error instanceof RelgateError;
+}
+
+/** True when error is a RelgateError with the given reason. */
+export function hasReason(error: unknown, reason: string): error is RelgateError {
+  return isRelgateError(error) && error.reason === reason;
+}
+
+// Constructors for the errors that recur across the gateway.
+
+export function invalidArgument(violations: FieldViolation[], reason = 'INVALID_ARGUMENT'): RelgateError {
+  const first = violations[0];
+  const summary = first ? `${first.field}: ${first.description}` : 'invalid argument';
+  const more = violations.length > 1 ? ` (and ${violations.length - 1} more)` : '';
+  return new RelgateError(Code.INVALID_ARGUMENT, `${summary}${more}`, { reason, fieldViolations: violations });
+}
+
+export function notFound(kind: string, name: string): RelgateError {
+  const reason = `${kind.toUpperCase().replace(/[^A-Z]+/g, '_')}_NOT_FOUND`;
+  return new RelgateError(Code.NOT_FOUND, `${kind} "${name}" not found`, { reason, metadata: { [kind.replace(/ /g, '_')]: name } });
+}
+
+export function failedPrecondition(reason: string, message: string, metadata?: Record<string, string>): RelgateError {
+  return new RelgateError(Code.FAILED_PRECONDITION, message, { reason, ...(metadata ? { metadata } : {}) });
+}
+
+const rpcRoot = newRoot();
+rpcRoot.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto'], { keepCase: true });
+const StatusType = rpcRoot.lookupType('google.rpc.Status');
+const ErrorInfoType = rpcRoot.lookupType('google.rpc.ErrorInfo');
+const BadRequestType = rpcRoot.lookupType('google.rpc.BadRequest');
+const TYPE_URL_PREFIX = 'type.googleapis.com/';
+export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
+
+/** The google.rpc.Status of an error, as a plain object (for session acks). */
+export function toRpcStatus(error: RelgateError): { code: number; message: string; details: { type_url: string; value: Uint8Array }[] } {
+  const details = [
+    { type_url: TYPE_URL_PREFIX + 'google.rpc.ErrorInfo', value: ErrorInfoType.encode({ reason: error.reason, domain: ERROR_DOMAIN, metadata: error.metadata }).finish() },
+  ];
+  if (error.fieldViolations.length > 0) {
+    details.push({
+      type_url: TYPE_URL_PREFIX + 'google.rpc.BadRequest',
+      value: BadRequestType.encode({ field_violations: error.fieldViolations }).finish(),
+    });
+  }
+  return { code: error.code, message: error.message, details };
+}
+
+/** Any error becomes a RelgateError; unexpected ones are INTERNAL. */
+export function asRelgateError(error: unknown): RelgateError {
+  if (isRelgateError(error)) return error;
+  return new RelgateError(Code.INTERNAL, 'internal error', { reason: 'INTERNAL', cause: error });
+}
+
+/**
+ * The gRPC status for an error: the same code and message in the call status
+ * and in the google.rpc.Status details, as grpcio-status requires.
+ */
+export function toServiceError(error: unknown): Partial<StatusObject> & { code: Code; details: string; metadata: Metadata } {
+  const relgateError = asRelgateError(error);
+  const statusProto = toRpcStatus(relgateError);
+  const metadata = new Metadata();
+  metadata.set(STATUS_DETAILS_KEY, Buffer.from(StatusType.encode(statusProto).finish()));
+  return { code: relgateError.code, details: relgateError.message, metadata };
+}
+
+/** Reads a RelgateError back from a failed call (client side). */
+export function fromServiceError(error: ServiceError | StatusObject): RelgateError {
+  const code = error.code;
+  const message = 'details' in error ? error.details : '';
+  const raw = error.metadata?.get(STATUS_DETAILS_KEY)[0];
+  let reason = '';
+  let metadata: Record<string, string> = {};
+  let fieldViolations: FieldViolation[] = [];
+  if (raw instanceof Buffer) {
+    const decoded = StatusType.toObject(StatusType.decode(raw), { defaults: true }) as { details: { type_url: string; value: Uint8Array }[] };
+    for (const any of decoded.details) {
+      if (any.type_url === TYPE_URL_PREFIX + 'google.rpc.ErrorInfo') {
+        const info = ErrorInfoType.toObject(ErrorInfoType.decode(any.value), { defaults: true }) as { reason: string; metadata: Record<string, string> };
+        reason = info.reason;
+        metadata = info.metadata;
+      } else if (any.type_url === TYPE_URL_PREFIX + 'google.rpc.BadRequest') {
+        fieldViolations = (BadRequestType.toObject(BadRequestType.decode(any.value), { defaults: true }) as { field_violations: FieldViolation[] }).field_violations;
+      }
+    }
+  }
+  return new RelgateError(code, message, { reason, metadata, fieldViolations, cause: error });
+}

@@ -1,0 +1,108 @@
+// The one place that knows where relgate's .proto files live and how they
+// are loaded: server, client, codegen and reflection all come through here.
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import * as protoLoader from '@grpc/proto-loader';
+import protobuf from 'protobufjs';
+
+export const PROJECT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const PROTO_DIR = path.join(PROJECT_DIR, 'proto');
+/** protobufjs ships google/protobuf/descriptor.proto, which options.proto extends. */
+const PROTOBUFJS_DIR = path.dirname(fileURLToPath(import.meta.resolve('protobufjs/package.json')));
+
+/** The relgate.v1 API files that define services. */
+export const API_FILES = [
+  'relgate/v1/registry.proto',
+  'relgate/v1/requester.proto',
+  'relgate/v1/responder.proto',
+  'relgate/v1/session.proto',
+  'google/rpc/error_details.proto',
+] as const;
+
+/** Built-in interface definitions, always loaded. */
+export const BUILTIN_INTERFACE_DIR = path.join(PROTO_DIR, 'relgate', 'interfaces');
+
+/**
+ * proto-loader options shared by everything that loads relgate's protos:
+ * snake_case field names as in the .proto files (what grpcurl and every other
+ * language's JSON mapping use), 64-bit integers as strings, enums by name,
+ * defaults filled in and oneof discriminators present.
+ */
+export const LOADER_OPTIONS = {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+} as const satisfies protoLoader.Options;
+
+export function includeDirs(extra: readonly string[] = []): string[] {
+  return [PROTO_DIR, ...extra, PROTOBUFJS_DIR];
+}
+
+/** Loads the relgate.v1 API as a grpc-js package definition. */
+export function loadApi(): protoLoader.PackageDefinition {
+  return protoLoader.loadSync([...API_FILES], { ...LOADER_OPTIONS, includeDirs: includeDirs() });
+}
+
+/** A protobufjs root that resolves imports against the include directories. */
+export function newRoot(extraDirs: readonly string[] = []): protobuf.Root {
+  const root = new protobuf.Root();
+  const dirs = includeDirs(extraDirs);
+  root.resolvePath = (origin, target) => {
+    if (path.isAbsolute(target)) return target;
+    for (const dir of dirs) {
+      const candidate = path.join(dir, target);
+      if (protobufFileExists(candidate)) return candidate;
+    }
+    return protobuf.util.path.resolve(origin, target);
+  };
+  return root;
+}
+
+function protobufFileExists(file: string): boolean {
+  try {
+    return protobuf.util.fs?.statSync?.(file).isFile() ?? false;
+  } catch {
+    return false;
+  }
+}
+
+const run = promisify(execFile);
+const BUF = path.join(PROJECT_DIR, 'node_modules', '.bin', 'buf');
+
+/**
+ * Compiles the given proto roots with buf into serialized FileDescriptorProtos,
+ * imports included. Reflection serves these real files so that clients such as
+ * grpcurl see true file names and dependency lists (proto-loader's own
+ * descriptors drop imports).
+ */
+export async function compileDescriptors(roots: readonly string[]): Promise<Uint8Array[]> {
+  const work = await mkdtemp(path.join(tmpdir(), 'relgate-buf-'));
+  try {
+    const modules = roots.map((_, i) => `  - path: m${i}`).join('\n');
+    await writeFile(path.join(work, 'buf.yaml'), `version: v2\nmodules:\n${modules}\n`);
+    await Promise.all(roots.map((root, i) => symlink(path.resolve(root), path.join(work, `m${i}`))));
+    const out = path.join(work, 'image.binpb');
+    await run(BUF, ['build', '-o', out], { cwd: work });
+    return splitFileDescriptorSet(await readFile(out));
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** Splits a FileDescriptorSet into its files without re-encoding them. */
+export function splitFileDescriptorSet(set: Uint8Array): Uint8Array[] {
+  const reader = protobuf.Reader.create(set);
+  const files: Uint8Array[] = [];
+  while (reader.pos < reader.len) {
+    const tag = reader.uint32();
+    if (tag >>> 3 === 1) files.push(reader.bytes());
+    else reader.skipType(tag & 7);
+  }
+  return files;
+}

@@ -1,0 +1,242 @@
+// RegistryService logic: interfaces, applications, units and relations.
+import { Code, RelgateError, failedPrecondition, notFound } from './errors.ts';
+import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
+import { refreshFlags, requireUnit } from './relations.ts';
+import { relationMessage, unitMessage } from './present.ts';
+import type { RelationRecord, SideName, Store, StoreTx } from './store/store.ts';
+import { APPLICATION_NAME, ENDPOINT_NAME, UNIT_NAME, Violations } from './validate.ts';
+
+export interface UnitProperties {
+  name: string;
+  ingress_address: string;
+  egress_subnets: string[];
+  labels: Record<string, string>;
+}
+
+export interface RelationSpec {
+  interface: string;
+  version: number;
+  requester_application: string;
+  requester_endpoint: string;
+  responder_application: string;
+  responder_endpoint: string;
+}
+
+export function interfaceMessage(definition: InterfaceDefinition) {
+  const { requestType: _request, responseType: _response, ...message } = definition;
+  return message;
+}
+
+export class RegistryService {
+  readonly #store: Store;
+  readonly #interfaces: InterfaceRegistry;
+
+  constructor(store: Store, interfaces: InterfaceRegistry) {
+    this.#store = store;
+    this.#interfaces = interfaces;
+  }
+
+  listInterfaces() {
+    return { interfaces: this.#interfaces.list().map(interfaceMessage) };
+  }
+
+  getInterface(name: string, version: number) {
+    new Violations().required('name', name).throwIfAny();
+    const definition = this.#interfaces.get(name, version);
+    if (!definition) throw notFound('interface', version ? `${name} v${version}` : name);
+    return { interface: interfaceMessage(definition) };
+  }
+
+  async registerApplication(name: string) {
+    new Violations().pattern('name', name, APPLICATION_NAME, 'lower-case letters, digits and "-", starting with a letter').throwIfAny();
+    return this.#store.write(async (tx) => {
+      if (await tx.getApplication(name)) throw alreadyExists('application', name);
+      const record = { name, revision: await tx.revision() };
+      await tx.putApplication(record);
+      await tx.appendChange('', { kind: 'registry', what: 'application-registered', name });
+      return { application: { name, revision: String(record.revision) } };
+    });
+  }
+
+  async listApplications() {
+    const applications = await this.#store.read((tx) => tx.listApplications());
+    return { applications: applications.map((app) => ({ name: app.name, revision: String(app.revision) })) };
+  }
+
+  async registerUnit(properties: UnitProperties) {
+    validateUnit(properties);
+    const application = UNIT_NAME.exec(properties.name)?.[1] ?? '';
+    return this.#store.write(async (tx) => {
+      if (!(await tx.getApplication(application))) throw notFound('application', application);
+      if (await tx.getUnit(properties.name)) throw alreadyExists('unit', properties.name);
+      const unit = { ...properties, application, revision: await tx.revision() };
+      await tx.putUnit(unit);
+      await tx.appendChange('', { kind: 'registry', what: 'unit-registered', name: unit.name });
+      return { unit: unitMessage(unit) };
+    });
+  }
+
+  async updateUnit(properties: UnitProperties) {
+    validateUnit(properties);
+    return this.#store.write(async (tx) => {
+      const existing = await requireUnit(tx, properties.name);
+      const unit = { ...existing, ...properties, revision: await tx.revision() };
+      await tx.putUnit(unit);
+      await tx.appendChange('', { kind: 'registry', what: 'unit-updated', name: unit.name });
+      return { unit: unitMessage(unit) };
+    });
+  }
+
+  async getUnit(name: string) {
+    new Violations().unitName('name', name).throwIfAny();
+    return { unit: unitMessage(await this.#store.read((tx) => requireUnit(tx, name))) };
+  }
+
+  async listUnits(application: string) {
+    const units = await this.#store.read((tx) => tx.listUnits(application || undefined));
+    return { units: units.map(unitMessage) };
+  }
+
+  async createRelation(spec: RelationSpec) {
+    const violations = new Violations()
+      .required('interface', spec.interface)
+      .pattern('requester_application', spec.requester_application, APPLICATION_NAME, 'an application name')
+      .pattern('requester_endpoint', spec.requester_endpoint, ENDPOINT_NAME, 'an endpoint name (lower-case letters, digits and "-")')
+      .pattern('responder_application', spec.responder_application, APPLICATION_NAME, 'an application name')
+      .pattern('responder_endpoint', spec.responder_endpoint, ENDPOINT_NAME, 'an endpoint name (lower-case letters, digits and "-")');
+    violations.throwIfAny();
+    const definition = this.#interfaces.get(spec.interface, spec.version);
+    if (!definition) throw notFound('interface', spec.version ? `${spec.interface} v${spec.version}` : spec.interface);
+    return this.#store.write(async (tx) => {
+      for (const app of [spec.requester_application, spec.responder_application]) {
+        if (!(await tx.getApplication(app))) throw notFound('application', app);
+      }
+      const revision = await tx.revision();
+      const relation: RelationRecord = {
+        ...spec,
+        id: `${definition.name}:${await tx.nextRelationNumber()}`,
+        version: definition.version,
+        create_revision: revision,
+        revision,
+        counters: {},
+      };
+      await tx.putRelation(relation);
+      const { counters: _counters, ...logged } = relation;
+      await tx.appendChange(relation.id, { kind: 'relation-created', relation: logged });
+      return { relation: relationMessage(relation, []) };
+    });
+  }
+
+  async getRelation(relationId: string) {
+    new Violations().required('relation_id', relationId).throwIfAny();
+    return this.#store.read(async (tx) => {
+      const relation = await tx.getRelation(relationId);
+      if (!relation) throw notFound('relation', relationId);
+      return { relation: relationMessage(relation, await tx.listRelationUnits(relationId)) };
+    });
+  }
+
+  async listRelations(application: string, interfaceName: string) {
+    return this.#store.read(async (tx) => {
+      const relations = (await tx.listRelations()).filter(
+        (relation) =>
+          (!application || relation.requester_application === application || relation.responder_application === application) &&
+          (!interfaceName || relation.interface === interfaceName),
+      );
+      const messages = [];
+      for (const relation of relations) messages.push(relationMessage(relation, await tx.listRelationUnits(relation.id)));
+      return { relations: messages };
+    });
+  }
+
+  async deleteRelation(relationId: string) {
+    new Violations().required('relation_id', relationId).throwIfAny();
+    return this.#store.write(async (tx) => {
+      const relation = await tx.getRelation(relationId);
+      if (!relation) throw notFound('relation', relationId);
+      const revision = await tx.revision();
+      await tx.deleteRelation(relationId);
+      const { counters: _counters, ...logged } = relation;
+      await tx.appendChange(relationId, { kind: 'relation-removed', relation: { ...logged, revision } });
+      return { revision: String(revision) };
+    });
+  }
+
+  async joinRelation(relationId: string, unitName: string, side: SideName | undefined) {
+    new Violations().required('relation_id', relationId).unitName('unit', unitName).throwIfAny();
+    return this.#store.write(async (tx) => {
+      const { relation, unit } = await relationAndUnit(tx, relationId, unitName);
+      const joinSide = side ?? inferSide(relation, unit.application);
+      const sideApplication = joinSide === 'requester' ? relation.requester_application : relation.responder_application;
+      if (unit.application !== sideApplication) {
+        throw failedPrecondition('WRONG_APPLICATION', `unit ${unitName} is not of application ${sideApplication}, the ${joinSide} of relation ${relationId}`, {
+          relation_id: relationId,
+          unit: unitName,
+        });
+      }
+      const units = await tx.listRelationUnits(relationId);
+      const existing = units.find((record) => record.unit === unitName);
+      if (existing?.side === joinSide) return { relation: relationMessage(relation, units) };
+      if (existing) throw failedPrecondition('ALREADY_JOINED', `unit ${unitName} has already joined relation ${relationId} as ${existing.side}`);
+      const revision = await tx.revision();
+      const joined = { relation_id: relationId, unit: unitName, side: joinSide, revision };
+      await tx.putRelationUnit(joined);
+      const updated = { ...relation, revision };
+      await tx.putRelation(updated);
+      await tx.appendChange(relationId, { kind: 'unit-joined', unit: joined });
+      await refreshFlags(tx, updated, [...units, joined]);
+      return { relation: relationMessage(updated, [...units, joined]) };
+    });
+  }
+
+  async leaveRelation(relationId: string, unitName: string, onLeave: (tx: StoreTx, relation: RelationRecord, unit: string) => Promise<RelationRecord>) {
+    new Violations().required('relation_id', relationId).unitName('unit', unitName).throwIfAny();
+    return this.#store.write(async (tx) => {
+      const { relation } = await relationAndUnit(tx, relationId, unitName);
+      const units = await tx.listRelationUnits(relationId);
+      const leaving = units.find((record) => record.unit === unitName);
+      if (!leaving) throw notFound('relation unit', `${unitName} in ${relationId}`);
+      const revision = await tx.revision();
+      await tx.deleteRelationUnit(relationId, unitName);
+      await tx.deleteFlags(relationId, unitName);
+      await tx.appendChange(relationId, { kind: 'unit-departed', unit: { ...leaving, revision } });
+      const released = await onLeave(tx, { ...relation, revision }, unitName);
+      await tx.putRelation(released);
+      const remaining = units.filter((record) => record.unit !== unitName);
+      await refreshFlags(tx, released, remaining);
+      return { relation: relationMessage(released, remaining) };
+    });
+  }
+}
+
+function validateUnit(properties: UnitProperties): void {
+  new Violations()
+    .unitName('name', properties.name)
+    .address('ingress_address', properties.ingress_address)
+    .subnets('egress_subnets', properties.egress_subnets)
+    .labels('labels', properties.labels)
+    .throwIfAny();
+}
+
+async function relationAndUnit(tx: StoreTx, relationId: string, unitName: string) {
+  const relation = await tx.getRelation(relationId);
+  if (!relation) throw notFound('relation', relationId);
+  return { relation, unit: await requireUnit(tx, unitName) };
+}
+
+function inferSide(relation: RelationRecord, application: string): SideName {
+  if (relation.requester_application === relation.responder_application && relation.requester_application === application) {
+    throw new RelgateError(Code.INVALID_ARGUMENT, 'both sides of this relation are the same application; set side', {
+      reason: 'SIDE_REQUIRED',
+      fieldViolations: [{ field: 'side', description: 'is required when both sides are the same application' }],
+    });
+  }
+  return application === relation.requester_application ? 'requester' : 'responder';
+}
+
+function alreadyExists(kind: string, name: string): RelgateError {
+  return new RelgateError(Code.ALREADY_EXISTS, `${kind} "${name}" already exists`, {
+    reason: `${kind.toUpperCase()}_EXISTS`,
+    metadata: { [kind]: name },
+  });
+}

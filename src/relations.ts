@@ -1,0 +1,84 @@
+// Helpers shared by every write on a relation: membership checks and the
+// bookkeeping a request change needs (counters, change log, flags).
+import { Code, RelgateError, failedPrecondition, notFound } from './errors.ts';
+import { applyChange, requesterFlags, responderFlags, sameFlags } from './flags.ts';
+import type { RelationRecord, RelationUnitRecord, RequestRecord, SideName, StoreTx, UnitRecord } from './store/store.ts';
+
+export interface Membership {
+  relation: RelationRecord;
+  units: RelationUnitRecord[];
+}
+
+/** The calling unit's relation, checking it has joined on the given side. */
+export async function joinedRelation(tx: StoreTx, relationId: string, caller: UnitRecord, side: SideName): Promise<Membership> {
+  const relation = await tx.getRelation(relationId);
+  if (!relation) throw notFound('relation', relationId);
+  const application = side === 'requester' ? relation.requester_application : relation.responder_application;
+  if (caller.application !== application) {
+    throw new RelgateError(Code.PERMISSION_DENIED, `unit ${caller.name} is not a ${side} on relation ${relationId}`, {
+      reason: 'NOT_A_MEMBER',
+      metadata: { relation_id: relationId, unit: caller.name, side },
+    });
+  }
+  const units = await tx.listRelationUnits(relationId);
+  if (!units.some((unit) => unit.unit === caller.name && unit.side === side)) {
+    throw failedPrecondition('UNIT_NOT_JOINED', `unit ${caller.name} has not joined relation ${relationId} as ${side}; call RegistryService.JoinRelation first`, {
+      relation_id: relationId,
+      unit: caller.name,
+    });
+  }
+  return { relation, units };
+}
+
+/** Relation ids the unit has joined on the side, in creation order. */
+export async function joinedRelationIds(tx: StoreTx, unit: string, side: SideName): Promise<string[]> {
+  return (await tx.listUnitRelations(unit))
+    .filter((record) => record.side === side)
+    .sort((a, b) => a.revision - b.revision)
+    .map((record) => record.relation_id);
+}
+
+/** Stores a request change with its counters, change-log entry and flags. */
+export async function recordRequestChange(tx: StoreTx, relation: RelationRecord, before: RequestRecord | null, after: RequestRecord | null): Promise<void> {
+  const revision = await tx.revision();
+  if (after) await tx.putRequest(after);
+  else if (before) await tx.deleteRequest(before.request_id);
+  applyChange(relation.counters, before, after);
+  await tx.putRelation({ ...relation, revision });
+  await tx.appendChange(relation.id, { kind: 'request', before, after });
+  await refreshFlags(tx, relation);
+}
+
+/** Recomputes every joined unit's flags and logs the ones that changed. */
+export async function refreshFlags(tx: StoreTx, relation: RelationRecord, units?: RelationUnitRecord[]): Promise<void> {
+  const joined = units ?? (await tx.listRelationUnits(relation.id));
+  const requestersJoined = joined.some((unit) => unit.side === 'requester');
+  const respondersJoined = joined.some((unit) => unit.side === 'responder');
+  for (const unit of joined) {
+    const flags = unit.side === 'requester'
+      ? requesterFlags(relation.counters, respondersJoined)
+      : responderFlags(relation.counters, unit.unit, requestersJoined);
+    const stored = await tx.getFlags(relation.id, unit.unit);
+    if (sameFlags(stored, { ...flags })) continue;
+    await tx.putFlags(relation.id, unit.unit, { ...flags });
+    await tx.appendChange(relation.id, { kind: 'flags', unit: unit.unit, side: unit.side, flags: { ...flags } });
+  }
+}
+
+export async function requireUnit(tx: StoreTx, name: string): Promise<UnitRecord> {
+  const unit = await tx.getUnit(name);
+  if (!unit) throw notFound('unit', name);
+  return unit;
+}
+
+/** The unit a call acts as; an unknown name is an authentication failure. */
+export async function requireCaller(tx: StoreTx, name: string): Promise<UnitRecord> {
+  const unit = await tx.getUnit(name);
+  if (!unit) {
+    throw new RelgateError(Code.UNAUTHENTICATED, `unit "${name}" named in the relgate-unit metadata is not registered`, {
+      reason: 'UNKNOWN_UNIT',
+      metadata: { unit: name },
+    });
+  }
+  return unit;
+}

@@ -1,0 +1,459 @@
+// Requester and responder logic: requests, responses, claims, expiry and
+// flags. Every operation acts as one calling unit.
+import { randomUUID } from 'node:crypto';
+import { Code, RelgateError, failedPrecondition, invalidArgument, notFound } from './errors.ts';
+import { mergeRequesterFlags, mergeResponderFlags, requesterFlags, responderFlags } from './flags.ts';
+import { validateFields, type InterfaceRegistry, type InterfaceDefinition } from './interfaces.ts';
+import { isAddressedTo, isNewFor, requestMessage, responseMessage, type Viewer } from './present.ts';
+import { joinedRelation, joinedRelationIds, recordRequestChange, requireCaller, requireUnit } from './relations.ts';
+import { matches, parseSelector } from './selector.ts';
+import type { DeliveryModeName, RelationRecord, RequestRecord, SideName, Store, StoreTx, UnitRecord } from './store/store.ts';
+import { canonicalJson, jsonEqual, structToJson, type JsonObject, type StructMessage } from './struct.ts';
+import { Violations, decodePageToken, durationMs, encodePageToken, pageSize, type DurationMessage } from './validate.ts';
+
+export type RequestFilterName = 'all' | 'new' | 'answered';
+
+export interface DeliveryInput {
+  mode: DeliveryModeName;
+  unit: string;
+  selector: string;
+}
+
+export interface CreateInput {
+  relation_id: string;
+  request_id: string;
+  fields: StructMessage | null;
+  delivery: DeliveryInput;
+  ttl: DurationMessage | null;
+}
+
+export interface ListInput {
+  relation_id: string;
+  filter: RequestFilterName;
+  match_fields: StructMessage | null;
+  page_size: number;
+  page_token: string;
+}
+
+const MAX_TTL_MS = 30 * 24 * 3600 * 1000;
+const MAX_LEASE_MS = 3600 * 1000;
+const DEFAULT_LEASE_MS = 30 * 1000;
+const SCAN_CHUNK = 256;
+
+export class RequestService {
+  readonly #store: Store;
+  readonly #interfaces: InterfaceRegistry;
+
+  constructor(store: Store, interfaces: InterfaceRegistry) {
+    this.#store = store;
+    this.#interfaces = interfaces;
+  }
+
+  // ---- requester side ----
+
+  async create(callerName: string, input: CreateInput) {
+    const violations = new Violations().required('relation_id', input.relation_id).uuid('request_id', input.request_id, true);
+    const ttl = durationMs(violations, 'ttl', input.ttl, MAX_TTL_MS);
+    const fields = structToJson(input.fields);
+    const selector = checkDelivery(violations, input.delivery);
+    violations.throwIfAny();
+    return this.#store.write(async (tx) => {
+      const caller = await requireCaller(tx, callerName);
+      const { relation, units } = await joinedRelation(tx, input.relation_id, caller, 'requester');
+      invalidIfAny(validateFields(this.#definition(relation).requestType, fields, 'fields', { checkRequired: true }));
+      const requestId = input.request_id.toLowerCase() || randomUUID();
+      const existing = await tx.getRequest(requestId);
+      if (existing) {
+        if (existing.body === requestBody(relation.id, fields, input.delivery, ttl)) return { request: requestMessage(existing, requesterView(caller)), replayed: true };
+        throw new RelgateError(Code.ALREADY_EXISTS, `request ${requestId} already exists with a different body`, {
+          reason: 'REQUEST_ID_CONFLICT',
+          metadata: { request_id: requestId },
+        });
+      }
+      const expected = await resolveDelivery(tx, relation, units, input.delivery, selector);
+      const request = newRequest(caller, relation, requestId, fields, input.delivery, expected, ttl, tx.now, await tx.revision());
+      await recordRequestChange(tx, relation, null, request);
+      return { request: requestMessage(request, requesterView(caller)), replayed: false };
+    });
+  }
+
+  async createOrUpdate(callerName: string, input: Omit<CreateInput, 'request_id'> & { match_fields: string[] }) {
+    const violations = new Violations().required('relation_id', input.relation_id);
+    const ttl = durationMs(violations, 'ttl', input.ttl, MAX_TTL_MS);
+    const fields = structToJson(input.fields);
+    const selector = checkDelivery(violations, input.delivery);
+    if (input.match_fields.length === 0) violations.add('match_fields', 'name at least one field');
+    violations.throwIfAny();
+    return this.#store.write(async (tx) => {
+      const caller = await requireCaller(tx, callerName);
+      const { relation, units } = await joinedRelation(tx, input.relation_id, caller, 'requester');
+      const type = this.#definition(relation).requestType;
+      const fieldViolations = validateFields(type, fields, 'fields', { checkRequired: true });
+      input.match_fields.forEach((name, i) => {
+        if (!type.fields[name]) fieldViolations.push({ field: `match_fields[${i}]`, description: `"${name}" is not a field of ${type.name}` });
+      });
+      invalidIfAny(fieldViolations);
+      const match = Object.fromEntries(input.match_fields.map((name) => [name, fields[name] ?? null]));
+      const existing = await firstMatch(tx, [relation.id], match);
+      if (!existing) {
+        const revision = await tx.revision();
+        const expected = await resolveDelivery(tx, relation, units, input.delivery, selector);
+        const request = newRequest(caller, relation, randomUUID(), fields, input.delivery, expected, ttl, tx.now, revision);
+        await recordRequestChange(tx, relation, null, request);
+        return { request: requestMessage(request, requesterView(caller)), created: true, updated: false };
+      }
+      if (jsonEqual(existing.fields, fields)) return { request: requestMessage(existing, requesterView(caller)), created: false, updated: false };
+      const revision = await tx.revision();
+      const updated: RequestRecord = {
+        ...existing,
+        fields,
+        body: requestBody(relation.id, fields, existing.delivery, ttl),
+        answered_units: [],
+        response_count: 0,
+        state: existing.expected_count === 0 ? 'answered' : 'pending',
+        claim: null,
+        expire_time: ttl > 0 ? tx.now + ttl : existing.state === 'expired' ? null : existing.expire_time,
+        update_time: tx.now,
+        revision,
+      };
+      await tx.deleteResponses(existing.request_id);
+      await recordRequestChange(tx, relation, existing, updated);
+      return { request: requestMessage(updated, requesterView(caller)), created: false, updated: true };
+    });
+  }
+
+  async getRequest(callerName: string, requestId: string, side: SideName) {
+    new Violations().uuid('request_id', requestId).throwIfAny();
+    return this.#store.read(async (tx) => {
+      const { caller, request } = await this.#visibleRequest(tx, callerName, requestId, side);
+      return { request: requestMessage(request, { unit: caller.name, side }) };
+    });
+  }
+
+  async listRequests(callerName: string, input: ListInput, side: SideName) {
+    const violations = new Violations();
+    const size = pageSize(violations, input.page_size);
+    const match = structToJson(input.match_fields);
+    const query = canonicalJson({ side, relation_id: input.relation_id, filter: input.filter, match });
+    const after = decodePageToken(violations, input.page_token, query);
+    if (side === 'responder' && input.filter === 'answered') violations.add('filter', 'responders list ALL or NEW requests');
+    violations.throwIfAny();
+    return this.#store.read(async (tx) => {
+      const caller = await requireCaller(tx, callerName);
+      const relationIds = await this.#scope(tx, caller, input.relation_id, side, match);
+      const view = { unit: caller.name, side };
+      const keep = (request: RequestRecord) =>
+        fieldsMatch(request.fields, match) && (side === 'requester' ? requesterFilter(request, input.filter) : responderFilter(request, caller.name, input.filter));
+      const { items, last, more } = await scan(tx, relationIds, after, size, keep);
+      return { requests: items.map((request) => requestMessage(request, view)), next_page_token: more ? encodePageToken(last, query) : '' };
+    });
+  }
+
+  async withdraw(callerName: string, requestId: string) {
+    new Violations().uuid('request_id', requestId).throwIfAny();
+    return this.#store.write(async (tx) => {
+      const { request, relation } = await this.#visibleRequest(tx, callerName, requestId, 'requester');
+      await tx.deleteResponses(request.request_id);
+      await recordRequestChange(tx, relation, request, null);
+      return { revision: String(await tx.revision()) };
+    });
+  }
+
+  async listResponses(callerName: string, requestId: string) {
+    new Violations().uuid('request_id', requestId).throwIfAny();
+    return this.#store.read(async (tx) => {
+      const { request } = await this.#visibleRequest(tx, callerName, requestId, 'requester');
+      return { responses: (await tx.listResponses(request.request_id)).map(responseMessage) };
+    });
+  }
+
+  async responseByField(callerName: string, relationId: string, matchFields: StructMessage | null) {
+    const match = structToJson(matchFields);
+    if (Object.keys(match).length === 0) invalidIfAny([{ field: 'match_fields', description: 'name at least one field' }]);
+    return this.#store.read(async (tx) => {
+      const caller = await requireCaller(tx, callerName);
+      const relationIds = await this.#scope(tx, caller, relationId, 'requester', match);
+      const request = await firstMatch(tx, relationIds, match);
+      if (!request) return { request: null, responses: [] };
+      return { request: requestMessage(request, requesterView(caller)), responses: (await tx.listResponses(request.request_id)).map(responseMessage) };
+    });
+  }
+
+  async requesterFlags(callerName: string, relationId: string) {
+    return this.#store.read(async (tx) => {
+      const caller = await requireCaller(tx, callerName);
+      const relations = await this.#relationsInScope(tx, caller, relationId, 'requester');
+      const all = [];
+      for (const { relation, units } of relations) {
+        all.push({ counters: relation.counters, flags: requesterFlags(relation.counters, units.some((unit) => unit.side === 'responder')) });
+      }
+      return { flags: mergeRequesterFlags(all) };
+    });
+  }
+
+  // ---- responder side ----
+
+  async respond(callerName: string, input: { request_id: string; code: number; error: string; fields: StructMessage | null }) {
+    const violations = new Violations().uuid('request_id', input.request_id);
+    const fields = structToJson(input.fields);
+    if (input.code !== 0 && input.error === '') violations.add('error', 'is required when code is not 0');
+    violations.throwIfAny();
+    return this.#store.write(async (tx) => {
+      const { request, relation } = await this.#visibleRequest(tx, callerName, input.request_id, 'responder');
+      invalidIfAny(validateFields(this.#definition(relation).responseType, fields, 'fields', { checkRequired: input.code === 0 }));
+      checkAnswerable(request, callerName, tx.now);
+      const revision = await tx.revision();
+      const response = {
+        request_id: request.request_id,
+        relation_id: relation.id,
+        responder_unit: callerName,
+        code: input.code,
+        error: input.error,
+        fields,
+        create_time: tx.now,
+        revision,
+      };
+      await tx.putResponse(response);
+      await tx.appendChange(relation.id, { kind: 'response', response });
+      const answered = [...request.answered_units, callerName];
+      const after: RequestRecord = {
+        ...request,
+        answered_units: answered,
+        response_count: request.response_count + 1,
+        state: request.response_count + 1 >= request.expected_count ? 'answered' : 'pending',
+        claim: null,
+        update_time: tx.now,
+        revision,
+      };
+      await recordRequestChange(tx, relation, request, after);
+      return { response: responseMessage(response) };
+    });
+  }
+
+  async claim(callerName: string, requestId: string, lease: DurationMessage | null) {
+    const violations = new Violations().uuid('request_id', requestId);
+    const leaseMs = durationMs(violations, 'lease', lease, MAX_LEASE_MS) || DEFAULT_LEASE_MS;
+    violations.throwIfAny();
+    return this.#store.write(async (tx) => {
+      const { request, relation } = await this.#visibleRequest(tx, callerName, requestId, 'responder');
+      if (request.delivery.mode !== 'any') throw failedPrecondition('CLAIM_NOT_APPLICABLE', 'only requests delivered to any responder can be claimed');
+      checkAnswerable(request, callerName, tx.now);
+      const after = { ...request, claim: { unit: callerName, expire_time: tx.now + leaseMs }, update_time: tx.now, revision: await tx.revision() };
+      await recordRequestChange(tx, relation, request, after);
+      return { request: requestMessage(after, { unit: callerName, side: 'responder' }) };
+    });
+  }
+
+  async release(callerName: string, requestId: string) {
+    new Violations().uuid('request_id', requestId).throwIfAny();
+    return this.#store.write(async (tx) => {
+      const { request, relation } = await this.#visibleRequest(tx, callerName, requestId, 'responder');
+      if (request.claim?.unit !== callerName) throw failedPrecondition('NOT_CLAIMED', `request ${requestId} is not claimed by ${callerName}`);
+      const after = { ...request, claim: null, update_time: tx.now, revision: await tx.revision() };
+      await recordRequestChange(tx, relation, request, after);
+      return { request: requestMessage(after, { unit: callerName, side: 'responder' }) };
+    });
+  }
+
+  async responderFlags(callerName: string, relationId: string) {
+    return this.#store.read(async (tx) => {
+      const caller = await requireCaller(tx, callerName);
+      const relations = await this.#relationsInScope(tx, caller, relationId, 'responder');
+      const all = relations.map(({ relation, units }) => responderFlags(relation.counters, caller.name, units.some((unit) => unit.side === 'requester')));
+      return { flags: mergeResponderFlags(all) };
+    });
+  }
+
+  /** Releases the unit's claims on a relation it leaves; returns the updated relation. */
+  async releaseClaimsOf(tx: StoreTx, relation: RelationRecord, unit: string): Promise<RelationRecord> {
+    let after = 0;
+    for (;;) {
+      const page = await tx.listRequests({ relationIds: [relation.id], afterCreateRevision: after, limit: SCAN_CHUNK });
+      for (const request of page) {
+        if (request.claim?.unit !== unit) continue;
+        await recordRequestChange(tx, relation, request, { ...request, claim: null, update_time: tx.now, revision: await tx.revision() });
+      }
+      if (page.length < SCAN_CHUNK) return relation;
+      after = page.at(-1)?.create_revision ?? after;
+    }
+  }
+
+  /** Expires requests past their time to live and ends lapsed claims. Returns how many changed. */
+  async sweep(limit = 100): Promise<number> {
+    const due = await this.#store.read(async (tx) => (await tx.listDue(tx.now, 1)).length);
+    if (due === 0) return 0;
+    return this.#store.write(async (tx) => {
+      const due = await tx.listDue(tx.now, limit);
+      for (const request of due) {
+        const relation = await tx.getRelation(request.relation_id);
+        if (!relation) continue;
+        const expired = request.expire_time !== null && request.expire_time <= tx.now;
+        const after: RequestRecord = { ...request, state: expired ? 'expired' : request.state, claim: null, update_time: tx.now, revision: await tx.revision() };
+        await recordRequestChange(tx, relation, request, after);
+      }
+      return due.length;
+    });
+  }
+
+  #definition(relation: RelationRecord): InterfaceDefinition {
+    const definition = this.#interfaces.get(relation.interface, relation.version);
+    if (!definition) throw new RelgateError(Code.FAILED_PRECONDITION, `interface ${relation.interface} v${relation.version} is no longer loaded`, { reason: 'INTERFACE_NOT_LOADED' });
+    return definition;
+  }
+
+  /** A request the caller may see on the side, with its relation; NOT_FOUND otherwise. */
+  async #visibleRequest(tx: StoreTx, callerName: string, requestId: string, side: SideName) {
+    const caller = await requireCaller(tx, callerName);
+    const request = await tx.getRequest(requestId.toLowerCase());
+    if (!request || (side === 'responder' && !isAddressedTo(request, caller.name))) throw notFound('request', requestId);
+    const relation = await tx.getRelation(request.relation_id);
+    if (!relation) throw notFound('request', requestId);
+    const application = side === 'requester' ? relation.requester_application : relation.responder_application;
+    if (application !== caller.application) throw notFound('request', requestId);
+    const membership = await joinedRelation(tx, relation.id, caller, side);
+    return { caller, request, relation: membership.relation, units: membership.units };
+  }
+
+  /** Relation ids a list covers: the one named (checked), or every joined one. */
+  async #scope(tx: StoreTx, caller: UnitRecord, relationId: string, side: SideName, match: JsonObject): Promise<string[]> {
+    const relations = await this.#relationsInScope(tx, caller, relationId, side);
+    const violations: { field: string; description: string }[] = [];
+    for (const { relation } of relations) {
+      const type = this.#definition(relation).requestType;
+      violations.push(...validateFields(type, match, 'match_fields', { checkRequired: false }));
+    }
+    invalidIfAny(relationId ? violations : dedupe(violations));
+    return relations.map(({ relation }) => relation.id);
+  }
+
+  async #relationsInScope(tx: StoreTx, caller: UnitRecord, relationId: string, side: SideName) {
+    if (relationId) return [await joinedRelation(tx, relationId, caller, side)];
+    const memberships = [];
+    for (const id of await joinedRelationIds(tx, caller.name, side)) memberships.push(await joinedRelation(tx, id, caller, side));
+    return memberships;
+  }
+}
+
+function requesterView(caller: UnitRecord): Viewer {
+  return { unit: caller.name, side: 'requester' };
+}
+
+function invalidIfAny(violations: { field: string; description: string }[]): void {
+  if (violations.length > 0) throw invalidArgument(violations);
+}
+
+function dedupe(violations: { field: string; description: string }[]) {
+  const seen = new Set<string>();
+  return violations.filter((violation) => !seen.has(violation.field) && seen.add(violation.field));
+}
+
+function checkDelivery(violations: Violations, delivery: DeliveryInput) {
+  if (delivery.mode === 'unit') violations.unitName('delivery.unit', delivery.unit);
+  else if (delivery.unit !== '') violations.add('delivery.unit', 'is only for DELIVERY_MODE_UNIT');
+  if (delivery.mode === 'selector') {
+    try {
+      return parseSelector(delivery.selector);
+    } catch (error) {
+      if (error instanceof RelgateError) violations.addAll(error.fieldViolations);
+      else throw error;
+    }
+  } else if (delivery.selector !== '') violations.add('delivery.selector', 'is only for DELIVERY_MODE_SELECTOR');
+  return undefined;
+}
+
+async function resolveDelivery(tx: StoreTx, relation: RelationRecord, units: { unit: string; side: SideName }[], delivery: DeliveryInput, selector: ReturnType<typeof parseSelector> | undefined) {
+  const responders = units.filter((unit) => unit.side === 'responder').map((unit) => unit.unit);
+  if (delivery.mode === 'any') return { units: [] as string[], count: 1 };
+  if (delivery.mode === 'unit') {
+    await requireUnit(tx, delivery.unit);
+    if (!responders.includes(delivery.unit)) {
+      throw failedPrecondition('UNIT_NOT_JOINED', `unit ${delivery.unit} has not joined relation ${relation.id} as responder`, { relation_id: relation.id, unit: delivery.unit });
+    }
+    return { units: [delivery.unit], count: 1 };
+  }
+  const matched: string[] = [];
+  for (const name of responders) {
+    const unit = await tx.getUnit(name);
+    if (unit && matches(selector ?? [], unit.labels)) matched.push(name);
+  }
+  matched.sort();
+  return { units: matched, count: matched.length };
+}
+
+function newRequest(caller: UnitRecord, relation: RelationRecord, requestId: string, fields: JsonObject, delivery: DeliveryInput, expected: { units: string[]; count: number }, ttl: number, now: number, revision: number): RequestRecord {
+  return {
+    request_id: requestId,
+    relation_id: relation.id,
+    interface: relation.interface,
+    source_unit: caller.name,
+    source_ingress_address: caller.ingress_address,
+    source_egress_subnets: caller.egress_subnets,
+    source_labels: caller.labels,
+    fields,
+    delivery: { ...delivery },
+    expected_units: expected.units,
+    expected_count: expected.count,
+    answered_units: [],
+    response_count: 0,
+    state: expected.count === 0 ? 'answered' : 'pending',
+    claim: null,
+    expire_time: ttl > 0 ? now + ttl : null,
+    body: requestBody(relation.id, fields, delivery, ttl),
+    create_time: now,
+    update_time: now,
+    create_revision: revision,
+    revision,
+  };
+}
+
+/** What makes two creates with the same request id the same request. */
+function requestBody(relationId: string, fields: JsonObject, delivery: DeliveryInput, ttl: number): string {
+  return canonicalJson({ relation_id: relationId, fields, delivery: { mode: delivery.mode, unit: delivery.unit, selector: delivery.selector }, ttl });
+}
+
+function checkAnswerable(request: RequestRecord, unit: string, now: number): void {
+  const meta = { request_id: request.request_id };
+  if (request.state === 'expired' || (request.expire_time !== null && request.expire_time <= now)) throw failedPrecondition('REQUEST_EXPIRED', `request ${request.request_id} has expired`, meta);
+  if (request.answered_units.includes(unit)) throw failedPrecondition('ALREADY_ANSWERED', `unit ${unit} has already answered request ${request.request_id}`, meta);
+  if (request.state === 'answered') throw failedPrecondition('REQUEST_COMPLETED', `request ${request.request_id} is already answered`, meta);
+  if (request.claim && request.claim.unit !== unit && request.claim.expire_time > now) {
+    throw failedPrecondition('REQUEST_CLAIMED', `request ${request.request_id} is claimed by ${request.claim.unit}`, { ...meta, claimed_by: request.claim.unit });
+  }
+}
+
+function fieldsMatch(fields: JsonObject, match: JsonObject): boolean {
+  return Object.entries(match).every(([name, value]) => jsonEqual(fields[name] ?? null, value));
+}
+
+function requesterFilter(request: RequestRecord, filter: RequestFilterName): boolean {
+  if (filter === 'new') return request.state === 'pending';
+  if (filter === 'answered') return request.state === 'answered';
+  return true;
+}
+
+function responderFilter(request: RequestRecord, unit: string, filter: RequestFilterName): boolean {
+  return isAddressedTo(request, unit) && (filter !== 'new' || isNewFor(request, unit));
+}
+
+async function firstMatch(tx: StoreTx, relationIds: string[], match: JsonObject): Promise<RequestRecord | undefined> {
+  const { items } = await scan(tx, relationIds, 0, 1, (request) => fieldsMatch(request.fields, match));
+  return items[0];
+}
+
+/** Walks requests in creation order, keeping up to size that pass keep. */
+async function scan(tx: StoreTx, relationIds: string[], after: number, size: number, keep: (request: RequestRecord) => boolean) {
+  const items: RequestRecord[] = [];
+  let last = after;
+  if (relationIds.length === 0) return { items, last, more: false };
+  for (;;) {
+    const chunk = await tx.listRequests({ relationIds, afterCreateRevision: last, limit: Math.max(SCAN_CHUNK, size) });
+    for (const request of chunk) {
+      last = request.create_revision;
+      if (!keep(request)) continue;
+      items.push(request);
+      if (items.length === size) return { items, last, more: true };
+    }
+    if (chunk.length < Math.max(SCAN_CHUNK, size)) return { items, last, more: false };
+  }
+}
+

@@ -1,0 +1,381 @@
+// The gRPC server: wires RPC handlers to the services, and owns reflection,
+// health, limits, background sweeps and graceful shutdown.
+import * as grpc from '@grpc/grpc-js';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+import { Code, RelgateError, asRelgateError, toServiceError } from './errors.ts';
+import { InterfaceRegistry } from './interfaces.ts';
+import { createLogger, type Logger } from './logger.ts';
+import { API_FILES, PROTO_DIR, compileDescriptors, loadApi } from './protos.ts';
+import { RegistryService } from './registry-service.ts';
+import { joinedRelation, joinedRelationIds, requireCaller } from './relations.ts';
+import { RequestService, type DeliveryInput, type RequestFilterName } from './request-service.ts';
+import { SqliteStore, type Durability } from './store/sqlite-store.ts';
+import type { SideName, Store } from './store/store.ts';
+import { UNIT_NAME } from './validate.ts';
+import { WatchHub, type WatchSink, type WatchSpec, type WatchStartName } from './watch-hub.ts';
+
+export interface ServerConfig {
+  /** host:port; port 0 picks a free port. */
+  listen: string;
+  /** SQLite file, or ":memory:". */
+  db: string;
+  durability: Durability;
+  /** Extra directories of interface .proto files. */
+  interfaces: string[];
+  logLevel: string;
+  /** Largest message accepted, in bytes. */
+  maxReceiveBytes: number;
+  /** Largest message sent, in bytes. */
+  maxSendBytes: number;
+  /** Events queued for one watcher before it is cut off. */
+  watchBuffer: number;
+  /** Default milliseconds between watch progress events. */
+  progressIntervalMs: number;
+  /** Change-log revisions kept for resuming watches. */
+  historyRevisions: number;
+  /** Change-log age kept for resuming watches, in milliseconds. */
+  historyAgeMs: number;
+  /** How long shutdown waits for calls before cutting them. */
+  shutdownGraceMs: number;
+}
+
+export const DEFAULT_CONFIG: ServerConfig = {
+  listen: '127.0.0.1:50051',
+  db: 'relgate.db',
+  durability: 'full',
+  interfaces: [],
+  logLevel: 'info',
+  maxReceiveBytes: 4 * 1024 * 1024,
+  maxSendBytes: 16 * 1024 * 1024,
+  watchBuffer: 10_000,
+  progressIntervalMs: 10_000,
+  historyRevisions: 1_000_000,
+  historyAgeMs: 24 * 3600 * 1000,
+  shutdownGraceMs: 5_000,
+};
+
+export const UNIT_METADATA_KEY = 'relgate-unit';
+const SERVICES = ['relgate.v1.RegistryService', 'relgate.v1.RequesterService', 'relgate.v1.ResponderService', 'relgate.v1.SessionService'];
+
+export interface RunningServer {
+  /** The bound address, host:port. */
+  address: string;
+  port: number;
+  store: Store;
+  hub: WatchHub;
+  logger: Logger;
+  /** Graceful shutdown: NOT_SERVING, watches end UNAVAILABLE, calls drain, then cut. */
+  stop(): Promise<void>;
+}
+
+export async function startServer(overrides: Partial<ServerConfig> = {}): Promise<RunningServer> {
+  const config = { ...DEFAULT_CONFIG, ...overrides };
+  const logger = createLogger(config.logLevel);
+  const interfaces = await InterfaceRegistry.load(config.interfaces);
+  const store = new SqliteStore({ path: config.db, durability: config.durability });
+  const hub = new WatchHub(store, { maxBufferedEvents: config.watchBuffer, progressIntervalMs: config.progressIntervalMs });
+  const registry = new RegistryService(store, interfaces);
+  const requests = new RequestService(store, interfaces);
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': config.maxReceiveBytes,
+    'grpc.max_send_message_length': config.maxSendBytes,
+  });
+  const api = grpc.loadPackageDefinition(loadApi()) as unknown as { relgate: { v1: Record<string, { service: grpc.ServiceDefinition }> } };
+  const v1 = api.relgate.v1;
+  const handlers = new Handlers(logger, registry, requests, hub, store);
+  server.addService(required(v1.RegistryService).service, handlers.registry());
+  server.addService(required(v1.RequesterService).service, handlers.requester());
+  server.addService(required(v1.ResponderService).service, handlers.responder());
+  server.addService(required(v1.SessionService).service, handlers.session());
+
+  const descriptors = await compileDescriptors([PROTO_DIR, ...config.interfaces]);
+  new ReflectionService({ relgate: { fileDescriptorProtos: descriptors } } as never).addToServer(server);
+  const health = new HealthImplementation(Object.fromEntries(['', ...SERVICES].map((name) => [name, 'SERVING'])));
+  health.addToServer(server);
+
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(config.listen, grpc.ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
+  );
+  const host = config.listen.slice(0, config.listen.lastIndexOf(':'));
+  const address = `${host}:${port}`;
+  const timers = startBackgroundWork(config, store, requests, logger);
+  logger.info({ address, db: config.db, durability: config.durability, interfaces: interfaces.list().map((i) => `${i.name}@${i.version}`) }, 'relgate serving');
+
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      logger.info('shutting down');
+      for (const name of ['', ...SERVICES]) health.setStatus(name, 'NOT_SERVING');
+      for (const timer of timers) clearInterval(timer);
+      hub.close();
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, config.shutdownGraceMs);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      await store.close();
+      logger.info('stopped');
+    })());
+  return { address, port, store, hub, logger, stop };
+}
+
+function required<T>(value: T | undefined): T {
+  if (!value) throw new Error('relgate.v1 service definition missing from the loaded protos');
+  return value;
+}
+
+function startBackgroundWork(config: ServerConfig, store: Store, requests: RequestService, logger: Logger): NodeJS.Timeout[] {
+  let sweeping = false;
+  const sweep = setInterval(() => {
+    if (sweeping) return;
+    sweeping = true;
+    requests
+      .sweep()
+      .catch((error: unknown) => logger.error({ err: error }, 'expiry sweep failed'))
+      .finally(() => (sweeping = false));
+  }, 100);
+  const compact = setInterval(() => {
+    void (async () => {
+      const byCount = store.currentRevision() - config.historyRevisions;
+      const byAge = await store.revisionAt(Date.now() - config.historyAgeMs);
+      const cutoff = Math.max(byCount, byAge);
+      if (cutoff > store.compactedRevision()) await store.compact(cutoff);
+    })().catch((error: unknown) => logger.error({ err: error }, 'compaction failed'));
+  }, 5_000);
+  sweep.unref();
+  compact.unref();
+  return [sweep, compact];
+}
+
+// ---- handlers ----
+
+type UnaryCall = grpc.ServerUnaryCall<Record<string, never>, unknown>;
+type Req = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+const FILTER: Record<string, RequestFilterName> = {
+  REQUEST_FILTER_UNSPECIFIED: 'all',
+  REQUEST_FILTER_ALL: 'all',
+  REQUEST_FILTER_NEW: 'new',
+  REQUEST_FILTER_ANSWERED: 'answered',
+};
+const MODE: Record<string, DeliveryInput['mode']> = {
+  DELIVERY_MODE_UNSPECIFIED: 'any',
+  DELIVERY_MODE_ANY: 'any',
+  DELIVERY_MODE_UNIT: 'unit',
+  DELIVERY_MODE_SELECTOR: 'selector',
+};
+const START: Record<string, WatchStartName> = {
+  WATCH_START_UNSPECIFIED: 'snapshot',
+  WATCH_START_SNAPSHOT: 'snapshot',
+  WATCH_START_NOW: 'now',
+  WATCH_START_AFTER_REVISION: 'after',
+};
+const SIDE: Record<string, SideName | undefined> = { SIDE_UNSPECIFIED: undefined, SIDE_REQUESTER: 'requester', SIDE_RESPONDER: 'responder' };
+
+export function deliveryInput(delivery: Req | null | undefined): DeliveryInput {
+  return { mode: MODE[delivery?.mode as string] ?? 'any', unit: delivery?.unit ?? '', selector: delivery?.selector ?? '' };
+}
+
+/** The unit a call acts as, from the relgate-unit metadata. */
+export function callerUnit(metadata: grpc.Metadata): string {
+  const values = metadata.get(UNIT_METADATA_KEY);
+  const name = typeof values[0] === 'string' ? values[0] : '';
+  if (name === '') {
+    throw new RelgateError(Code.UNAUTHENTICATED, `name the calling unit in the "${UNIT_METADATA_KEY}" metadata, e.g. ${UNIT_METADATA_KEY}: webapp/0`, { reason: 'UNIT_REQUIRED' });
+  }
+  if (values.length > 1 || !UNIT_NAME.test(name)) {
+    throw new RelgateError(Code.UNAUTHENTICATED, `"${UNIT_METADATA_KEY}" must hold one unit name "<application>/<number>"`, { reason: 'INVALID_UNIT' });
+  }
+  return name;
+}
+
+class Handlers {
+  readonly #logger: Logger;
+  readonly #registry: RegistryService;
+  readonly #requests: RequestService;
+  readonly #hub: WatchHub;
+  readonly #store: Store;
+
+  constructor(logger: Logger, registry: RegistryService, requests: RequestService, hub: WatchHub, store: Store) {
+    this.#logger = logger;
+    this.#registry = registry;
+    this.#requests = requests;
+    this.#hub = hub;
+    this.#store = store;
+  }
+
+  /** A unary handler: runs fn, maps errors in one place, logs one line. */
+  #unary(method: string, fn: (request: Req, call: UnaryCall) => unknown): grpc.handleUnaryCall<Req, unknown> {
+    return (call, callback) => {
+      const started = performance.now();
+      Promise.resolve()
+        .then(() => fn(call.request, call as unknown as UnaryCall))
+        .then(
+          (result) => {
+            this.#log(method, call, grpc.status.OK, started);
+            callback(null, result);
+          },
+          (error: unknown) => {
+            const status = toServiceError(error);
+            this.#log(method, call, status.code, started, error);
+            callback(status);
+          },
+        );
+    };
+  }
+
+  #log(method: string, call: { getPeer(): string }, code: number, started: number, error?: unknown): void {
+    const entry = { method, code: grpc.status[code], duration_ms: Math.round((performance.now() - started) * 1000) / 1000, peer: call.getPeer() };
+    const relgateError = error === undefined ? undefined : asRelgateError(error);
+    if (relgateError?.code === Code.INTERNAL) this.#logger.error({ ...entry, err: relgateError.cause }, 'rpc failed');
+    else this.#logger.info(relgateError ? { ...entry, reason: relgateError.reason } : entry, 'rpc');
+  }
+
+  registry(): grpc.UntypedServiceImplementation {
+    const r = this.#registry;
+    const u = (name: string, fn: (request: Req) => unknown) => this.#unary(`RegistryService/${name}`, fn);
+    return {
+      ListInterfaces: u('ListInterfaces', () => r.listInterfaces()),
+      GetInterface: u('GetInterface', (q) => r.getInterface(q.name, q.version)),
+      RegisterApplication: u('RegisterApplication', (q) => r.registerApplication(q.name)),
+      ListApplications: u('ListApplications', () => r.listApplications()),
+      RegisterUnit: u('RegisterUnit', (q) => r.registerUnit(unitProperties(q))),
+      UpdateUnit: u('UpdateUnit', (q) => r.updateUnit(unitProperties(q))),
+      GetUnit: u('GetUnit', (q) => r.getUnit(q.name)),
+      ListUnits: u('ListUnits', (q) => r.listUnits(q.application)),
+      CreateRelation: u('CreateRelation', (q) => r.createRelation(q as never)),
+      GetRelation: u('GetRelation', (q) => r.getRelation(q.relation_id)),
+      ListRelations: u('ListRelations', (q) => r.listRelations(q.application, q.interface)),
+      DeleteRelation: u('DeleteRelation', (q) => r.deleteRelation(q.relation_id)),
+      JoinRelation: u('JoinRelation', (q) => r.joinRelation(q.relation_id, q.unit, SIDE[q.side as string])),
+      LeaveRelation: u('LeaveRelation', (q) => r.leaveRelation(q.relation_id, q.unit, (tx, relation, unit) => this.#requests.releaseClaimsOf(tx, relation, unit))),
+    };
+  }
+
+  requester(): grpc.UntypedServiceImplementation {
+    const s = this.#requests;
+    const u = (name: string, fn: (request: Req, unit: string, call: UnaryCall) => unknown) =>
+      this.#unary(`RequesterService/${name}`, (q, call) => fn(q, callerUnit(call.metadata), call));
+    return {
+      CreateRequest: u('CreateRequest', (q, unit) => s.create(unit, createInput(q))),
+      CreateOrUpdateRequest: u('CreateOrUpdateRequest', (q, unit) => s.createOrUpdate(unit, { ...createInput(q), match_fields: q.match_fields })),
+      GetRequest: u('GetRequest', (q, unit) => s.getRequest(unit, q.request_id, 'requester')),
+      ListRequests: u('ListRequests', (q, unit) => s.listRequests(unit, listInput(q), 'requester')),
+      WithdrawRequest: u('WithdrawRequest', (q, unit) => s.withdraw(unit, q.request_id)),
+      ListResponses: u('ListResponses', (q, unit) => s.listResponses(unit, q.request_id)),
+      ResponseByField: u('ResponseByField', (q, unit) => s.responseByField(unit, q.relation_id, q.match_fields)),
+      GetRequesterFlags: u('GetRequesterFlags', (q, unit) => s.requesterFlags(unit, q.relation_id)),
+      WatchResponses: this.#watch('RequesterService/WatchResponses', 'requester'),
+      Call: u('Call', () => {
+        throw new RelgateError(Code.UNIMPLEMENTED, 'Call is not implemented yet', { reason: 'UNIMPLEMENTED' });
+      }),
+      CallAll: (call: grpc.ServerWritableStream<Req, unknown>) => call.emit('error', toServiceError(new RelgateError(Code.UNIMPLEMENTED, 'CallAll is not implemented yet', { reason: 'UNIMPLEMENTED' }))),
+    };
+  }
+
+  responder(): grpc.UntypedServiceImplementation {
+    const s = this.#requests;
+    const u = (name: string, fn: (request: Req, unit: string) => unknown) =>
+      this.#unary(`ResponderService/${name}`, (q, call) => fn(q, callerUnit(call.metadata)));
+    return {
+      ListIncomingRequests: u('ListIncomingRequests', (q, unit) => s.listRequests(unit, listInput(q), 'responder')),
+      GetIncomingRequest: u('GetIncomingRequest', (q, unit) => s.getRequest(unit, q.request_id, 'responder')),
+      Respond: u('Respond', (q, unit) => s.respond(unit, { request_id: q.request_id, code: q.code, error: q.error, fields: q.fields })),
+      ClaimRequest: u('ClaimRequest', (q, unit) => s.claim(unit, q.request_id, q.lease)),
+      ReleaseRequest: u('ReleaseRequest', (q, unit) => s.release(unit, q.request_id)),
+      GetResponderFlags: u('GetResponderFlags', (q, unit) => s.responderFlags(unit, q.relation_id)),
+      WatchIncomingRequests: this.#watch('ResponderService/WatchIncomingRequests', 'responder'),
+    };
+  }
+
+  session(): grpc.UntypedServiceImplementation {
+    return {
+      Open: (call: grpc.ServerDuplexStream<Req, unknown>) =>
+        call.emit('error', toServiceError(new RelgateError(Code.UNIMPLEMENTED, 'sessions are not implemented yet', { reason: 'UNIMPLEMENTED' }))),
+    };
+  }
+
+  #watch(method: string, side: SideName): grpc.handleServerStreamingCall<Req, unknown> {
+    return (call) => {
+      const started = performance.now();
+      let finished = false;
+      const sink: WatchSink = {
+        write: (batch) => call.write({ batch }),
+        onDrain: (callback) => call.once('drain', callback),
+        end: (error) => {
+          if (finished) return;
+          finished = true;
+          if (error) {
+            const status = toServiceError(error);
+            this.#log(method, call, status.code, started, error);
+            call.emit('error', status);
+          } else {
+            this.#log(method, call, grpc.status.OK, started);
+            call.end();
+          }
+        },
+      };
+      const fail = (error: unknown) => sink.end(asRelgateError(error));
+      let spec: WatchSpec;
+      try {
+        spec = watchSpec(callerUnit(call.metadata), side, call.request.options);
+      } catch (error) {
+        return fail(error);
+      }
+      this.#hub
+        .watch(spec, sink, (tx) => this.#watchScope(tx, spec))
+        .then((watcher) => {
+          call.on('cancelled', () => {
+            finished = true;
+            this.#log(method, call, grpc.status.CANCELLED, started);
+            watcher.stop();
+          });
+        }, fail);
+    };
+  }
+
+  async #watchScope(tx: Parameters<Parameters<WatchHub['watch']>[2]>[0], spec: WatchSpec): Promise<Map<string, number>> {
+    const caller = await requireCaller(tx, spec.unit);
+    const ids = spec.relationId ? [spec.relationId] : await joinedRelationIds(tx, caller.name, spec.side);
+    const scope = new Map<string, number>();
+    for (const id of ids) {
+      const { units } = await joinedRelation(tx, id, caller, spec.side);
+      scope.set(id, units.find((unit) => unit.unit === caller.name)?.revision ?? 0);
+    }
+    return scope;
+  }
+}
+
+function unitProperties(q: Req) {
+  return { name: q.name, ingress_address: q.ingress_address, egress_subnets: q.egress_subnets, labels: q.labels };
+}
+
+function createInput(q: Req) {
+  return { relation_id: q.relation_id, request_id: q.request_id ?? '', fields: q.fields, delivery: deliveryInput(q.delivery), ttl: q.ttl };
+}
+
+function listInput(q: Req) {
+  return { relation_id: q.relation_id, filter: FILTER[q.filter as string] ?? 'all', match_fields: q.match_fields, page_size: q.page_size, page_token: q.page_token };
+}
+
+function watchSpec(unit: string, side: SideName, options: Req | null | undefined): WatchSpec {
+  const filter = FILTER[options?.filter as string] ?? 'all';
+  const start = START[options?.start as string] ?? 'snapshot';
+  const afterRevision = Number(options?.after_revision ?? 0);
+  const violations: { field: string; description: string }[] = [];
+  if (filter === 'answered') violations.push({ field: 'options.filter', description: 'watches take ALL or NEW' });
+  if (start === 'after' && !(afterRevision >= 0)) violations.push({ field: 'options.after_revision', description: 'must not be negative' });
+  if (start !== 'after' && afterRevision !== 0) violations.push({ field: 'options.after_revision', description: 'is only for WATCH_START_AFTER_REVISION' });
+  const progress = Number(options?.progress_interval_ms ?? 0);
+  if (progress !== 0 && progress < 50) violations.push({ field: 'options.progress_interval_ms', description: 'must be 0 (server default) or at least 50' });
+  if (violations.length > 0) throw new RelgateError(Code.INVALID_ARGUMENT, `${violations[0]?.field}: ${violations[0]?.description}`, { reason: 'INVALID_ARGUMENT', fieldViolations: violations });
+  return { unit, side, relationId: options?.relation_id ?? '', filter: filter === 'new' ? 'new' : 'all', start, afterRevision, progressIntervalMs: progress };
+}
+
+export { API_FILES };

@@ -1,0 +1,399 @@
+// SQLite store (better-sqlite3, WAL). better-sqlite3 is synchronous, so every
+// operation runs through one queue; writes that arrive in the same event-loop
+// turn share one transaction and one fsync (group commit), each inside its own
+// savepoint so a failing write leaves the others intact. Callers hear back
+// only after COMMIT, so an acknowledged write is on disk and no reader ever
+// sees a write that might still be rolled back.
+import Database from 'better-sqlite3';
+import { RelgateError, Code } from '../errors.ts';
+import { compactedError } from './compaction.ts';
+import type {
+  ApplicationRecord,
+  Change,
+  ChangeData,
+  CommitListener,
+  FlagsRecord,
+  RelationRecord,
+  RelationUnitRecord,
+  RequestPage,
+  RequestRecord,
+  ResponseRecord,
+  Store,
+  StoreTx,
+  UnitRecord,
+} from './store.ts';
+
+export type Durability = 'full' | 'normal';
+
+export interface SqliteStoreOptions {
+  /** File path, or ":memory:". */
+  path: string;
+  /** full: fsync every commit (survives power loss); normal: survives a process kill. */
+  durability?: Durability;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0), ('compacted', 0), ('relation_number', 0);
+CREATE TABLE IF NOT EXISTS applications (name TEXT PRIMARY KEY, doc TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS units (name TEXT PRIMARY KEY, application TEXT NOT NULL, doc TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS relations (id TEXT PRIMARY KEY, create_revision INTEGER NOT NULL, doc TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS relation_units (relation_id TEXT NOT NULL, unit TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (relation_id, unit)) STRICT;
+CREATE INDEX IF NOT EXISTS relation_units_by_unit ON relation_units (unit);
+CREATE TABLE IF NOT EXISTS requests (
+  id TEXT PRIMARY KEY, relation_id TEXT NOT NULL, create_revision INTEGER NOT NULL,
+  due INTEGER, doc TEXT NOT NULL) STRICT;
+CREATE INDEX IF NOT EXISTS requests_by_relation ON requests (relation_id, create_revision);
+CREATE INDEX IF NOT EXISTS requests_by_due ON requests (due) WHERE due IS NOT NULL;
+CREATE TABLE IF NOT EXISTS responses (request_id TEXT NOT NULL, responder_unit TEXT NOT NULL, revision INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (request_id, responder_unit)) STRICT;
+CREATE TABLE IF NOT EXISTS flags (relation_id TEXT NOT NULL, unit TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (relation_id, unit)) STRICT;
+CREATE TABLE IF NOT EXISTS changes (revision INTEGER NOT NULL, idx INTEGER NOT NULL, relation_id TEXT NOT NULL, time INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (revision, idx)) STRICT;
+`;
+
+function prepareStatements(db: Database.Database) {
+  return {
+    meta: db.prepare<[string], { value: number }>('SELECT value FROM meta WHERE key = ?'),
+    setMeta: db.prepare('UPDATE meta SET value = ? WHERE key = ?'),
+    getApplication: db.prepare<[string], { doc: string }>('SELECT doc FROM applications WHERE name = ?'),
+    putApplication: db.prepare('INSERT OR REPLACE INTO applications (name, doc) VALUES (?, ?)'),
+    listApplications: db.prepare<[], { doc: string }>('SELECT doc FROM applications ORDER BY name'),
+    getUnit: db.prepare<[string], { doc: string }>('SELECT doc FROM units WHERE name = ?'),
+    putUnit: db.prepare('INSERT OR REPLACE INTO units (name, application, doc) VALUES (?, ?, ?)'),
+    listUnits: db.prepare<[], { doc: string }>('SELECT doc FROM units ORDER BY application, name'),
+    listUnitsOf: db.prepare<[string], { doc: string }>('SELECT doc FROM units WHERE application = ? ORDER BY name'),
+    getRelation: db.prepare<[string], { doc: string }>('SELECT doc FROM relations WHERE id = ?'),
+    putRelation: db.prepare('INSERT OR REPLACE INTO relations (id, create_revision, doc) VALUES (?, ?, ?)'),
+    deleteRelation: db.prepare('DELETE FROM relations WHERE id = ?'),
+    listRelations: db.prepare<[], { doc: string }>('SELECT doc FROM relations ORDER BY create_revision'),
+    listRelationUnits: db.prepare<[string], { doc: string }>('SELECT doc FROM relation_units WHERE relation_id = ?'),
+    listUnitRelations: db.prepare<[string], { doc: string }>('SELECT doc FROM relation_units WHERE unit = ?'),
+    putRelationUnit: db.prepare('INSERT OR REPLACE INTO relation_units (relation_id, unit, doc) VALUES (?, ?, ?)'),
+    deleteRelationUnit: db.prepare('DELETE FROM relation_units WHERE relation_id = ? AND unit = ?'),
+    deleteRelationUnits: db.prepare('DELETE FROM relation_units WHERE relation_id = ?'),
+    getRequest: db.prepare<[string], { doc: string }>('SELECT doc FROM requests WHERE id = ?'),
+    putRequest: db.prepare('INSERT OR REPLACE INTO requests (id, relation_id, create_revision, due, doc) VALUES (?, ?, ?, ?, ?)'),
+    deleteRequest: db.prepare('DELETE FROM requests WHERE id = ?'),
+    deleteRelationRequests: db.prepare('DELETE FROM requests WHERE relation_id = ?'),
+    listRequests: db.prepare<[string, number, number], { doc: string }>(
+      'SELECT doc FROM requests WHERE relation_id IN (SELECT value FROM json_each(?)) AND create_revision > ? ORDER BY create_revision LIMIT ?',
+    ),
+    listDue: db.prepare<[number, number], { doc: string }>('SELECT doc FROM requests WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?'),
+    listResponses: db.prepare<[string], { doc: string }>('SELECT doc FROM responses WHERE request_id = ? ORDER BY revision'),
+    putResponse: db.prepare('INSERT INTO responses (request_id, responder_unit, revision, doc) VALUES (?, ?, ?, ?)'),
+    deleteResponses: db.prepare('DELETE FROM responses WHERE request_id = ?'),
+    deleteRelationResponses: db.prepare('DELETE FROM responses WHERE request_id IN (SELECT id FROM requests WHERE relation_id = ?)'),
+    getFlags: db.prepare<[string, string], { doc: string }>('SELECT doc FROM flags WHERE relation_id = ? AND unit = ?'),
+    putFlags: db.prepare('INSERT OR REPLACE INTO flags (relation_id, unit, doc) VALUES (?, ?, ?)'),
+    deleteFlags: db.prepare('DELETE FROM flags WHERE relation_id = ? AND unit = ?'),
+    deleteRelationFlags: db.prepare('DELETE FROM flags WHERE relation_id = ?'),
+    appendChange: db.prepare('INSERT INTO changes (revision, idx, relation_id, time, doc) VALUES (?, ?, ?, ?, ?)'),
+    changesSince: db.prepare<[number, number], { revision: number; idx: number; relation_id: string; time: number; doc: string }>(
+      'SELECT revision, idx, relation_id, time, doc FROM changes WHERE revision > ? AND revision <= ? ORDER BY revision, idx',
+    ),
+    compact: db.prepare('DELETE FROM changes WHERE revision <= ?'),
+    revisionAt: db.prepare<[number], { revision: number | null }>('SELECT max(revision) AS revision FROM changes WHERE time <= ?'),
+  };
+}
+
+type Statements = ReturnType<typeof prepareStatements>;
+
+type Task = () => Promise<void>;
+
+export class SqliteStore implements Store {
+  readonly #db: Database.Database;
+  readonly #listeners: CommitListener[] = [];
+  readonly #queue: Task[] = [];
+  #running = false;
+  #batchOpen = false;
+  #commitScheduled = false;
+  /** Settlements waiting for the open batch to commit. */
+  #waiting: { resolve: () => void; reject: (error: unknown) => void }[] = [];
+  #batchChanges: Change[] = [];
+  #revision: number;
+  #compacted: number;
+  #closed = false;
+  readonly #stmts: Statements;
+
+  constructor(options: SqliteStoreOptions) {
+    this.#db = new Database(options.path);
+    this.#db.pragma('journal_mode = WAL');
+    this.#db.pragma(`synchronous = ${options.durability === 'normal' ? 'NORMAL' : 'FULL'}`);
+    this.#db.pragma('busy_timeout = 5000');
+    this.#db.exec(SCHEMA);
+    this.#stmts = prepareStatements(this.#db);
+    this.#revision = this.#stmts.meta.get('revision')?.value ?? 0;
+    this.#compacted = this.#stmts.meta.get('compacted')?.value ?? 0;
+  }
+
+  onCommit(listener: CommitListener): void {
+    this.#listeners.push(listener);
+  }
+
+  currentRevision(): number {
+    return this.#batchOpen ? this.#committedRevision : this.#revision;
+  }
+
+  compactedRevision(): number {
+    return this.#compacted;
+  }
+
+  /** Revision at the start of the open batch. */
+  #committedRevision = 0;
+
+  write<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    return this.#enqueue(async () => {
+      this.#openBatch();
+      const revisionBefore = this.#revision;
+      const tx = new SqliteTx(this, this.#stmts, Date.now());
+      this.#db.exec('SAVEPOINT w');
+      try {
+        const result = await fn(tx);
+        this.#db.exec('RELEASE w');
+        this.#batchChanges.push(...tx.changes);
+        return { result, afterCommit: true };
+      } catch (error) {
+        this.#db.exec('ROLLBACK TO w');
+        this.#db.exec('RELEASE w');
+        this.#revision = revisionBefore;
+        throw error;
+      }
+    });
+  }
+
+  read<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    return this.#enqueue(async () => ({ result: await fn(new SqliteTx(this, this.#stmts, Date.now())), afterCommit: this.#batchOpen }));
+  }
+
+  async changesSince(after: number, limit: number): Promise<{ changes: Change[]; upTo: number }> {
+    return this.read(async () => {
+      if (after < this.#compacted) throw compactedError(after, this.#compacted);
+      const upTo = Math.min(this.#batchOpen ? this.#committedRevision : this.#revision, after + limit);
+      const changes = this.#stmts.changesSince.all(after, upTo).map((row) => ({
+        revision: row.revision,
+        index: row.idx,
+        relation_id: row.relation_id,
+        time: row.time,
+        data: JSON.parse(row.doc) as ChangeData,
+      }));
+      return { changes, upTo: Math.max(upTo, after) };
+    });
+  }
+
+  async compact(revision: number): Promise<void> {
+    await this.write(async () => {
+      const upTo = Math.min(revision, this.#committedRevision);
+      if (upTo <= this.#compacted) return;
+      this.#stmts.compact.run(upTo);
+      this.#stmts.setMeta.run(upTo, 'compacted');
+      this.#compacted = upTo;
+    });
+  }
+
+  async revisionAt(time: number): Promise<number> {
+    return this.read(async () => this.#stmts.revisionAt.get(time)?.revision ?? 0);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await this.read(async () => undefined);
+    this.#closed = true;
+    this.#db.close();
+  }
+
+  /** The revision that reads see (the open batch included: they settle after it commits). */
+  latestRevision(): number {
+    return this.#revision;
+  }
+
+  /** Allocates the next revision for the running write. */
+  allocateRevision(): number {
+    this.#revision += 1;
+    return this.#revision;
+  }
+
+  #enqueue<T>(task: () => Promise<{ result: T; afterCommit: boolean }>): Promise<T> {
+    if (this.#closed) return Promise.reject(new RelgateError(Code.UNAVAILABLE, 'store is closed', { reason: 'SHUTTING_DOWN' }));
+    return new Promise<T>((resolve, reject) => {
+      this.#queue.push(async () => {
+        try {
+          const { result, afterCommit } = await task();
+          if (afterCommit) this.#waiting.push({ resolve: () => resolve(result), reject });
+          else resolve(result);
+        } catch (error) {
+          reject(error);
+        }
+      });
+      if (!this.#running) void this.#drain();
+    });
+  }
+
+  async #drain(): Promise<void> {
+    this.#running = true;
+    for (let task = this.#queue.shift(); task; task = this.#queue.shift()) await task();
+    this.#running = false;
+  }
+
+  #openBatch(): void {
+    if (this.#batchOpen) return;
+    this.#db.exec('BEGIN IMMEDIATE');
+    this.#batchOpen = true;
+    this.#committedRevision = this.#revision;
+    if (!this.#commitScheduled) {
+      this.#commitScheduled = true;
+      setImmediate(() => this.#commitWhenIdle());
+    }
+  }
+
+  #commitWhenIdle(): void {
+    // A task still awaiting something joins this batch; commit after it.
+    if (this.#running) return void setImmediate(() => this.#commitWhenIdle());
+    this.#commitScheduled = false;
+    this.#commit();
+  }
+
+  #commit(): void {
+    const waiting = this.#waiting;
+    const changes = this.#batchChanges;
+    this.#waiting = [];
+    this.#batchChanges = [];
+    try {
+      if (this.#revision !== this.#committedRevision) this.#stmts.setMeta.run(this.#revision, 'revision');
+      this.#db.exec('COMMIT');
+    } catch (error) {
+      this.#db.exec('ROLLBACK');
+      this.#revision = this.#committedRevision;
+      this.#batchOpen = false;
+      const failure = new RelgateError(Code.UNAVAILABLE, 'the store could not commit', { reason: 'STORE_UNAVAILABLE', cause: error });
+      for (const waiter of waiting) waiter.reject(failure);
+      return;
+    }
+    this.#batchOpen = false;
+    if (changes.length > 0) for (const listener of this.#listeners) listener(changes);
+    for (const waiter of waiting) waiter.resolve();
+  }
+}
+
+const parse = <T>(row: { doc: string } | undefined): T | undefined => (row ? (JSON.parse(row.doc) as T) : undefined);
+const parseAll = <T>(rows: { doc: string }[]): T[] => rows.map((row) => JSON.parse(row.doc) as T);
+
+class SqliteTx implements StoreTx {
+  readonly changes: Change[] = [];
+  #revision = 0;
+  readonly #store: SqliteStore;
+  readonly #s: Statements;
+  readonly now: number;
+
+  constructor(store: SqliteStore, statements: Statements, now: number) {
+    this.#store = store;
+    this.#s = statements;
+    this.now = now;
+  }
+
+  async revision(): Promise<number> {
+    if (this.#revision === 0) this.#revision = this.#store.allocateRevision();
+    return this.#revision;
+  }
+
+  readRevision(): number {
+    return this.#store.latestRevision();
+  }
+
+  async getApplication(name: string) {
+    return parse<ApplicationRecord>(this.#s.getApplication.get(name));
+  }
+  async putApplication(record: ApplicationRecord) {
+    this.#s.putApplication.run(record.name, JSON.stringify(record));
+  }
+  async listApplications() {
+    return parseAll<ApplicationRecord>(this.#s.listApplications.all());
+  }
+  async getUnit(name: string) {
+    return parse<UnitRecord>(this.#s.getUnit.get(name));
+  }
+  async putUnit(record: UnitRecord) {
+    this.#s.putUnit.run(record.name, record.application, JSON.stringify(record));
+  }
+  async listUnits(application?: string) {
+    return parseAll<UnitRecord>(application ? this.#s.listUnitsOf.all(application) : this.#s.listUnits.all());
+  }
+  async nextRelationNumber() {
+    const next = (this.#s.meta.get('relation_number')?.value ?? 0) + 1;
+    this.#s.setMeta.run(next, 'relation_number');
+    return next;
+  }
+  async getRelation(id: string) {
+    return parse<RelationRecord>(this.#s.getRelation.get(id));
+  }
+  async putRelation(record: RelationRecord) {
+    this.#s.putRelation.run(record.id, record.create_revision, JSON.stringify(record));
+  }
+  async deleteRelation(id: string) {
+    this.#s.deleteRelationResponses.run(id);
+    this.#s.deleteRelationRequests.run(id);
+    this.#s.deleteRelationUnits.run(id);
+    this.#s.deleteRelationFlags.run(id);
+    this.#s.deleteRelation.run(id);
+  }
+  async listRelations() {
+    return parseAll<RelationRecord>(this.#s.listRelations.all());
+  }
+  async listRelationUnits(relationId: string) {
+    return parseAll<RelationUnitRecord>(this.#s.listRelationUnits.all(relationId)).sort((a, b) => a.revision - b.revision);
+  }
+  async listUnitRelations(unit: string) {
+    return parseAll<RelationUnitRecord>(this.#s.listUnitRelations.all(unit));
+  }
+  async putRelationUnit(record: RelationUnitRecord) {
+    this.#s.putRelationUnit.run(record.relation_id, record.unit, JSON.stringify(record));
+  }
+  async deleteRelationUnit(relationId: string, unit: string) {
+    this.#s.deleteRelationUnit.run(relationId, unit);
+  }
+  async getRequest(requestId: string) {
+    return parse<RequestRecord>(this.#s.getRequest.get(requestId));
+  }
+  async putRequest(record: RequestRecord) {
+    this.#s.putRequest.run(record.request_id, record.relation_id, record.create_revision, dueTime(record), JSON.stringify(record));
+  }
+  async deleteRequest(requestId: string) {
+    this.#s.deleteRequest.run(requestId);
+  }
+  async listRequests(page: RequestPage) {
+    return parseAll<RequestRecord>(this.#s.listRequests.all(JSON.stringify(page.relationIds), page.afterCreateRevision, page.limit));
+  }
+  async listDue(now: number, limit: number) {
+    return parseAll<RequestRecord>(this.#s.listDue.all(now, limit));
+  }
+  async listResponses(requestId: string) {
+    return parseAll<ResponseRecord>(this.#s.listResponses.all(requestId));
+  }
+  async putResponse(record: ResponseRecord) {
+    this.#s.putResponse.run(record.request_id, record.responder_unit, record.revision, JSON.stringify(record));
+  }
+  async deleteResponses(requestId: string) {
+    this.#s.deleteResponses.run(requestId);
+  }
+  async getFlags(relationId: string, unit: string) {
+    return parse<FlagsRecord>(this.#s.getFlags.get(relationId, unit));
+  }
+  async putFlags(relationId: string, unit: string, flags: FlagsRecord) {
+    this.#s.putFlags.run(relationId, unit, JSON.stringify(flags));
+  }
+  async deleteFlags(relationId: string, unit?: string) {
+    if (unit === undefined) this.#s.deleteRelationFlags.run(relationId);
+    else this.#s.deleteFlags.run(relationId, unit);
+  }
+  async appendChange(relationId: string, data: ChangeData) {
+    const revision = await this.revision();
+    const change: Change = { revision, index: this.changes.length, relation_id: relationId, time: this.now, data };
+    this.#s.appendChange.run(revision, change.index, relationId, this.now, JSON.stringify(data));
+    this.changes.push(change);
+  }
+}
+
+/** When the sweeper must look at a pending request: its expiry or its claim's end. */
+export function dueTime(record: RequestRecord): number | null {
+  if (record.state !== 'pending') return null;
+  const times = [record.expire_time, record.claim?.expire_time].filter((t): t is number => typeof t === 'number');
+  return times.length > 0 ? Math.min(...times) : null;
+}

@@ -1,0 +1,183 @@
+// The storage contract. Service logic (gateway.ts) runs every read and write
+// through a StoreTx so that both back-ends share one implementation of the
+// semantics; a store only keeps records, revisions and the change log.
+import type { JsonObject } from '../struct.ts';
+
+export type SideName = 'requester' | 'responder';
+export type RequestStateName = 'pending' | 'answered' | 'expired';
+export type DeliveryModeName = 'any' | 'unit' | 'selector';
+
+export interface ApplicationRecord {
+  name: string;
+  revision: number;
+}
+
+export interface UnitRecord {
+  name: string;
+  application: string;
+  ingress_address: string;
+  egress_subnets: string[];
+  labels: Record<string, string>;
+  revision: number;
+}
+
+/** Counters from which the endpoint flags are derived; see flags.ts. */
+export type RelationCounters = Record<string, number>;
+
+export interface RelationRecord {
+  id: string;
+  interface: string;
+  version: number;
+  requester_application: string;
+  requester_endpoint: string;
+  responder_application: string;
+  responder_endpoint: string;
+  create_revision: number;
+  revision: number;
+  counters: RelationCounters;
+}
+
+export interface RelationUnitRecord {
+  relation_id: string;
+  unit: string;
+  side: SideName;
+  revision: number;
+}
+
+export interface RequestRecord {
+  request_id: string;
+  relation_id: string;
+  interface: string;
+  source_unit: string;
+  source_ingress_address: string;
+  source_egress_subnets: string[];
+  source_labels: Record<string, string>;
+  fields: JsonObject;
+  delivery: { mode: DeliveryModeName; unit: string; selector: string };
+  expected_units: string[];
+  expected_count: number;
+  answered_units: string[];
+  response_count: number;
+  state: RequestStateName;
+  claim: { unit: string; expire_time: number } | null;
+  /** Epoch milliseconds, or null for no time to live. */
+  expire_time: number | null;
+  /** Canonical body for idempotent replay checks. */
+  body: string;
+  create_time: number;
+  update_time: number;
+  create_revision: number;
+  revision: number;
+}
+
+export interface ResponseRecord {
+  request_id: string;
+  relation_id: string;
+  responder_unit: string;
+  code: number;
+  error: string;
+  fields: JsonObject;
+  create_time: number;
+  revision: number;
+}
+
+export type FlagsRecord = Record<string, boolean>;
+
+/** What a change-log entry records; watches are derived from these alone. */
+export type ChangeData =
+  | { kind: 'request'; before: RequestRecord | null; after: RequestRecord | null }
+  | { kind: 'response'; response: ResponseRecord }
+  | { kind: 'unit-joined' | 'unit-departed'; unit: RelationUnitRecord }
+  | { kind: 'relation-created' | 'relation-removed'; relation: Omit<RelationRecord, 'counters'> }
+  | { kind: 'flags'; unit: string; side: SideName; flags: FlagsRecord }
+  | { kind: 'registry'; what: string; name: string };
+
+export interface Change {
+  revision: number;
+  /** Position within the revision: a write's changes keep their order. */
+  index: number;
+  relation_id: string;
+  time: number;
+  data: ChangeData;
+}
+
+export interface RequestPage {
+  relationIds: readonly string[];
+  /** Return requests created after this revision. */
+  afterCreateRevision: number;
+  limit: number;
+}
+
+export interface StoreTx {
+  /** The revision of this write, allocated on first use. */
+  revision(): Promise<number>;
+  /** For reads: the revision the state read reflects. */
+  readRevision(): number;
+  /** The time of this transaction, epoch milliseconds. */
+  readonly now: number;
+
+  getApplication(name: string): Promise<ApplicationRecord | undefined>;
+  putApplication(record: ApplicationRecord): Promise<void>;
+  listApplications(): Promise<ApplicationRecord[]>;
+
+  getUnit(name: string): Promise<UnitRecord | undefined>;
+  putUnit(record: UnitRecord): Promise<void>;
+  listUnits(application?: string): Promise<UnitRecord[]>;
+
+  nextRelationNumber(): Promise<number>;
+  getRelation(id: string): Promise<RelationRecord | undefined>;
+  putRelation(record: RelationRecord): Promise<void>;
+  deleteRelation(id: string): Promise<void>;
+  listRelations(): Promise<RelationRecord[]>;
+  listRelationUnits(relationId: string): Promise<RelationUnitRecord[]>;
+  listUnitRelations(unit: string): Promise<RelationUnitRecord[]>;
+  putRelationUnit(record: RelationUnitRecord): Promise<void>;
+  deleteRelationUnit(relationId: string, unit: string): Promise<void>;
+
+  getRequest(requestId: string): Promise<RequestRecord | undefined>;
+  putRequest(record: RequestRecord): Promise<void>;
+  deleteRequest(requestId: string): Promise<void>;
+  /** Requests of the given relations in creation order. */
+  listRequests(page: RequestPage): Promise<RequestRecord[]>;
+  /** Pending requests whose time to live or claim lease ended by `now`. */
+  listDue(now: number, limit: number): Promise<RequestRecord[]>;
+
+  listResponses(requestId: string): Promise<ResponseRecord[]>;
+  putResponse(record: ResponseRecord): Promise<void>;
+  deleteResponses(requestId: string): Promise<void>;
+
+  getFlags(relationId: string, unit: string): Promise<FlagsRecord | undefined>;
+  putFlags(relationId: string, unit: string, flags: FlagsRecord): Promise<void>;
+  deleteFlags(relationId: string, unit?: string): Promise<void>;
+
+  /** Appends to the change log at this write's revision. */
+  appendChange(relationId: string, data: ChangeData): Promise<void>;
+}
+
+export interface CommitListener {
+  (changes: readonly Change[]): void;
+}
+
+export interface Store {
+  /** Runs fn as one atomic write; resolves once it is durable. */
+  write<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  /** Runs fn against committed state. */
+  read<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  /**
+   * Change-log entries with after < revision <= upTo, in order, where upTo is
+   * at most after + limit and never beyond the committed revision. Fails with
+   * OUT_OF_RANGE (REVISION_COMPACTED) when after is below the retained log.
+   */
+  changesSince(after: number, limit: number): Promise<{ changes: Change[]; upTo: number }>;
+  /** The latest committed revision. */
+  currentRevision(): number;
+  /** Changes at or below this revision are gone from the log. */
+  compactedRevision(): number;
+  /** Drops change-log entries at or below the revision (never above current). */
+  compact(revision: number): Promise<void>;
+  /** Revision of the newest change at or before time (epoch ms), or 0. */
+  revisionAt(time: number): Promise<number>;
+  /** Called in revision order after every commit. */
+  onCommit(listener: CommitListener): void;
+  close(): Promise<void>;
+}

@@ -1,0 +1,125 @@
+// Checks of client input that are not interface fields. Each returns the
+// violations it finds, so one error can report all of them.
+import { isIP } from 'node:net';
+import { createHash } from 'node:crypto';
+import { invalidArgument, type FieldViolation } from './errors.ts';
+import { isLabelKey, isLabelValue } from './selector.ts';
+
+export const APPLICATION_NAME = /^[a-z][a-z0-9]*(-[a-z0-9]+)*$/;
+export const UNIT_NAME = /^([a-z][a-z0-9]*(?:-[a-z0-9]+)*)\/(0|[1-9][0-9]{0,8})$/;
+export const ENDPOINT_NAME = /^[a-z][a-z0-9]*(-[a-z0-9]+)*$/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export class Violations {
+  readonly list: FieldViolation[] = [];
+
+  add(field: string, description: string): this {
+    this.list.push({ field, description });
+    return this;
+  }
+
+  addAll(violations: readonly FieldViolation[]): this {
+    this.list.push(...violations);
+    return this;
+  }
+
+  /** Throws INVALID_ARGUMENT listing every violation, if there is any. */
+  throwIfAny(): void {
+    if (this.list.length > 0) throw invalidArgument(this.list);
+  }
+
+  required(field: string, value: string): this {
+    if (value === '') this.add(field, 'is required');
+    return this;
+  }
+
+  pattern(field: string, value: string, pattern: RegExp, what: string): this {
+    if (value === '') return this.add(field, 'is required');
+    if (!pattern.test(value)) this.add(field, `must be ${what}`);
+    return this;
+  }
+
+  uuid(field: string, value: string, optional = false): this {
+    if (value === '' && optional) return this;
+    return this.pattern(field, value, UUID, 'a UUID such as "123e4567-e89b-42d3-a456-426614174000"');
+  }
+
+  unitName(field: string, value: string): this {
+    return this.pattern(field, value, UNIT_NAME, 'a unit name "<application>/<number>"');
+  }
+
+  subnets(field: string, values: readonly string[]): this {
+    values.forEach((value, i) => {
+      if (!isCidr(value)) this.add(`${field}[${i}]`, 'must be a CIDR subnet such as "10.0.0.0/24"');
+    });
+    return this;
+  }
+
+  labels(field: string, labels: Record<string, string>): this {
+    for (const [key, value] of Object.entries(labels)) {
+      if (!isLabelKey(key)) this.add(`${field}.${key}`, 'label key must be a Kubernetes-style name ([prefix/]name, up to 63 characters)');
+      else if (!isLabelValue(value)) this.add(`${field}.${key}`, 'label value must be empty or up to 63 letters, digits, "-", "_", "."');
+    }
+    return this;
+  }
+
+  address(field: string, value: string): this {
+    if (value !== '' && !isIP(value) && !/^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$/.test(value)) {
+      this.add(field, 'must be an IP address or a host name');
+    }
+    return this;
+  }
+}
+
+export function isCidr(value: string): boolean {
+  const [address, prefix, ...rest] = value.split('/');
+  if (rest.length > 0 || address === undefined || prefix === undefined || !/^\d{1,3}$/.test(prefix)) return false;
+  const family = isIP(address);
+  return family !== 0 && Number(prefix) <= (family === 4 ? 32 : 128);
+}
+
+export interface DurationMessage {
+  seconds?: string | number;
+  nanos?: number;
+}
+
+/** A google.protobuf.Duration in milliseconds (0 when unset), with range checks. */
+export function durationMs(violations: Violations, field: string, duration: DurationMessage | null | undefined, max: number): number {
+  if (!duration) return 0;
+  const ms = Number(duration.seconds ?? 0) * 1000 + Math.trunc((duration.nanos ?? 0) / 1e6);
+  if (!Number.isFinite(ms) || ms < 0) violations.add(field, 'must not be negative');
+  else if (ms > max) violations.add(field, `must be at most ${max / 1000} seconds`);
+  return ms;
+}
+
+export const DEFAULT_PAGE_SIZE = 100;
+export const MAX_PAGE_SIZE = 1000;
+
+export function pageSize(violations: Violations, value: number): number {
+  if (value > MAX_PAGE_SIZE) violations.add('page_size', `must be at most ${MAX_PAGE_SIZE}`);
+  return value === 0 ? DEFAULT_PAGE_SIZE : Math.min(value, MAX_PAGE_SIZE);
+}
+
+/**
+ * Page tokens are opaque to clients: the position reached plus a hash of the
+ * query, so a token cannot be replayed against a different query.
+ */
+export function encodePageToken(after: number, query: string): string {
+  return Buffer.from(JSON.stringify({ a: after, q: queryHash(query) })).toString('base64url');
+}
+
+export function decodePageToken(violations: Violations, token: string, query: string): number {
+  if (token === '') return 0;
+  try {
+    const parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as { a?: unknown; q?: unknown };
+    if (typeof parsed.a === 'number' && Number.isSafeInteger(parsed.a) && parsed.a >= 0 && parsed.q === queryHash(query)) return parsed.a;
+    violations.add('page_token', 'does not belong to this query');
+  } catch {
+    violations.add('page_token', 'is not a page token returned by this method');
+  }
+  return 0;
+}
+
+function queryHash(query: string): string {
+  return createHash('sha256').update(query).digest('base64url').slice(0, 12);
+}

@@ -1,0 +1,424 @@
+// One shared path from committed writes to every watcher: the store hands
+// each commit's changes to the hub once, the hub translates them for the
+// watchers of the touched relations and queues one batch per watcher.
+// Watchers that start behind (snapshot or resume) read the change log until
+// they reach the hub's revision, then switch to the live path in the same
+// tick, so no change is missed or delivered twice.
+import { Code, RelgateError, asRelgateError } from './errors.ts';
+import { isAddressedTo, isNewFor, relationUnitMessage, requestMessage, responseMessage, type Viewer } from './present.ts';
+import { compactedError } from './store/compaction.ts';
+import type { Change, RequestRecord, SideName, Store, StoreTx } from './store/store.ts';
+
+export type WatchStartName = 'snapshot' | 'now' | 'after';
+
+export interface WatchSpec {
+  unit: string;
+  side: SideName;
+  /** One relation, or '' for every relation the unit joins on the side. */
+  relationId: string;
+  /** Responder watches: every request addressed to the unit, or only new ones. */
+  filter: 'all' | 'new';
+  start: WatchStartName;
+  afterRevision: number;
+  progressIntervalMs: number;
+}
+
+export interface WatchEventMessage {
+  type: string;
+  revision: string;
+  relation_id: string;
+  [object: string]: unknown;
+}
+
+export interface WatchBatchMessage {
+  events: WatchEventMessage[];
+  revision: string;
+}
+
+/** Where a watcher's batches go: a server stream or a session. */
+export interface WatchSink {
+  /** Returns false when the transport is full; then wait for onDrain. */
+  write(batch: WatchBatchMessage): boolean;
+  onDrain(callback: () => void): void;
+  /** Ends the watch: with an error, or cleanly when error is undefined. */
+  end(error?: RelgateError): void;
+}
+
+export interface HubOptions {
+  /** Most events queued for one watcher before it is cut off. */
+  maxBufferedEvents: number;
+  /** Default interval of progress events. */
+  progressIntervalMs: number;
+  /** Revisions read per change-log page during catch-up. */
+  catchUpPage: number;
+}
+
+const SNAPSHOT_BATCH = 500;
+
+export const DEFAULT_HUB_OPTIONS: HubOptions = { maxBufferedEvents: 10_000, progressIntervalMs: 10_000, catchUpPage: 500 };
+
+export class WatchHub {
+  readonly #store: Store;
+  readonly #options: HubOptions;
+  readonly #byRelation = new Map<string, Set<Watcher>>();
+  /** Watchers of every relation of a unit, by unit: they follow its joins. */
+  readonly #following = new Map<string, Set<Watcher>>();
+  readonly #watchers = new Set<Watcher>();
+  readonly #commitListeners = new Set<(changes: readonly Change[]) => void>();
+  #revision: number;
+  #closed = false;
+
+  constructor(store: Store, options: Partial<HubOptions> = {}) {
+    this.#store = store;
+    this.#options = { ...DEFAULT_HUB_OPTIONS, ...options };
+    this.#revision = store.currentRevision();
+    store.onCommit((changes) => this.#publish(changes));
+  }
+
+  /** The revision up to which every live watcher has been given its changes. */
+  get revision(): number {
+    return this.#revision;
+  }
+
+  get watcherCount(): number {
+    return this.#watchers.size;
+  }
+
+  /** Whether a unit on the side currently watches the relation. */
+  isWatched(relationId: string, side: SideName): boolean {
+    for (const watcher of this.#byRelation.get(relationId) ?? []) if (watcher.spec.side === side && watcher.isLive) return true;
+    return false;
+  }
+
+  /** Listens to every commit after the hub has fanned it out. */
+  onCommit(listener: (changes: readonly Change[]) => void): () => void {
+    this.#commitListeners.add(listener);
+    return () => this.#commitListeners.delete(listener);
+  }
+
+  /**
+   * Starts a watch. Membership checks happen in `scope`, which runs in the
+   * same read as the snapshot and returns the relations covered and when the
+   * unit joined each.
+   */
+  async watch(spec: WatchSpec, sink: WatchSink, scope: (tx: StoreTx) => Promise<Map<string, number>>): Promise<Watcher> {
+    if (this.#closed) throw shuttingDown();
+    const watcher = new Watcher(this, spec, sink, this.#options);
+    const ready = await this.#store.read(async (tx) => {
+      const relations = await scope(tx);
+      const revision = tx.readRevision();
+      const snapshot = spec.start === 'snapshot' ? await snapshotEvents(tx, spec, [...relations.keys()], revision) : [];
+      return { relations, revision, snapshot };
+    });
+    const from = spec.start === 'after' ? spec.afterRevision : spec.start === 'now' ? this.#revision : ready.revision;
+    if (spec.start === 'after') {
+      if (from < this.#store.compactedRevision()) throw compactedError(from, this.#store.compactedRevision());
+      if (from > this.#revision) {
+        throw new RelgateError(Code.OUT_OF_RANGE, `revision ${from} is in the future; the current revision is ${this.#revision}`, {
+          reason: 'FUTURE_REVISION',
+          metadata: { requested_revision: String(from), current_revision: String(this.#revision) },
+        });
+      }
+    }
+    for (const [relationId, joinedAt] of ready.relations) watcher.relations.set(relationId, spec.relationId ? 0 : joinedAt);
+    this.#register(watcher);
+    watcher.begin(from, ready.snapshot);
+    return watcher;
+  }
+
+  /** Ends every watch with UNAVAILABLE so clients resume elsewhere. */
+  close(): void {
+    this.#closed = true;
+    for (const watcher of [...this.#watchers]) watcher.stop(shuttingDown());
+  }
+
+  changesSince(after: number): Promise<{ changes: Change[]; upTo: number }> {
+    return this.#store.changesSince(after, this.#options.catchUpPage);
+  }
+
+  follow(watcher: Watcher, relationId: string): void {
+    let set = this.#byRelation.get(relationId);
+    if (!set) this.#byRelation.set(relationId, (set = new Set()));
+    set.add(watcher);
+  }
+
+  unfollow(watcher: Watcher, relationId: string): void {
+    const set = this.#byRelation.get(relationId);
+    set?.delete(watcher);
+    if (set?.size === 0) this.#byRelation.delete(relationId);
+  }
+
+  remove(watcher: Watcher): void {
+    this.#watchers.delete(watcher);
+    for (const relationId of watcher.relations.keys()) this.unfollow(watcher, relationId);
+    this.#following.get(watcher.spec.unit)?.delete(watcher);
+  }
+
+  #register(watcher: Watcher): void {
+    this.#watchers.add(watcher);
+    for (const relationId of watcher.relations.keys()) this.follow(watcher, relationId);
+    if (!watcher.spec.relationId) {
+      let set = this.#following.get(watcher.spec.unit);
+      if (!set) this.#following.set(watcher.spec.unit, (set = new Set()));
+      set.add(watcher);
+    }
+  }
+
+  #publish(changes: readonly Change[]): void {
+    const touched = new Map<Watcher, WatchEventMessage[]>();
+    for (const change of changes) {
+      for (const watcher of this.#candidates(change)) {
+        if (!watcher.isLive) continue;
+        const events = watcher.translate(change);
+        if (events.length === 0) continue;
+        const list = touched.get(watcher);
+        if (list) list.push(...events);
+        else touched.set(watcher, events);
+      }
+    }
+    const last = changes.at(-1);
+    if (last) this.#revision = last.revision;
+    for (const [watcher, events] of touched) watcher.deliver(events, this.#revision);
+    for (const listener of this.#commitListeners) listener(changes);
+  }
+
+  #candidates(change: Change): Watcher[] {
+    const found = [...(this.#byRelation.get(change.relation_id) ?? [])];
+    if (change.data.kind === 'unit-joined') {
+      for (const watcher of this.#following.get(change.data.unit.unit) ?? []) {
+        if (!found.includes(watcher)) found.push(watcher);
+      }
+    }
+    return found;
+  }
+}
+
+function shuttingDown(): RelgateError {
+  return new RelgateError(Code.UNAVAILABLE, 'the gateway is shutting down; resume the watch from the last revision', { reason: 'SHUTTING_DOWN' });
+}
+
+async function snapshotEvents(tx: StoreTx, spec: WatchSpec, relationIds: string[], revision: number): Promise<WatchEventMessage[]> {
+  const viewer: Viewer = { unit: spec.unit, side: spec.side };
+  const events: WatchEventMessage[] = [];
+  const at = String(revision);
+  let after = 0;
+  for (;;) {
+    const page = relationIds.length === 0 ? [] : await tx.listRequests({ relationIds, afterCreateRevision: after, limit: 500 });
+    for (const request of page) {
+      if (!inWatchedSet(spec, request)) continue;
+      events.push({ type: 'EVENT_TYPE_ADDED', revision: at, relation_id: request.relation_id, object: 'request', request: requestMessage(request, viewer) });
+      if (spec.side !== 'requester') continue;
+      for (const response of await tx.listResponses(request.request_id)) {
+        events.push({ type: 'EVENT_TYPE_ADDED', revision: at, relation_id: response.relation_id, object: 'response', response: responseMessage(response) });
+      }
+    }
+    if (page.length < 500) break;
+    after = page.at(-1)?.create_revision ?? after;
+  }
+  for (const relationId of relationIds) {
+    const flags = await tx.getFlags(relationId, spec.unit);
+    if (flags) events.push(flagsEvent(spec.side, relationId, at, flags));
+  }
+  events.push({ type: 'EVENT_TYPE_SNAPSHOT_COMPLETE', revision: at, relation_id: '' });
+  return events;
+}
+
+function flagsEvent(side: SideName, relationId: string, revision: string, flags: Record<string, boolean>): WatchEventMessage {
+  const object = side === 'requester' ? 'requester_flags' : 'responder_flags';
+  return { type: 'EVENT_TYPE_FLAGS', revision, relation_id: relationId, object, [object]: flags };
+}
+
+function inWatchedSet(spec: WatchSpec, request: RequestRecord | null): request is RequestRecord {
+  if (!request) return false;
+  if (spec.side === 'requester') return true;
+  return isAddressedTo(request, spec.unit) && (spec.filter === 'all' || isNewFor(request, spec.unit));
+}
+
+export class Watcher {
+  readonly spec: WatchSpec;
+  /** Relations covered, with the revision from which the unit belongs to each. */
+  readonly relations = new Map<string, number>();
+  readonly #hub: WatchHub;
+  readonly #sink: WatchSink;
+  readonly #options: HubOptions;
+  readonly #queue: WatchBatchMessage[] = [];
+  #queuedEvents = 0;
+  #live = false;
+  #stopped = false;
+  #waitingDrain = false;
+  /** Highest revision handed to the transport. */
+  #sent = 0;
+  #sentSinceTick = false;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(hub: WatchHub, spec: WatchSpec, sink: WatchSink, options: HubOptions) {
+    this.#hub = hub;
+    this.spec = spec;
+    this.#sink = sink;
+    this.#options = options;
+  }
+
+  get isLive(): boolean {
+    return this.#live && !this.#stopped;
+  }
+
+  get lastSentRevision(): number {
+    return this.#sent;
+  }
+
+  begin(from: number, snapshot: WatchEventMessage[]): void {
+    this.#sent = from;
+    for (let i = 0; i < snapshot.length; i += SNAPSHOT_BATCH) this.#enqueue({ events: snapshot.slice(i, i + SNAPSHOT_BATCH), revision: String(from) });
+    const interval = this.spec.progressIntervalMs || this.#options.progressIntervalMs;
+    this.#timer = setInterval(() => this.#tick(), interval);
+    this.#timer.unref();
+    void this.#catchUp(from);
+  }
+
+  /** Stops the watch, ending the transport with the error (or cleanly). */
+  stop(error?: RelgateError): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    clearInterval(this.#timer);
+    this.#hub.remove(this);
+    this.#queue.length = 0;
+    this.#sink.end(error);
+    for (const resolve of this.#idleWaiters.splice(0)) resolve();
+  }
+
+  /** Live delivery of one commit's events; a watcher that cannot keep up is cut off. */
+  deliver(events: WatchEventMessage[], revision: number): void {
+    if (this.#queuedEvents + events.length > this.#options.maxBufferedEvents) {
+      const last = String(this.#sent);
+      return this.stop(
+        new RelgateError(Code.RESOURCE_EXHAUSTED, `watcher fell behind by more than ${this.#options.maxBufferedEvents} events; resume after revision ${last}`, {
+          reason: 'SLOW_WATCHER',
+          metadata: { last_revision: last },
+        }),
+      );
+    }
+    this.#enqueue({ events, revision: String(revision) });
+  }
+
+  /** The events a change means for this watcher; also follows joins and departures. */
+  translate(change: Change): WatchEventMessage[] {
+    const joinedAt = this.relations.get(change.relation_id);
+    const data = change.data;
+    const revision = String(change.revision);
+    const relationId = change.relation_id;
+    if (data.kind === 'unit-joined' && data.unit.unit === this.spec.unit && data.unit.side === this.spec.side && !this.spec.relationId) {
+      this.relations.set(relationId, change.revision);
+      this.#hub.follow(this, relationId);
+      return [{ type: 'EVENT_TYPE_UNIT_JOINED', revision, relation_id: relationId, object: 'unit', unit: relationUnitMessage(data.unit) }];
+    }
+    if (joinedAt === undefined || change.revision < joinedAt) return [];
+    const viewer: Viewer = { unit: this.spec.unit, side: this.spec.side };
+    switch (data.kind) {
+      case 'request': {
+        const inBefore = inWatchedSet(this.spec, data.before);
+        const inAfter = inWatchedSet(this.spec, data.after);
+        if (!inBefore && !inAfter) return [];
+        const type = !inBefore ? 'EVENT_TYPE_ADDED' : inAfter ? 'EVENT_TYPE_MODIFIED' : 'EVENT_TYPE_DELETED';
+        const request = (data.after ?? data.before) as RequestRecord;
+        return [{ type, revision, relation_id: relationId, object: 'request', request: requestMessage(request, viewer) }];
+      }
+      case 'response':
+        if (this.spec.side !== 'requester') return [];
+        return [{ type: 'EVENT_TYPE_ADDED', revision, relation_id: relationId, object: 'response', response: responseMessage(data.response) }];
+      case 'flags':
+        if (data.unit !== this.spec.unit || data.side !== this.spec.side) return [];
+        return [flagsEvent(this.spec.side, relationId, revision, data.flags)];
+      case 'unit-joined':
+        return [{ type: 'EVENT_TYPE_UNIT_JOINED', revision, relation_id: relationId, object: 'unit', unit: relationUnitMessage(data.unit) }];
+      case 'unit-departed': {
+        const event = { type: 'EVENT_TYPE_UNIT_DEPARTED', revision, relation_id: relationId, object: 'unit', unit: relationUnitMessage(data.unit) };
+        if (data.unit.unit === this.spec.unit) this.#leave(relationId);
+        return [event];
+      }
+      case 'relation-removed':
+        this.#leave(relationId);
+        return [{ type: 'EVENT_TYPE_RELATION_REMOVED', revision, relation_id: relationId }];
+      default:
+        return [];
+    }
+  }
+
+  /** The unit no longer belongs to the relation: stop following it. */
+  #leave(relationId: string): void {
+    this.relations.delete(relationId);
+    this.#hub.unfollow(this, relationId);
+    if (this.spec.relationId) this.#endAfterFlush = true;
+  }
+
+  #endAfterFlush = false;
+
+  async #catchUp(from: number): Promise<void> {
+    let cursor = from;
+    try {
+      while (!this.#stopped) {
+        if (cursor >= this.#hub.revision) {
+          // Same tick as the check: nothing can commit in between.
+          this.#live = true;
+          this.#flush();
+          return;
+        }
+        await this.#writable();
+        if (this.#stopped) return;
+        const { changes, upTo } = await this.#hub.changesSince(cursor);
+        const events = changes.flatMap((change) => this.translate(change));
+        cursor = upTo;
+        if (events.length > 0) this.#enqueue({ events, revision: String(upTo) });
+      }
+    } catch (error) {
+      this.stop(asRelgateError(error));
+    }
+  }
+
+  /** Resolves once everything queued has been handed to the transport. */
+  #writable(): Promise<void> {
+    if (this.#idle) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  get #idle(): boolean {
+    return this.#stopped || (!this.#waitingDrain && this.#queue.length === 0);
+  }
+
+  #idleWaiters: (() => void)[] = [];
+
+  #enqueue(batch: WatchBatchMessage): void {
+    if (this.#stopped) return;
+    this.#queue.push(batch);
+    this.#queuedEvents += batch.events.length;
+    this.#flush();
+  }
+
+  #flush(): void {
+    while (!this.#waitingDrain && !this.#stopped) {
+      const batch = this.#queue.shift();
+      if (!batch) break;
+      this.#queuedEvents -= batch.events.length;
+      this.#sent = Number(batch.revision);
+      this.#sentSinceTick = true;
+      if (!this.#sink.write(batch)) {
+        this.#waitingDrain = true;
+        this.#sink.onDrain(() => {
+          this.#waitingDrain = false;
+          this.#flush();
+        });
+      }
+    }
+    if (this.#endAfterFlush && this.#queue.length === 0 && !this.#stopped) this.stop();
+    if (this.#idle) for (const resolve of this.#idleWaiters.splice(0)) resolve();
+  }
+
+  #tick(): void {
+    if (!this.isLive || this.#sentSinceTick || this.#queue.length > 0 || this.#waitingDrain) {
+      this.#sentSinceTick = false;
+      return;
+    }
+    const revision = String(this.#hub.revision);
+    this.#enqueue({ events: [{ type: 'EVENT_TYPE_BOOKMARK', revision, relation_id: '' }], revision });
+    this.#sentSinceTick = false;
+  }
+}
