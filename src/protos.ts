@@ -1,7 +1,7 @@
 // The one place that knows where relgate's .proto files live and how they
 // are loaded: server, client, codegen and reflection all come through here.
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -75,18 +75,36 @@ function protobufFileExists(file: string): boolean {
 const run = promisify(execFile);
 const BUF = path.join(PROJECT_DIR, 'node_modules', '.bin', 'buf');
 
+const packageDir = (name: string) => path.dirname(fileURLToPath(import.meta.resolve(`${name}/package.json`)));
+
+/**
+ * gRPC's own services that the server also serves (health, reflection), by
+ * their canonical file names. Compiled alongside relgate's protos so that
+ * reflection lists them and can describe them like any other service.
+ */
+const GRPC_SERVICE_PROTOS: Record<string, string> = {
+  'grpc/health/v1/health.proto': path.join(packageDir('grpc-health-check'), 'proto', 'health', 'v1', 'health.proto'),
+  'grpc/reflection/v1/reflection.proto': path.join(packageDir('@grpc/reflection'), 'build', 'proto', 'grpc', 'reflection', 'v1', 'reflection.proto'),
+  'grpc/reflection/v1alpha/reflection.proto': path.join(packageDir('@grpc/reflection'), 'build', 'proto', 'grpc', 'reflection', 'v1alpha', 'reflection.proto'),
+};
+
 /**
  * Compiles the given proto roots with buf into serialized FileDescriptorProtos,
- * imports included. Reflection serves these real files so that clients such as
- * grpcurl see true file names and dependency lists (proto-loader's own
- * descriptors drop imports).
+ * imports included, plus gRPC's health and reflection protos. Reflection serves
+ * these real files so that clients such as grpcurl see true file names and
+ * dependency lists (proto-loader's own descriptors drop imports).
  */
 export async function compileDescriptors(roots: readonly string[]): Promise<Uint8Array[]> {
   const work = await mkdtemp(path.join(tmpdir(), 'relgate-buf-'));
   try {
-    const modules = roots.map((_, i) => `  - path: m${i}`).join('\n');
+    const modules = [...roots.map((_, i) => `m${i}`), 'grpc-services'].map((dir) => `  - path: ${dir}`).join('\n');
     await writeFile(path.join(work, 'buf.yaml'), `version: v2\nmodules:\n${modules}\n`);
     await Promise.all(roots.map((root, i) => symlink(path.resolve(root), path.join(work, `m${i}`))));
+    for (const [name, source] of Object.entries(GRPC_SERVICE_PROTOS)) {
+      const target = path.join(work, 'grpc-services', name);
+      await mkdir(path.dirname(target), { recursive: true });
+      await symlink(source, target);
+    }
     const out = path.join(work, 'image.binpb');
     await run(BUF, ['build', '-o', out], { cwd: work });
     return splitFileDescriptorSet(await readFile(out));

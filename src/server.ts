@@ -3,6 +3,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
+import { CallService, serverDeadline } from './call.ts';
 import { Code, RelgateError, asRelgateError, toServiceError } from './errors.ts';
 import { InterfaceRegistry } from './interfaces.ts';
 import { createLogger, type Logger } from './logger.ts';
@@ -12,6 +13,7 @@ import { joinedRelation, joinedRelationIds, requireCaller } from './relations.ts
 import { RequestService, type DeliveryInput, type RequestFilterName } from './request-service.ts';
 import { SqliteStore, type Durability } from './store/sqlite-store.ts';
 import type { SideName, Store } from './store/store.ts';
+import { Session } from './session.ts';
 import { UNIT_NAME } from './validate.ts';
 import { WatchHub, type WatchSink, type WatchSpec, type WatchStartName } from './watch-hub.ts';
 
@@ -83,7 +85,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   });
   const api = grpc.loadPackageDefinition(loadApi()) as unknown as { relgate: { v1: Record<string, { service: grpc.ServiceDefinition }> } };
   const v1 = api.relgate.v1;
-  const handlers = new Handlers(logger, registry, requests, hub, store);
+  const handlers = new Handlers(logger, registry, requests, hub);
   server.addService(required(v1.RegistryService).service, handlers.registry());
   server.addService(required(v1.RequesterService).service, handlers.requester());
   server.addService(required(v1.ResponderService).service, handlers.responder());
@@ -200,14 +202,15 @@ class Handlers {
   readonly #registry: RegistryService;
   readonly #requests: RequestService;
   readonly #hub: WatchHub;
-  readonly #store: Store;
 
-  constructor(logger: Logger, registry: RegistryService, requests: RequestService, hub: WatchHub, store: Store) {
+  readonly #calls: CallService;
+
+  constructor(logger: Logger, registry: RegistryService, requests: RequestService, hub: WatchHub) {
     this.#logger = logger;
     this.#registry = registry;
     this.#requests = requests;
     this.#hub = hub;
-    this.#store = store;
+    this.#calls = new CallService(requests, hub);
   }
 
   /** A unary handler: runs fn, maps errors in one place, logs one line. */
@@ -272,10 +275,8 @@ class Handlers {
       ResponseByField: u('ResponseByField', (q, unit) => s.responseByField(unit, q.relation_id, q.match_fields)),
       GetRequesterFlags: u('GetRequesterFlags', (q, unit) => s.requesterFlags(unit, q.relation_id)),
       WatchResponses: this.#watch('RequesterService/WatchResponses', 'requester'),
-      Call: u('Call', () => {
-        throw new RelgateError(Code.UNIMPLEMENTED, 'Call is not implemented yet', { reason: 'UNIMPLEMENTED' });
-      }),
-      CallAll: (call: grpc.ServerWritableStream<Req, unknown>) => call.emit('error', toServiceError(new RelgateError(Code.UNIMPLEMENTED, 'CallAll is not implemented yet', { reason: 'UNIMPLEMENTED' }))),
+      Call: u('Call', (q, unit, call) => this.#call(unit, q, call)),
+      CallAll: (call: grpc.ServerWritableStream<Req, unknown>) => this.#callAll(call),
     };
   }
 
@@ -294,10 +295,79 @@ class Handlers {
     };
   }
 
+  async #call(unit: string, q: Req, call: UnaryCall) {
+    const aborted = abortOnCancel(call);
+    const deadline = serverDeadline(call.getDeadline() as Date | number, DEFAULT_CALL_MS);
+    let response: unknown;
+    const outcome = await this.#calls.run(unit, callOptions(q), deadline, () => undefined, (r) => (response ??= r), aborted);
+    if (!outcome.complete) {
+      throw new RelgateError(Code.DEADLINE_EXCEEDED, `no response before the deadline; request ${String(outcome.request.request_id)} stays stored and can still be answered`, {
+        reason: 'CALL_TIMEOUT',
+        metadata: { request_id: String(outcome.request.request_id) },
+      });
+    }
+    const { request } = await this.#requests.getRequest(unit, String(outcome.request.request_id), 'requester');
+    return { request, response };
+  }
+
+  #callAll(call: grpc.ServerWritableStream<Req, unknown>): void {
+    const method = 'RequesterService/CallAll';
+    const started = performance.now();
+    const aborted = abortOnCancel(call);
+    const deadline = serverDeadline(call.getDeadline() as Date | number, DEFAULT_CALL_MS);
+    Promise.resolve()
+      .then(() =>
+        this.#calls.run(
+          callerUnit(call.metadata),
+          callOptions(call.request),
+          deadline,
+          (request) => call.write({ started: { request, expected_count: request.expected_count, expected_units: request.expected_units } }),
+          (response) => call.write({ response }),
+          aborted,
+        ),
+      )
+      .then(
+        (outcome) => {
+          call.write({ finished: { complete: outcome.complete, missing_units: outcome.missing } });
+          this.#log(method, call, grpc.status.OK, started);
+          call.end();
+        },
+        (error: unknown) => {
+          const status = toServiceError(error);
+          this.#log(method, call, status.code, started, error);
+          call.emit('error', status);
+        },
+      );
+  }
+
   session(): grpc.UntypedServiceImplementation {
+    const s = this.#requests;
+    const commands = {
+      create: (unit: string, q: Req) => s.create(unit, createInput(q)),
+      create_or_update: (unit: string, q: Req) => s.createOrUpdate(unit, { ...createInput(q), match_fields: q.match_fields }),
+      withdraw: (unit: string, q: Req) => s.withdraw(unit, q.request_id),
+      claim: (unit: string, q: Req) => s.claim(unit, q.request_id, q.lease),
+      release: (unit: string, q: Req) => s.release(unit, q.request_id),
+      respond: (unit: string, q: Req) => s.respond(unit, { request_id: q.request_id, code: q.code, error: q.error, fields: q.fields }),
+    };
     return {
-      Open: (call: grpc.ServerDuplexStream<Req, unknown>) =>
-        call.emit('error', toServiceError(new RelgateError(Code.UNIMPLEMENTED, 'sessions are not implemented yet', { reason: 'UNIMPLEMENTED' }))),
+      Open: (call: grpc.ServerDuplexStream<Req, unknown>) => {
+        const method = 'SessionService/Open';
+        const started = performance.now();
+        let unit: string;
+        try {
+          unit = callerUnit(call.metadata);
+        } catch (error) {
+          this.#log(method, call, asRelgateError(error).code, started, error);
+          return void call.emit('error', toServiceError(error));
+        }
+        new Session(call, unit, {
+          commands,
+          watchSpec: (caller, side, options) => watchSpec(caller, side, options),
+          startWatch: (spec, sink) => this.#hub.watch(spec, sink, (tx) => this.#watchScope(tx, spec)),
+          onEnd: (code, error) => this.#log(method, call, code, started, error),
+        });
+      },
     };
   }
 
@@ -350,6 +420,19 @@ class Handlers {
     }
     return scope;
   }
+}
+
+/** Calls without a deadline wait at most this long. */
+const DEFAULT_CALL_MS = 60_000;
+
+function abortOnCancel(call: { on(event: 'cancelled', listener: () => void): unknown }): AbortSignal {
+  const controller = new AbortController();
+  call.on('cancelled', () => controller.abort());
+  return controller.signal;
+}
+
+function callOptions(q: Req) {
+  return { ...createInput(q), wait_for_responders: Boolean(q.wait_for_responders) };
 }
 
 function unitProperties(q: Req) {

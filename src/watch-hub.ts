@@ -84,9 +84,11 @@ export class WatchHub {
     return this.#watchers.size;
   }
 
-  /** Whether a unit on the side currently watches the relation. */
-  isWatched(relationId: string, side: SideName): boolean {
-    for (const watcher of this.#byRelation.get(relationId) ?? []) if (watcher.spec.side === side && watcher.isLive) return true;
+  /** Whether a unit on the side (or the given unit) currently watches the relation. */
+  isWatched(relationId: string, side: SideName, unit?: string): boolean {
+    for (const watcher of this.#byRelation.get(relationId) ?? []) {
+      if (watcher.spec.side === side && (unit === undefined || watcher.spec.unit === unit)) return true;
+    }
     return false;
   }
 

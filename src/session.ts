@@ -1,0 +1,143 @@
+// The session: one bidirectional stream per unit. Commands go up with a
+// correlation id and are acknowledged once durable (or with their own error
+// status; a bad command never ends the stream); the unit's watches come down
+// the same stream. Same service logic as the unary RPCs, same hub as the
+// server-streaming watches: only the transport differs.
+import type * as grpc from '@grpc/grpc-js';
+import { Code, RelgateError, asRelgateError, toRpcStatus, toServiceError } from './errors.ts';
+import type { WatchSink, WatchSpec, Watcher } from './watch-hub.ts';
+
+/** Commands executing at once per session; beyond it the stream stops reading. */
+export const MAX_IN_FLIGHT = 1024;
+
+type Req = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+type Command = (unit: string, body: Req) => Promise<unknown>;
+
+export interface SessionDeps {
+  /** Parses a command's body into service input; shared with the unary handlers. */
+  commands: Record<string, Command>;
+  /** Builds a watch spec for the session's unit from WatchOptions. */
+  watchSpec(unit: string, side: 'requester' | 'responder', options: Req): WatchSpec;
+  /** Starts a watch with the same membership checks as the RPCs. */
+  startWatch(spec: WatchSpec, sink: WatchSink): Promise<Watcher>;
+  /** Called once when the session ends, with its status code. */
+  onEnd(code: number, error?: unknown): void;
+}
+
+export class Session {
+  readonly #call: grpc.ServerDuplexStream<Req, unknown>;
+  readonly #unit: string;
+  readonly #deps: SessionDeps;
+  readonly #watchers: Watcher[] = [];
+  #inFlight = 0;
+  #started = false;
+  #ended = false;
+  #halfClosed = false;
+  #paused = false;
+  #blocked = false;
+
+  constructor(call: grpc.ServerDuplexStream<Req, unknown>, unit: string, deps: SessionDeps) {
+    this.#call = call;
+    this.#unit = unit;
+    this.#deps = deps;
+    call.on('data', (message: Req) => this.#onMessage(message));
+    call.on('end', () => {
+      this.#halfClosed = true;
+      this.#maybeFinish();
+    });
+    call.on('cancelled', () => this.#stop(undefined, true));
+    call.on('error', () => this.#stop(undefined, true));
+  }
+
+  #onMessage(message: Req): void {
+    if (this.#ended) return;
+    if (message.kind === 'start') return void this.#start(message.start);
+    this.#started = true; // watches may only be chosen before the first command
+    const command = message.command as Req | null;
+    const name = command?.command as string | undefined;
+    const run = name ? this.#deps.commands[name] : undefined;
+    const correlationId = (command?.correlation_id as string | undefined) ?? '';
+    if (!run || !name) {
+      return this.#ack({ correlation_id: correlationId, error: toRpcStatus(new RelgateError(Code.INVALID_ARGUMENT, 'a session message must be start (first) or a command', { reason: 'INVALID_COMMAND' })) });
+    }
+    this.#inFlight += 1;
+    this.#throttle();
+    run(this.#unit, command?.[name] as Req).then(
+      (result) => this.#ack({ correlation_id: correlationId, [name]: result }),
+      (error: unknown) => this.#ack({ correlation_id: correlationId, error: toRpcStatus(asRelgateError(error)) }),
+    ).finally(() => {
+      this.#inFlight -= 1;
+      this.#throttle();
+      this.#maybeFinish();
+    });
+  }
+
+  async #start(start: Req | null): Promise<void> {
+    if (this.#started) {
+      return this.#ack({ correlation_id: '', error: toRpcStatus(new RelgateError(Code.FAILED_PRECONDITION, 'start must be the first message of a session', { reason: 'LATE_START' })) });
+    }
+    this.#started = true;
+    const wanted: ['incoming_requests' | 'responses', 'responder' | 'requester'][] = [
+      ['incoming_requests', 'responder'],
+      ['responses', 'requester'],
+    ];
+    try {
+      for (const [watch, side] of wanted) {
+        const options = start?.[watch] as Req | null | undefined;
+        if (!options) continue;
+        const spec = this.#deps.watchSpec(this.#unit, side, options);
+        this.#watchers.push(await this.#deps.startWatch(spec, this.#sink(watch)));
+      }
+    } catch (error) {
+      this.#stop(asRelgateError(error));
+    }
+  }
+
+  #sink(watch: string): WatchSink {
+    return {
+      write: (batch) => this.#write({ events: { watch, batch } }),
+      onDrain: (callback) => this.#call.once('drain', callback),
+      end: (error) => this.#stop(error ?? new RelgateError(Code.FAILED_PRECONDITION, `the ${watch} watch ended: the unit left the relation`, { reason: 'WATCH_ENDED' })),
+    };
+  }
+
+  #ack(ack: Req): void {
+    this.#write({ ack });
+  }
+
+  #write(message: Req): boolean {
+    if (this.#ended) return true;
+    const ok = this.#call.write(message);
+    if (!ok && !this.#blocked) {
+      // Stop taking commands until the client reads its acks and events.
+      this.#blocked = true;
+      this.#call.once('drain', () => {
+        this.#blocked = false;
+        this.#throttle();
+      });
+      this.#throttle();
+    }
+    return ok;
+  }
+
+  #throttle(): void {
+    const pause = this.#blocked || this.#inFlight >= MAX_IN_FLIGHT;
+    if (pause && !this.#paused) this.#call.pause();
+    if (!pause && this.#paused) this.#call.resume();
+    this.#paused = pause;
+  }
+
+  #maybeFinish(): void {
+    if (this.#halfClosed && this.#inFlight === 0) this.#stop();
+  }
+
+  #stop(error?: RelgateError, cancelled = false): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    for (const watcher of this.#watchers) watcher.stop();
+    if (cancelled) return this.#deps.onEnd(Code.CANCELLED);
+    this.#deps.onEnd(error?.code ?? Code.OK, error);
+    if (error) this.#call.emit('error', toServiceError(error));
+    else this.#call.end();
+  }
+}
