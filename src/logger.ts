@@ -3,6 +3,7 @@ import { pino, type Logger } from 'pino';
 
 export type { Logger };
 
-export function createLogger(level: string): Logger {
-  return pino({ level, base: { service: 'relgate' }, redact: ['metadata', 'token', '*.token'] });
+export function createLogger(level: string, destination?: NodeJS.WritableStream): Logger {
+  const options = { level, base: { service: 'relgate' }, redact: ['metadata', 'token', '*.token', 'authorization'] };
+  return destination ? pino(options, destination) : pino(options);
 }

@@ -17,7 +17,8 @@ const STATE = { pending: 'REQUEST_STATE_PENDING', answered: 'REQUEST_STATE_ANSWE
 const MODE = { any: 'DELIVERY_MODE_ANY', unit: 'DELIVERY_MODE_UNIT', selector: 'DELIVERY_MODE_SELECTOR' } as const;
 
 export function unitMessage(unit: UnitRecord) {
-  return { ...unit, revision: String(unit.revision) };
+  const { name, application, ingress_address, egress_subnets, labels, revision } = unit;
+  return { name, application, ingress_address, egress_subnets, labels, revision: String(revision) };
 }
 
 export function relationUnitMessage(unit: RelationUnitRecord) {

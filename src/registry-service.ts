@@ -1,4 +1,5 @@
 // RegistryService logic: interfaces, applications, units and relations.
+import { hashToken, newToken } from './auth.ts';
 import { Code, RelgateError, failedPrecondition, notFound } from './errors.ts';
 import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
 import { refreshFlags, requireUnit } from './relations.ts';
@@ -63,16 +64,41 @@ export class RegistryService {
     return { applications: applications.map((app) => ({ name: app.name, revision: String(app.revision) })) };
   }
 
-  async registerUnit(properties: UnitProperties) {
+  /** Registers a unit; with issueToken, returns its bearer token (only a hash is kept). */
+  async registerUnit(properties: UnitProperties, issueToken = false) {
     validateUnit(properties);
     const application = UNIT_NAME.exec(properties.name)?.[1] ?? '';
+    const token = issueToken ? newToken() : '';
     return this.#store.write(async (tx) => {
       if (!(await tx.getApplication(application))) throw notFound('application', application);
       if (await tx.getUnit(properties.name)) throw alreadyExists('unit', properties.name);
-      const unit = { ...properties, application, revision: await tx.revision() };
+      const unit = { ...properties, application, revision: await tx.revision(), token_hash: token ? hashToken(token) : null };
       await tx.putUnit(unit);
       await tx.appendChange('', { kind: 'registry', what: 'unit-registered', name: unit.name });
-      return { unit: unitMessage(unit) };
+      return { unit: unitMessage(unit), token };
+    });
+  }
+
+  async rotateUnitToken(name: string) {
+    new Violations().unitName('name', name).throwIfAny();
+    const token = newToken();
+    await this.#setTokenHash(name, hashToken(token), 'unit-token-rotated');
+    return { token };
+  }
+
+  async revokeUnitToken(name: string) {
+    new Violations().unitName('name', name).throwIfAny();
+    return { revision: String(await this.#setTokenHash(name, null, 'unit-token-revoked')) };
+  }
+
+  /** The change-log entry lets every replica drop the unit's open streams. */
+  async #setTokenHash(name: string, hash: string | null, what: string): Promise<number> {
+    return this.#store.write(async (tx) => {
+      const unit = await requireUnit(tx, name);
+      const revision = await tx.revision();
+      await tx.putUnit({ ...unit, token_hash: hash, revision });
+      await tx.appendChange('', { kind: 'registry', what, name });
+      return revision;
     });
   }
 

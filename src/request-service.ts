@@ -440,20 +440,25 @@ async function firstMatch(tx: StoreTx, relationIds: string[], match: JsonObject)
   return items[0];
 }
 
-/** Walks requests in creation order, keeping up to size that pass keep. */
+/**
+ * Walks requests in creation order, keeping up to size that pass keep. It
+ * looks for one match beyond the page so that the last page carries no
+ * token (a page that merely ends at the last match is still the last page).
+ */
 async function scan(tx: StoreTx, relationIds: string[], after: number, size: number, keep: (request: RequestRecord) => boolean) {
   const items: RequestRecord[] = [];
-  let last = after;
-  if (relationIds.length === 0) return { items, last, more: false };
+  let scanned = after;
+  if (relationIds.length === 0) return { items, last: after, more: false };
+  const limit = Math.max(SCAN_CHUNK, size + 1);
   for (;;) {
-    const chunk = await tx.listRequests({ relationIds, afterCreateRevision: last, limit: Math.max(SCAN_CHUNK, size) });
+    const chunk = await tx.listRequests({ relationIds, afterCreateRevision: scanned, limit });
     for (const request of chunk) {
-      last = request.create_revision;
+      scanned = request.create_revision;
       if (!keep(request)) continue;
+      if (items.length === size) return { items, last: items.at(-1)?.create_revision ?? after, more: true };
       items.push(request);
-      if (items.length === size) return { items, last, more: true };
     }
-    if (chunk.length < Math.max(SCAN_CHUNK, size)) return { items, last, more: false };
+    if (chunk.length < limit) return { items, last: scanned, more: false };
   }
 }
 

@@ -30,12 +30,11 @@ export function parseSelector(text: string, field = 'delivery.selector'): Requir
   const next = () => tokens[i++];
   const peek = () => tokens[i];
   const expectKey = (): string => {
-    const token = next();
+    // Peek first so that an error names the offending token's position.
+    const token = peek();
     if (!token || token.kind !== 'word') return fail('expected a label key');
-    if (!isLabelKey(token.text)) {
-      i -= 1;
-      return fail(`invalid label key "${token.text}"`);
-    }
+    if (!isLabelKey(token.text)) return fail(`invalid label key "${token.text}"`);
+    i += 1;
     return token.text;
   };
   const expectValue = (): string => {

@@ -4,6 +4,8 @@ import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { CallService, serverDeadline } from './call.ts';
+import { readFile } from 'node:fs/promises';
+import { Authenticator, type AuthMode } from './auth.ts';
 import { Code, RelgateError, asRelgateError, toServiceError } from './errors.ts';
 import { InterfaceRegistry } from './interfaces.ts';
 import { createLogger, type Logger } from './logger.ts';
@@ -14,7 +16,6 @@ import { RequestService, type DeliveryInput, type RequestFilterName } from './re
 import { SqliteStore, type Durability } from './store/sqlite-store.ts';
 import type { SideName, Store } from './store/store.ts';
 import { Session } from './session.ts';
-import { UNIT_NAME } from './validate.ts';
 import { WatchHub, type WatchSink, type WatchSpec, type WatchStartName } from './watch-hub.ts';
 
 export interface ServerConfig {
@@ -40,6 +41,16 @@ export interface ServerConfig {
   historyAgeMs: number;
   /** How long shutdown waits for calls before cutting them. */
   shutdownGraceMs: number;
+  /** open: units name themselves in metadata; token: bearer tokens. */
+  auth: AuthMode;
+  /** The admin token (token mode). */
+  adminToken?: string | undefined;
+  /** PEM files for TLS; with tlsClientCa, clients must present a certificate signed by it. */
+  tlsCert?: string | undefined;
+  tlsKey?: string | undefined;
+  tlsClientCa?: string | undefined;
+  /** Where logs go (default stdout). */
+  logDestination?: NodeJS.WritableStream | undefined;
 }
 
 export const DEFAULT_CONFIG: ServerConfig = {
@@ -55,9 +66,9 @@ export const DEFAULT_CONFIG: ServerConfig = {
   historyRevisions: 1_000_000,
   historyAgeMs: 24 * 3600 * 1000,
   shutdownGraceMs: 5_000,
+  auth: 'open',
 };
 
-export const UNIT_METADATA_KEY = 'relgate-unit';
 const SERVICES = ['relgate.v1.RegistryService', 'relgate.v1.RequesterService', 'relgate.v1.ResponderService', 'relgate.v1.SessionService'];
 
 export interface RunningServer {
@@ -73,7 +84,7 @@ export interface RunningServer {
 
 export async function startServer(overrides: Partial<ServerConfig> = {}): Promise<RunningServer> {
   const config = { ...DEFAULT_CONFIG, ...overrides };
-  const logger = createLogger(config.logLevel);
+  const logger = createLogger(config.logLevel, config.logDestination);
   const interfaces = await InterfaceRegistry.load(config.interfaces);
   const store = new SqliteStore({ path: config.db, durability: config.durability });
   const hub = new WatchHub(store, { maxBufferedEvents: config.watchBuffer, progressIntervalMs: config.progressIntervalMs });
@@ -85,7 +96,8 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   });
   const api = grpc.loadPackageDefinition(loadApi()) as unknown as { relgate: { v1: Record<string, { service: grpc.ServiceDefinition }> } };
   const v1 = api.relgate.v1;
-  const handlers = new Handlers(logger, registry, requests, hub);
+  const auth = new Authenticator(config.auth, config.adminToken, store);
+  const handlers = new Handlers(logger, registry, requests, hub, auth);
   server.addService(required(v1.RegistryService).service, handlers.registry());
   server.addService(required(v1.RequesterService).service, handlers.requester());
   server.addService(required(v1.ResponderService).service, handlers.responder());
@@ -96,13 +108,15 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICES].map((name) => [name, 'SERVING'])));
   health.addToServer(server);
 
+  const credentials = await serverCredentials(config);
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(config.listen, grpc.ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
+    server.bindAsync(config.listen, credentials, (error, bound) => (error ? reject(error) : resolve(bound))),
   );
   const host = config.listen.slice(0, config.listen.lastIndexOf(':'));
   const address = `${host}:${port}`;
   const timers = startBackgroundWork(config, store, requests, logger);
-  logger.info({ address, db: config.db, durability: config.durability, interfaces: interfaces.list().map((i) => `${i.name}@${i.version}`) }, 'relgate serving');
+  logger.info({ address, db: config.db, durability: config.durability, auth: config.auth, tls: Boolean(config.tlsCert), mtls: Boolean(config.tlsClientCa), interfaces: interfaces.list().map((i) => `${i.name}@${i.version}`) }, 'relgate serving');
+  if (config.auth === 'open' && !isLoopback(host)) logger.warn({ address }, 'open mode on a non-loopback address: any client can act as any unit; use --auth token');
 
   let stopping: Promise<void> | undefined;
   const stop = () =>
@@ -125,6 +139,20 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
       logger.info('stopped');
     })());
   return { address, port, store, hub, logger, stop };
+}
+
+async function serverCredentials(config: ServerConfig): Promise<grpc.ServerCredentials> {
+  if (!config.tlsCert && !config.tlsKey) {
+    if (config.tlsClientCa) throw new Error('--tls-client-ca needs --tls-cert and --tls-key');
+    return grpc.ServerCredentials.createInsecure();
+  }
+  if (!config.tlsCert || !config.tlsKey) throw new Error('TLS needs both --tls-cert and --tls-key');
+  const [cert, key, ca] = await Promise.all([readFile(config.tlsCert), readFile(config.tlsKey), config.tlsClientCa ? readFile(config.tlsClientCa) : null]);
+  return grpc.ServerCredentials.createSsl(ca, [{ cert_chain: cert, private_key: key }], ca !== null);
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '[::1]' || host === '::1' || host.startsWith('127.');
 }
 
 function required<T>(value: T | undefined): T {
@@ -184,19 +212,6 @@ export function deliveryInput(delivery: Req | null | undefined): DeliveryInput {
   return { mode: MODE[delivery?.mode as string] ?? 'any', unit: delivery?.unit ?? '', selector: delivery?.selector ?? '' };
 }
 
-/** The unit a call acts as, from the relgate-unit metadata. */
-export function callerUnit(metadata: grpc.Metadata): string {
-  const values = metadata.get(UNIT_METADATA_KEY);
-  const name = typeof values[0] === 'string' ? values[0] : '';
-  if (name === '') {
-    throw new RelgateError(Code.UNAUTHENTICATED, `name the calling unit in the "${UNIT_METADATA_KEY}" metadata, e.g. ${UNIT_METADATA_KEY}: webapp/0`, { reason: 'UNIT_REQUIRED' });
-  }
-  if (values.length > 1 || !UNIT_NAME.test(name)) {
-    throw new RelgateError(Code.UNAUTHENTICATED, `"${UNIT_METADATA_KEY}" must hold one unit name "<application>/<number>"`, { reason: 'INVALID_UNIT' });
-  }
-  return name;
-}
-
 class Handlers {
   readonly #logger: Logger;
   readonly #registry: RegistryService;
@@ -204,13 +219,38 @@ class Handlers {
   readonly #hub: WatchHub;
 
   readonly #calls: CallService;
+  readonly #auth: Authenticator;
+  /** Closers of each unit's open watches and sessions, for revocation. */
+  readonly #streams = new Map<string, Set<(error: RelgateError) => void>>();
 
-  constructor(logger: Logger, registry: RegistryService, requests: RequestService, hub: WatchHub) {
+  constructor(logger: Logger, registry: RegistryService, requests: RequestService, hub: WatchHub, auth: Authenticator) {
     this.#logger = logger;
     this.#registry = registry;
     this.#requests = requests;
     this.#hub = hub;
     this.#calls = new CallService(requests, hub);
+    this.#auth = auth;
+    hub.onCommit((changes) => {
+      for (const change of changes) {
+        if (change.data.kind === 'registry' && change.data.what.startsWith('unit-token')) this.#endStreams(change.data.name);
+      }
+    });
+  }
+
+  /** Tracks an open stream of a unit; returns its untracking function. */
+  #track(unit: string, close: (error: RelgateError) => void): () => void {
+    let set = this.#streams.get(unit);
+    if (!set) this.#streams.set(unit, (set = new Set()));
+    set.add(close);
+    return () => {
+      set.delete(close);
+      if (set.size === 0) this.#streams.delete(unit);
+    };
+  }
+
+  #endStreams(unit: string): void {
+    const error = new RelgateError(Code.UNAUTHENTICATED, `the token of ${unit} was rotated or revoked`, { reason: 'TOKEN_REVOKED' });
+    for (const close of [...(this.#streams.get(unit) ?? [])]) close(error);
   }
 
   /** A unary handler: runs fn, maps errors in one place, logs one line. */
@@ -242,13 +282,25 @@ class Handlers {
 
   registry(): grpc.UntypedServiceImplementation {
     const r = this.#registry;
-    const u = (name: string, fn: (request: Req) => unknown) => this.#unary(`RegistryService/${name}`, fn);
+    const u = (name: string, fn: (request: Req) => unknown) =>
+      this.#unary(`RegistryService/${name}`, async (q, call) => {
+        await this.#auth.requireAdmin(call);
+        return fn(q);
+      });
+    const read = (name: string, fn: (request: Req) => unknown) =>
+      this.#unary(`RegistryService/${name}`, async (q, call) => {
+        await this.#auth.identify(call);
+        return fn(q);
+      });
+    const issue = this.#auth.mode === 'token';
     return {
-      ListInterfaces: u('ListInterfaces', () => r.listInterfaces()),
-      GetInterface: u('GetInterface', (q) => r.getInterface(q.name, q.version)),
+      ListInterfaces: read('ListInterfaces', () => r.listInterfaces()),
+      GetInterface: read('GetInterface', (q) => r.getInterface(q.name, q.version)),
+      RotateUnitToken: u('RotateUnitToken', (q) => r.rotateUnitToken(q.name)),
+      RevokeUnitToken: u('RevokeUnitToken', (q) => r.revokeUnitToken(q.name)),
       RegisterApplication: u('RegisterApplication', (q) => r.registerApplication(q.name)),
       ListApplications: u('ListApplications', () => r.listApplications()),
-      RegisterUnit: u('RegisterUnit', (q) => r.registerUnit(unitProperties(q))),
+      RegisterUnit: u('RegisterUnit', (q) => r.registerUnit(unitProperties(q), issue)),
       UpdateUnit: u('UpdateUnit', (q) => r.updateUnit(unitProperties(q))),
       GetUnit: u('GetUnit', (q) => r.getUnit(q.name)),
       ListUnits: u('ListUnits', (q) => r.listUnits(q.application)),
@@ -264,7 +316,7 @@ class Handlers {
   requester(): grpc.UntypedServiceImplementation {
     const s = this.#requests;
     const u = (name: string, fn: (request: Req, unit: string, call: UnaryCall) => unknown) =>
-      this.#unary(`RequesterService/${name}`, (q, call) => fn(q, callerUnit(call.metadata), call));
+      this.#unary(`RequesterService/${name}`, async (q, call) => fn(q, await this.#auth.requireUnit(call), call));
     return {
       CreateRequest: u('CreateRequest', (q, unit) => s.create(unit, createInput(q))),
       CreateOrUpdateRequest: u('CreateOrUpdateRequest', (q, unit) => s.createOrUpdate(unit, { ...createInput(q), match_fields: q.match_fields })),
@@ -283,7 +335,7 @@ class Handlers {
   responder(): grpc.UntypedServiceImplementation {
     const s = this.#requests;
     const u = (name: string, fn: (request: Req, unit: string) => unknown) =>
-      this.#unary(`ResponderService/${name}`, (q, call) => fn(q, callerUnit(call.metadata)));
+      this.#unary(`ResponderService/${name}`, async (q, call) => fn(q, await this.#auth.requireUnit(call)));
     return {
       ListIncomingRequests: u('ListIncomingRequests', (q, unit) => s.listRequests(unit, listInput(q), 'responder')),
       GetIncomingRequest: u('GetIncomingRequest', (q, unit) => s.getRequest(unit, q.request_id, 'responder')),
@@ -315,10 +367,11 @@ class Handlers {
     const started = performance.now();
     const aborted = abortOnCancel(call);
     const deadline = serverDeadline(call.getDeadline() as Date | number, DEFAULT_CALL_MS);
-    Promise.resolve()
-      .then(() =>
+    this.#auth
+      .requireUnit(call)
+      .then((unit) =>
         this.#calls.run(
-          callerUnit(call.metadata),
+          unit,
           callOptions(call.request),
           deadline,
           (request) => call.write({ started: { request, expected_count: request.expected_count, expected_units: request.expected_units } }),
@@ -354,19 +407,25 @@ class Handlers {
       Open: (call: grpc.ServerDuplexStream<Req, unknown>) => {
         const method = 'SessionService/Open';
         const started = performance.now();
-        let unit: string;
-        try {
-          unit = callerUnit(call.metadata);
-        } catch (error) {
-          this.#log(method, call, asRelgateError(error).code, started, error);
-          return void call.emit('error', toServiceError(error));
-        }
-        new Session(call, unit, {
-          commands,
-          watchSpec: (caller, side, options) => watchSpec(caller, side, options),
-          startWatch: (spec, sink) => this.#hub.watch(spec, sink, (tx) => this.#watchScope(tx, spec)),
-          onEnd: (code, error) => this.#log(method, call, code, started, error),
-        });
+        this.#auth.requireUnit(call).then(
+          (unit) => {
+            let untrack = () => {};
+            const session = new Session(call, unit, {
+              commands,
+              watchSpec: (caller, side, options) => watchSpec(caller, side, options),
+              startWatch: (spec, sink) => this.#hub.watch(spec, sink, (tx) => this.#watchScope(tx, spec)),
+              onEnd: (code, error) => {
+                untrack();
+                this.#log(method, call, code, started, error);
+              },
+            });
+            untrack = this.#track(unit, (error) => session.end(error));
+          },
+          (error: unknown) => {
+            this.#log(method, call, asRelgateError(error).code, started, error);
+            call.emit('error', toServiceError(error));
+          },
+        );
       },
     };
   }
@@ -375,10 +434,12 @@ class Handlers {
     return (call) => {
       const started = performance.now();
       let finished = false;
+      let untrack = () => {};
       const sink: WatchSink = {
         write: (batch) => call.write({ batch }),
         onDrain: (callback) => call.once('drain', callback),
         end: (error) => {
+          untrack();
           if (finished) return;
           finished = true;
           if (error) {
@@ -392,15 +453,15 @@ class Handlers {
         },
       };
       const fail = (error: unknown) => sink.end(asRelgateError(error));
-      let spec: WatchSpec;
-      try {
-        spec = watchSpec(callerUnit(call.metadata), side, call.request.options);
-      } catch (error) {
-        return fail(error);
-      }
-      this.#hub
-        .watch(spec, sink, (tx) => this.#watchScope(tx, spec))
+      this.#auth
+        .requireUnit(call)
+        .then((unit) => {
+          const spec = watchSpec(unit, side, call.request.options);
+          return this.#hub.watch(spec, sink, (tx) => this.#watchScope(tx, spec));
+        })
         .then((watcher) => {
+          untrack = this.#track(watcher.spec.unit, (error) => watcher.stop(error));
+          if (finished) untrack();
           call.on('cancelled', () => {
             finished = true;
             this.#log(method, call, grpc.status.CANCELLED, started);

@@ -49,6 +49,11 @@ export class Session {
     call.on('error', () => this.#stop(undefined, true));
   }
 
+  /** Ends the session with an error, e.g. when the unit's token is revoked. */
+  end(error: RelgateError): void {
+    this.#stop(error);
+  }
+
   #onMessage(message: Req): void {
     if (this.#ended) return;
     if (message.kind === 'start') return void this.#start(message.start);

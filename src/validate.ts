@@ -86,8 +86,11 @@ export interface DurationMessage {
 /** A google.protobuf.Duration in milliseconds (0 when unset), with range checks. */
 export function durationMs(violations: Violations, field: string, duration: DurationMessage | null | undefined, max: number): number {
   if (!duration) return 0;
-  const ms = Number(duration.seconds ?? 0) * 1000 + Math.trunc((duration.nanos ?? 0) / 1e6);
-  if (!Number.isFinite(ms) || ms < 0) violations.add(field, 'must not be negative');
+  const seconds = Number(duration.seconds ?? 0);
+  const nanos = duration.nanos ?? 0;
+  const ms = seconds * 1000 + Math.trunc(nanos / 1e6);
+  // Check the parts, not ms: a negative duration under a millisecond truncates to -0.
+  if (!Number.isFinite(ms) || seconds < 0 || nanos < 0) violations.add(field, 'must not be negative');
   else if (ms > max) violations.add(field, `must be at most ${max / 1000} seconds`);
   return ms;
 }

@@ -53,7 +53,17 @@ export interface HubOptions {
   catchUpPage: number;
 }
 
-const SNAPSHOT_BATCH = 500;
+/** Events per stream message; a revision is never split, so one may hold more. */
+const MAX_BATCH_EVENTS = 500;
+
+/** A unit joining or leaving a relation, kept so resumes know where the unit belonged. */
+interface MembershipChange {
+  revision: number;
+  relationId: string;
+  unit: string;
+  side: SideName;
+  joined: boolean;
+}
 
 export const DEFAULT_HUB_OPTIONS: HubOptions = { maxBufferedEvents: 10_000, progressIntervalMs: 10_000, catchUpPage: 500 };
 
@@ -65,6 +75,10 @@ export class WatchHub {
   readonly #following = new Map<string, Set<Watcher>>();
   readonly #watchers = new Set<Watcher>();
   readonly #commitListeners = new Set<(changes: readonly Change[]) => void>();
+  /** Every join and departure after #indexedAfter, in revision order. */
+  #memberships: MembershipChange[] = [];
+  #indexedAfter: number;
+  #indexing: Promise<void> = Promise.resolve();
   #revision: number;
   #closed = false;
 
@@ -72,6 +86,7 @@ export class WatchHub {
     this.#store = store;
     this.#options = { ...DEFAULT_HUB_OPTIONS, ...options };
     this.#revision = store.currentRevision();
+    this.#indexedAfter = this.#revision;
     store.onCommit((changes) => this.#publish(changes));
   }
 
@@ -105,6 +120,8 @@ export class WatchHub {
    */
   async watch(spec: WatchSpec, sink: WatchSink, scope: (tx: StoreTx) => Promise<Map<string, number>>): Promise<Watcher> {
     if (this.#closed) throw shuttingDown();
+    const everyRelation = !spec.relationId;
+    if (spec.start === 'after' && everyRelation) await this.#indexMemberships(spec.afterRevision);
     const watcher = new Watcher(this, spec, sink, this.#options);
     const ready = await this.#store.read(async (tx) => {
       const relations = await scope(tx);
@@ -112,7 +129,9 @@ export class WatchHub {
       const snapshot = spec.start === 'snapshot' ? await snapshotEvents(tx, spec, [...relations.keys()], revision) : [];
       return { relations, revision, snapshot };
     });
-    const from = spec.start === 'after' ? spec.afterRevision : spec.start === 'now' ? this.#revision : ready.revision;
+    if (this.#closed) throw shuttingDown();
+    // 'now' is the revision the scope was read at: a join committed since is caught up.
+    const from = spec.start === 'after' ? spec.afterRevision : ready.revision;
     if (spec.start === 'after') {
       if (from < this.#store.compactedRevision()) throw compactedError(from, this.#store.compactedRevision());
       if (from > this.#revision) {
@@ -122,7 +141,8 @@ export class WatchHub {
         });
       }
     }
-    for (const [relationId, joinedAt] of ready.relations) watcher.relations.set(relationId, spec.relationId ? 0 : joinedAt);
+    const relations = !everyRelation ? new Map([[spec.relationId, 0]]) : spec.start === 'after' ? this.#membershipAt(spec, from, ready.revision, ready.relations) : ready.relations;
+    for (const [relationId, joinedAt] of relations) watcher.relations.set(relationId, joinedAt);
     this.#register(watcher);
     watcher.begin(from, ready.snapshot);
     return watcher;
@@ -153,7 +173,63 @@ export class WatchHub {
   remove(watcher: Watcher): void {
     this.#watchers.delete(watcher);
     for (const relationId of watcher.relations.keys()) this.unfollow(watcher, relationId);
-    this.#following.get(watcher.spec.unit)?.delete(watcher);
+    const following = this.#following.get(watcher.spec.unit);
+    following?.delete(watcher);
+    if (following?.size === 0) this.#following.delete(watcher.spec.unit);
+  }
+
+  /**
+   * The relations the unit belonged to at `from`: today's memberships with
+   * the unit's own joins and departures since then undone, so a resumed watch
+   * replays a relation it has left since (and skips one it joined later until
+   * the join itself). Memberships come from the hub's index, not a query.
+   */
+  #membershipAt(spec: WatchSpec, from: number, at: number, current: Map<string, number>): Map<string, number> {
+    const relations = new Map(current);
+    for (let i = this.#memberships.length - 1; i >= 0; i--) {
+      const change = this.#memberships[i] as MembershipChange;
+      if (change.revision <= from) break;
+      if (change.revision > at || change.unit !== spec.unit || change.side !== spec.side) continue;
+      if (change.joined) relations.delete(change.relationId);
+      else relations.set(change.relationId, 0);
+    }
+    return relations;
+  }
+
+  /** Extends the membership index down to `from` from the change log (resumes from before this hub started). */
+  #indexMemberships(from: number): Promise<void> {
+    const run = this.#indexing.then(async () => {
+      const until = this.#indexedAfter;
+      if (from >= until) return;
+      const found: MembershipChange[] = [];
+      for (let cursor = from; cursor < until; ) {
+        const { changes, upTo } = await this.#store.changesSince(cursor, this.#options.catchUpPage);
+        for (const change of changes) {
+          const membership = membershipOf(change);
+          if (membership && change.revision <= until) found.push(membership);
+        }
+        if (upTo <= cursor) break;
+        cursor = upTo;
+      }
+      // Pruned by a compaction meanwhile: the index then already covers what is still resumable.
+      if (this.#indexedAfter !== until) return;
+      this.#memberships = found.concat(this.#memberships);
+      this.#indexedAfter = from;
+    });
+    this.#indexing = run.catch(() => undefined);
+    return run;
+  }
+
+  #indexChange(change: Change): void {
+    const membership = membershipOf(change);
+    if (!membership) return;
+    this.#memberships.push(membership);
+    const compacted = this.#store.compactedRevision();
+    const first = this.#memberships[0];
+    if (first && first.revision <= compacted) {
+      this.#memberships = this.#memberships.filter((entry) => entry.revision > compacted);
+      this.#indexedAfter = Math.max(this.#indexedAfter, compacted);
+    }
   }
 
   #register(watcher: Watcher): void {
@@ -169,6 +245,7 @@ export class WatchHub {
   #publish(changes: readonly Change[]): void {
     const touched = new Map<Watcher, WatchEventMessage[]>();
     for (const change of changes) {
+      this.#indexChange(change);
       for (const watcher of this.#candidates(change)) {
         if (!watcher.isLive) continue;
         const events = watcher.translate(change);
@@ -193,6 +270,12 @@ export class WatchHub {
     }
     return found;
   }
+}
+
+function membershipOf(change: Change): MembershipChange | undefined {
+  const data = change.data;
+  if (data.kind !== 'unit-joined' && data.kind !== 'unit-departed') return undefined;
+  return { revision: change.revision, relationId: change.relation_id, unit: data.unit.unit, side: data.unit.side, joined: data.kind === 'unit-joined' };
 }
 
 function shuttingDown(): RelgateError {
@@ -270,7 +353,11 @@ export class Watcher {
 
   begin(from: number, snapshot: WatchEventMessage[]): void {
     this.#sent = from;
-    for (let i = 0; i < snapshot.length; i += SNAPSHOT_BATCH) this.#enqueue({ events: snapshot.slice(i, i + SNAPSHOT_BATCH), revision: String(from) });
+    // Only the snapshot's last message is a resume point; the ones before it say revision 0.
+    for (let i = 0; i < snapshot.length; i += MAX_BATCH_EVENTS) {
+      const last = i + MAX_BATCH_EVENTS >= snapshot.length;
+      this.#enqueue({ events: snapshot.slice(i, i + MAX_BATCH_EVENTS), revision: last ? String(from) : '0' });
+    }
     const interval = this.spec.progressIntervalMs || this.#options.progressIntervalMs;
     this.#timer = setInterval(() => this.#tick(), interval);
     this.#timer.unref();
@@ -288,9 +375,10 @@ export class Watcher {
     for (const resolve of this.#idleWaiters.splice(0)) resolve();
   }
 
-  /** Live delivery of one commit's events; a watcher that cannot keep up is cut off. */
+  /** Live delivery of one commit's events; a watcher whose transport stays full is cut off. */
   deliver(events: WatchEventMessage[], revision: number): void {
-    if (this.#queuedEvents + events.length > this.#options.maxBufferedEvents) {
+    // Only events held back by a full transport count: a big commit to a reader that keeps up is fine.
+    if (this.#waitingDrain && this.#queuedEvents + events.length > this.#options.maxBufferedEvents) {
       const last = String(this.#sent);
       return this.stop(
         new RelgateError(Code.RESOURCE_EXHAUSTED, `watcher fell behind by more than ${this.#options.maxBufferedEvents} events; resume after revision ${last}`, {
@@ -299,7 +387,7 @@ export class Watcher {
         }),
       );
     }
-    this.#enqueue({ events, revision: String(revision) });
+    this.#enqueueEvents(events, revision);
   }
 
   /** The events a change means for this watcher; also follows joins and departures. */
@@ -369,7 +457,7 @@ export class Watcher {
         const { changes, upTo } = await this.#hub.changesSince(cursor);
         const events = changes.flatMap((change) => this.translate(change));
         cursor = upTo;
-        if (events.length > 0) this.#enqueue({ events, revision: String(upTo) });
+        if (events.length > 0) this.#enqueueEvents(events, upTo);
       }
     } catch (error) {
       this.stop(asRelgateError(error));
@@ -387,6 +475,21 @@ export class Watcher {
   }
 
   #idleWaiters: (() => void)[] = [];
+
+  /** Queues events (in revision order) as messages of whole revisions; the last one says upTo. */
+  #enqueueEvents(events: WatchEventMessage[], upTo: number): void {
+    let start = 0;
+    while (events.length - start > MAX_BATCH_EVENTS) {
+      const next = (events[start + MAX_BATCH_EVENTS] as WatchEventMessage).revision;
+      let end = start + MAX_BATCH_EVENTS;
+      while (end > start && (events[end - 1] as WatchEventMessage).revision === next) end--;
+      if (end === start) while (end < events.length && (events[end] as WatchEventMessage).revision === next) end++;
+      if (end >= events.length) break;
+      this.#enqueue({ events: events.slice(start, end), revision: (events[end - 1] as WatchEventMessage).revision });
+      start = end;
+    }
+    this.#enqueue({ events: start === 0 ? events : events.slice(start), revision: String(upTo) });
+  }
 
   #enqueue(batch: WatchBatchMessage): void {
     if (this.#stopped) return;

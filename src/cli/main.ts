@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // relgate command line: `relgate serve` and its flags, each mirrored by a
 // RELGATE_* environment variable.
+import { readFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { DEFAULT_CONFIG, startServer } from '../server.ts';
 
@@ -30,8 +31,15 @@ program
   .addOption(new Option('--history-revisions <n>', 'change-log revisions kept for resuming watches').argParser(integer).env('RELGATE_HISTORY_REVISIONS').default(DEFAULT_CONFIG.historyRevisions))
   .addOption(new Option('--history-age <seconds>', 'change-log age kept for resuming watches').argParser(integer).env('RELGATE_HISTORY_AGE').default(DEFAULT_CONFIG.historyAgeMs / 1000))
   .addOption(new Option('--shutdown-grace <ms>', 'how long shutdown waits for calls').argParser(integer).env('RELGATE_SHUTDOWN_GRACE').default(DEFAULT_CONFIG.shutdownGraceMs))
+  .addOption(new Option('--auth <mode>', 'open: units name themselves in metadata (local use); token: admin and per-unit bearer tokens').choices(['open', 'token']).env('RELGATE_AUTH').default(DEFAULT_CONFIG.auth))
+  .addOption(new Option('--admin-token-file <path>', 'file holding the admin token (or set RELGATE_ADMIN_TOKEN)').env('RELGATE_ADMIN_TOKEN_FILE'))
+  .addOption(new Option('--tls-cert <path>', 'PEM certificate chain of the server').env('RELGATE_TLS_CERT'))
+  .addOption(new Option('--tls-key <path>', 'PEM private key of the server').env('RELGATE_TLS_KEY'))
+  .addOption(new Option('--tls-client-ca <path>', 'PEM CA that client certificates must chain to (mutual TLS; required)').env('RELGATE_TLS_CLIENT_CA'))
   .action(async (options: Record<string, unknown>) => {
     const interfaces = options.interfaces;
+    const tokenFile = options.adminTokenFile as string | undefined;
+    const adminToken = tokenFile ? (await readFile(tokenFile, 'utf8')).trim() : process.env.RELGATE_ADMIN_TOKEN;
     const server = await startServer({
       listen: options.listen as string,
       db: options.db as string,
@@ -44,6 +52,11 @@ program
       historyRevisions: options.historyRevisions as number,
       historyAgeMs: (options.historyAge as number) * 1000,
       shutdownGraceMs: options.shutdownGrace as number,
+      auth: options.auth as 'open' | 'token',
+      adminToken,
+      tlsCert: options.tlsCert as string | undefined,
+      tlsKey: options.tlsKey as string | undefined,
+      tlsClientCa: options.tlsClientCa as string | undefined,
     });
     const shutdown = () => void server.stop().then(() => process.exit(0));
     process.once('SIGTERM', shutdown);

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) S
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0), ('compacted', 0), ('relation_number', 0);
 CREATE TABLE IF NOT EXISTS applications (name TEXT PRIMARY KEY, doc TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS units (name TEXT PRIMARY KEY, application TEXT NOT NULL, doc TEXT NOT NULL) STRICT;
+CREATE INDEX IF NOT EXISTS units_by_token ON units (json_extract(doc, '$.token_hash'));
 CREATE TABLE IF NOT EXISTS relations (id TEXT PRIMARY KEY, create_revision INTEGER NOT NULL, doc TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS relation_units (relation_id TEXT NOT NULL, unit TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (relation_id, unit)) STRICT;
 CREATE INDEX IF NOT EXISTS relation_units_by_unit ON relation_units (unit);
@@ -61,6 +62,7 @@ function prepareStatements(db: Database.Database) {
     putUnit: db.prepare('INSERT OR REPLACE INTO units (name, application, doc) VALUES (?, ?, ?)'),
     listUnits: db.prepare<[], { doc: string }>('SELECT doc FROM units ORDER BY application, name'),
     listUnitsOf: db.prepare<[string], { doc: string }>('SELECT doc FROM units WHERE application = ? ORDER BY name'),
+    unitByToken: db.prepare<[string], { doc: string }>("SELECT doc FROM units WHERE json_extract(doc, '$.token_hash') = ?"),
     getRelation: db.prepare<[string], { doc: string }>('SELECT doc FROM relations WHERE id = ?'),
     putRelation: db.prepare('INSERT OR REPLACE INTO relations (id, create_revision, doc) VALUES (?, ?, ?)'),
     deleteRelation: db.prepare('DELETE FROM relations WHERE id = ?'),
@@ -315,6 +317,9 @@ class SqliteTx implements StoreTx {
   }
   async listUnits(application?: string) {
     return parseAll<UnitRecord>(application ? this.#s.listUnitsOf.all(application) : this.#s.listUnits.all());
+  }
+  async findUnitByTokenHash(hash: string) {
+    return parse<UnitRecord>(this.#s.unitByToken.get(hash));
   }
   async nextRelationNumber() {
     const next = (this.#s.meta.get('relation_number')?.value ?? 0) + 1;

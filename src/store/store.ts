@@ -19,6 +19,8 @@ export interface UnitRecord {
   egress_subnets: string[];
   labels: Record<string, string>;
   revision: number;
+  /** SHA-256 of the unit's bearer token (authenticated mode); never the token itself. */
+  token_hash?: string | null;
 }
 
 /** Counters from which the endpoint flags are derived; see flags.ts. */
@@ -123,6 +125,7 @@ export interface StoreTx {
   getUnit(name: string): Promise<UnitRecord | undefined>;
   putUnit(record: UnitRecord): Promise<void>;
   listUnits(application?: string): Promise<UnitRecord[]>;
+  findUnitByTokenHash(hash: string): Promise<UnitRecord | undefined>;
 
   nextRelationNumber(): Promise<number>;
   getRelation(id: string): Promise<RelationRecord | undefined>;

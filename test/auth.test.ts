@@ -1,0 +1,250 @@
+// Authenticated mode, per-relation authorization and TLS: every denial leaves
+// the store unchanged and the answer carries no data.
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { fromServiceError } from '../src/errors.ts';
+import { Rpc, startHarness, struct, v1, type Harness } from './helpers/harness.ts';
+import { makeCertificates } from './helpers/tls.ts';
+
+const ADMIN = 'admin-secret-for-tests';
+const logs: string[] = [];
+let h: Harness;
+let admin: Rpc;
+const tokens: Record<string, string> = {};
+let r1 = '';
+let requestId = '';
+
+function client(service: string, token?: string, unitHeader?: string): Rpc {
+  const Client = v1[service];
+  if (!Client) throw new Error(service);
+  const rpc = new Rpc(new Client(h.server.address, grpc.credentials.createInsecure()));
+  if (token) rpc.metadata.set('authorization', `Bearer ${token}`);
+  if (unitHeader) rpc.metadata.set('relgate-unit', unitHeader);
+  return rpc;
+}
+
+beforeAll(async () => {
+  const destination = new PassThrough();
+  destination.on('data', (chunk: Buffer) => logs.push(chunk.toString()));
+  h = await startHarness({ auth: 'token', adminToken: ADMIN, logLevel: 'info', logDestination: destination });
+  admin = client('RegistryService', ADMIN);
+  for (const app of ['webapp', 'ca', 'other', 'db']) await admin.call('RegisterApplication', { name: app });
+  for (const unit of ['webapp/0', 'webapp/1', 'ca/0', 'other/0', 'db/0']) {
+    const { token } = await admin.call('RegisterUnit', { name: unit });
+    expect(token).toMatch(/^rgu_/);
+    tokens[unit] = token;
+  }
+  const relate = async (requester: string, responder: string) => {
+    const { relation } = await admin.call('CreateRelation', { interface: 'tls-certificates', requester_application: requester, requester_endpoint: 'certificates', responder_application: responder, responder_endpoint: 'certificates' });
+    return relation.id as string;
+  };
+  r1 = await relate('webapp', 'ca');
+  const r2 = await relate('other', 'db');
+  for (const unit of ['webapp/0', 'webapp/1', 'ca/0']) await admin.call('JoinRelation', { relation_id: r1, unit });
+  for (const unit of ['other/0', 'db/0']) await admin.call('JoinRelation', { relation_id: r2, unit });
+  const created = await client('RequesterService', tokens['webapp/0']).call('CreateRequest', { relation_id: r1, fields: struct({ common_name: 'secret.example' }) });
+  requestId = created.request.request_id;
+  await admin.call('RevokeUnitToken', { name: 'webapp/1' });
+});
+afterAll(() => h.close());
+
+const requesterCalls: [string, () => object][] = [
+  ['CreateRequest', () => ({ relation_id: r1, fields: struct({ common_name: 'x' }) })],
+  ['CreateOrUpdateRequest', () => ({ relation_id: r1, match_fields: ['common_name'], fields: struct({ common_name: 'secret.example', sans: ['y'] }) })],
+  ['GetRequest', () => ({ request_id: requestId })],
+  ['ListRequests', () => ({ relation_id: r1 })],
+  ['WithdrawRequest', () => ({ request_id: requestId })],
+  ['ListResponses', () => ({ request_id: requestId })],
+  ['ResponseByField', () => ({ relation_id: r1, match_fields: struct({ common_name: 'secret.example' }) })],
+  ['GetRequesterFlags', () => ({ relation_id: r1 })],
+  ['Call', () => ({ relation_id: r1, fields: struct({ common_name: 'x' }), wait_for_responders: true })],
+];
+const responderCalls: [string, () => object][] = [
+  ['ListIncomingRequests', () => ({ relation_id: r1 })],
+  ['GetIncomingRequest', () => ({ request_id: requestId })],
+  ['Respond', () => ({ request_id: requestId, fields: struct({ key: 'k', cert: 'c' }) })],
+  ['ClaimRequest', () => ({ request_id: requestId })],
+  ['ReleaseRequest', () => ({ request_id: requestId })],
+  ['GetResponderFlags', () => ({ relation_id: r1 })],
+];
+const registryWrites: [string, () => object][] = [
+  ['RegisterApplication', () => ({ name: 'evil' })],
+  ['RegisterUnit', () => ({ name: 'webapp/9' })],
+  ['UpdateUnit', () => ({ name: 'webapp/0', ingress_address: '10.9.9.9' })],
+  ['CreateRelation', () => ({ interface: 'http', requester_application: 'webapp', requester_endpoint: 'x', responder_application: 'ca', responder_endpoint: 'y' })],
+  ['DeleteRelation', () => ({ relation_id: r1 })],
+  ['JoinRelation', () => ({ relation_id: r1, unit: 'webapp/1' })],
+  ['LeaveRelation', () => ({ relation_id: r1, unit: 'ca/0' })],
+  ['RotateUnitToken', () => ({ name: 'ca/0' })],
+  ['RevokeUnitToken', () => ({ name: 'ca/0' })],
+  ['ListUnits', () => ({})],
+  ['GetRelation', () => ({ relation_id: r1 })],
+];
+
+type Case = { who: string; token?: string; unitHeader?: string; codes: grpc.status[]; reason?: string };
+const unauthenticated = [grpc.status.UNAUTHENTICATED];
+const denied = [grpc.status.PERMISSION_DENIED, grpc.status.NOT_FOUND];
+const credentialCases = (): Case[] => [
+  { who: 'no token', codes: unauthenticated, reason: 'TOKEN_REQUIRED' },
+  { who: 'bad token', token: 'rgu_not-a-real-token', codes: unauthenticated, reason: 'INVALID_TOKEN' },
+  { who: 'revoked token', token: tokens['webapp/1'], codes: unauthenticated, reason: 'INVALID_TOKEN' },
+  { who: 'relgate-unit header without a token', unitHeader: 'webapp/0', codes: unauthenticated, reason: 'TOKEN_REQUIRED' },
+];
+
+async function expectDenied(service: string, method: string, body: object, c: Case): Promise<void> {
+  const before = h.server.store.currentRevision();
+  const error = await client(service, c.token, c.unitHeader).fail(method, body);
+  expect(c.codes, `${service}.${method} as ${c.who}: got ${grpc.status[error.code]} ${error.message}`).toContain(error.code);
+  if (c.reason) expect(error.reason, `${method} as ${c.who}`).toBe(c.reason);
+  expect(error.message).not.toContain('secret.example');
+  expect(h.server.store.currentRevision(), `${method} as ${c.who} changed the store`).toBe(before);
+}
+
+describe('denial matrix', () => {
+  test('requester RPCs', async () => {
+    const cases: Case[] = [
+      ...credentialCases(),
+      { who: 'unit of another relation', token: tokens['other/0'], codes: denied },
+      { who: 'wrong role (responder unit)', token: tokens['ca/0'], codes: denied },
+      { who: 'impersonation', token: tokens['ca/0'], unitHeader: 'webapp/0', codes: [grpc.status.PERMISSION_DENIED], reason: 'IMPERSONATION' },
+    ];
+    for (const [method, body] of requesterCalls) for (const c of cases) await expectDenied('RequesterService', method, body(), c);
+  });
+
+  test('responder RPCs', async () => {
+    const cases: Case[] = [
+      ...credentialCases(),
+      { who: 'unit of another relation', token: tokens['db/0'], codes: denied },
+      { who: 'wrong role (requester unit)', token: tokens['webapp/0'], codes: denied },
+      { who: 'impersonation', token: tokens['webapp/0'], unitHeader: 'ca/0', codes: [grpc.status.PERMISSION_DENIED], reason: 'IMPERSONATION' },
+    ];
+    for (const [method, body] of responderCalls) for (const c of cases) await expectDenied('ResponderService', method, body(), c);
+  });
+
+  test('registry writes and reads need the admin token', async () => {
+    const cases: Case[] = [...credentialCases(), { who: 'a unit token', token: tokens['webapp/0'], codes: [grpc.status.PERMISSION_DENIED], reason: 'ADMIN_REQUIRED' }];
+    for (const [method, body] of registryWrites) for (const c of cases) await expectDenied('RegistryService', method, body(), c);
+    // Interface schemas are readable by any authenticated caller.
+    const { interfaces } = await client('RegistryService', tokens['webapp/0']).call('ListInterfaces');
+    expect(interfaces.length).toBeGreaterThan(0);
+  });
+
+  test('watches and sessions refuse the same callers', async () => {
+    for (const c of credentialCases()) {
+      const stream = client('ResponderService', c.token, c.unitHeader).stream('WatchIncomingRequests', { options: { relation_id: r1 } });
+      const error = await new Promise<grpc.ServiceError>((resolve) => stream.on('error', resolve));
+      expect(error.code).toBe(grpc.status.UNAUTHENTICATED);
+    }
+    const foreign = client('ResponderService', tokens['db/0']).stream('WatchIncomingRequests', { options: { relation_id: r1 } });
+    let leaked = 0;
+    foreign.on('data', () => (leaked += 1));
+    const error = await new Promise<grpc.ServiceError>((resolve) => foreign.on('error', resolve));
+    expect(error.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(leaked).toBe(0);
+  });
+
+  test('a unit listing every relation sees only its own', async () => {
+    const { requests } = await client('RequesterService', tokens['other/0']).call('ListRequests', {});
+    expect(requests).toEqual([]);
+  });
+});
+
+test('the owner is allowed, and a relgate-unit header naming itself is accepted', async () => {
+  const { requests } = await client('RequesterService', tokens['webapp/0'], 'webapp/0').call('ListRequests', { relation_id: r1 });
+  expect(requests.map((r: { request_id: string }) => r.request_id)).toContain(requestId);
+});
+
+test('rotation: the old token stops working, the new one works', async () => {
+  const { token } = await admin.call('RotateUnitToken', { name: 'ca/0' });
+  const old = await client('ResponderService', tokens['ca/0']).fail('GetResponderFlags', { relation_id: r1 });
+  expect(old.code).toBe(grpc.status.UNAUTHENTICATED);
+  const { flags } = await client('ResponderService', token).call('GetResponderFlags', { relation_id: r1 });
+  expect(flags.has_requests).toBe(true);
+  tokens['ca/0'] = token;
+});
+
+test('revocation mid-watch ends the stream and no event reaches it afterwards', async () => {
+  const { token } = await admin.call('RotateUnitToken', { name: 'webapp/0' });
+  const watch = client('RequesterService', token).stream('WatchResponses', { options: { relation_id: r1, start: 'WATCH_START_NOW' } });
+  let events = 0;
+  watch.on('data', () => (events += 1));
+  const ended = new Promise<grpc.ServiceError>((resolve) => watch.on('error', resolve));
+  // The watch is registered once the hub knows of it.
+  await new Promise<void>((resolve) => {
+    const check = () => (h.server.hub.isWatched(r1, 'requester', 'webapp/0') ? resolve() : setImmediate(check));
+    check();
+  });
+  await admin.call('RevokeUnitToken', { name: 'webapp/0' });
+  const error = fromServiceError(await ended);
+  expect(error.code).toBe(grpc.status.UNAUTHENTICATED);
+  expect(error.reason).toBe('TOKEN_REVOKED');
+  await client('ResponderService', tokens['ca/0']).call('ClaimRequest', { request_id: requestId });
+  expect(events).toBe(0);
+});
+
+test('tokens never appear in logs', () => {
+  const text = logs.join('');
+  expect(text).toContain('"method"');
+  for (const token of [ADMIN, ...Object.values(tokens)]) expect(text).not.toContain(token);
+});
+
+describe('TLS and mutual TLS', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'relgate-tls-'));
+  const certs = makeCertificates(dir, ['webapp/0', 'intruder/0']);
+  const foreignDir = mkdtempSync(path.join(tmpdir(), 'relgate-tls-foreign-'));
+  const foreign = makeCertificates(foreignDir, ['webapp/0']);
+  const read = (file: string) => readFileSync(file);
+
+  async function registryCall(server: Harness, credentials: grpc.ChannelCredentials) {
+    const Client = v1.RegistryService!;
+    const rpc = new Rpc(new Client(server.server.address, credentials));
+    rpc.metadata.set('authorization', `Bearer ${ADMIN}`);
+    try {
+      return await rpc.call('ListInterfaces', {});
+    } finally {
+      rpc.client.close();
+    }
+  }
+
+  test('TLS: the right CA connects, a foreign CA fails the handshake', async () => {
+    const tls = await startHarness({ auth: 'token', adminToken: ADMIN, tlsCert: certs.serverCert, tlsKey: certs.serverKey, listen: '127.0.0.1:0' });
+    try {
+      const ok = await registryCall(tls, grpc.credentials.createSsl(read(certs.ca)));
+      expect(ok.interfaces.length).toBeGreaterThan(0);
+      await expect(registryCall(tls, grpc.credentials.createSsl(read(foreign.ca)))).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+      await expect(registryCall(tls, grpc.credentials.createInsecure())).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+    } finally {
+      await tls.close();
+    }
+  });
+
+  test('mTLS: no or foreign client certificate fails; a unit certificate identifies the unit and metadata cannot override it', async () => {
+    const mtls = await startHarness({ tlsCert: certs.serverCert, tlsKey: certs.serverKey, tlsClientCa: certs.ca, listen: '127.0.0.1:0' });
+    try {
+      await expect(registryCall(mtls, grpc.credentials.createSsl(read(certs.ca)))).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+      const foreignClient = foreign.client('webapp/0');
+      await expect(registryCall(mtls, grpc.credentials.createSsl(read(certs.ca), read(foreignClient.key), read(foreignClient.cert)))).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+      const mine = certs.client('webapp/0');
+      const credentials = grpc.credentials.createSsl(read(certs.ca), read(mine.key), read(mine.cert));
+      const Registry = v1.RegistryService!;
+      const registry = new Rpc(new Registry(mtls.server.address, credentials));
+      await registry.call('RegisterApplication', { name: 'webapp' });
+      await registry.call('RegisterUnit', { name: 'webapp/0' });
+      const Requester = v1.RequesterService!;
+      const asCert = new Rpc(new Requester(mtls.server.address, credentials));
+      const flags = await asCert.call('GetRequesterFlags', {});
+      expect(flags.flags.all_responses).toBe(false);
+      const impersonating = new Rpc(new Requester(mtls.server.address, credentials), 'ca/0');
+      const error = await impersonating.fail('GetRequesterFlags', {});
+      expect(error.code).toBe(grpc.status.PERMISSION_DENIED);
+      expect(error.reason).toBe('IMPERSONATION');
+      for (const rpc of [registry, asCert, impersonating]) rpc.client.close();
+    } finally {
+      await mtls.close();
+    }
+  });
+});

@@ -1,0 +1,213 @@
+// Every class of bad input: the exact status code, ErrorInfo reason and
+// field-violation paths, a google.rpc.Status in grpc-status-details-bin that
+// repeats the call's own code and message, and a store left untouched.
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { Code } from '../src/errors.ts';
+import { startHarness, struct, type Harness, type Rpc } from './helpers/harness.ts';
+import { rawFail, statusDetails } from './helpers/status.ts';
+import { makeWorld, snapshot, type World } from './helpers/world.ts';
+import { fromServiceError } from '../src/errors.ts';
+
+let h: Harness;
+let w: World;
+let pendingId: string;
+let answeredId: string;
+/** A registered unit of the requester application that has not joined. */
+let idle: string;
+/** A registered unit of an application outside the relation. */
+let stranger: string;
+
+beforeAll(async () => {
+  h = await startHarness();
+  w = await makeWorld(h, { responders: 2 });
+  idle = `${w.requesterApp}/5`;
+  await h.registry.call('RegisterUnit', { name: idle });
+  await h.registry.call('RegisterApplication', { name: 'outsider' });
+  stranger = 'outsider/0';
+  await h.registry.call('RegisterUnit', { name: stranger });
+  answeredId = (await w.req().call('CreateRequest', { relation_id: w.relationId, fields: struct({ common_name: 'answered.example' }) })).request.request_id;
+  await w.res().call('Respond', { request_id: answeredId, fields: struct({ key: 'K', cert: 'C' }) });
+  pendingId = (await w.req().call('CreateRequest', { relation_id: w.relationId, fields: struct({ common_name: 'pending.example' }) })).request.request_id;
+});
+afterAll(() => h.close());
+
+interface Case {
+  name: string;
+  rpc: () => Rpc;
+  method: string;
+  request: () => object;
+  code: Code;
+  reason: string;
+  /** Field-violation paths, in the order reported. */
+  fields?: string[];
+  /** A substring of the (first) violation's description. */
+  description?: string;
+}
+
+const requester = () => w.req();
+const responder = () => w.res();
+const registry = () => h.registry;
+const create = (extra: object) => () => ({ relation_id: w.relationId, fields: struct({ common_name: 'x.example' }), ...extra });
+const withFields = (fields: Parameters<typeof struct>[0]) => create({ fields: struct(fields) });
+const selector = (text: string) => create({ delivery: { mode: 'DELIVERY_MODE_SELECTOR', selector: text } });
+const INVALID = { code: Code.INVALID_ARGUMENT, reason: 'INVALID_ARGUMENT' };
+const UUID_ONE_SHORT = '123e4567-e89b-42d3-a456-42661417400';
+
+const CASES: Case[] = [
+  // Interface fields.
+  { name: 'unknown field', rpc: requester, method: 'CreateRequest', request: withFields({ common_name: 'x', colour: 'red' }), ...INVALID, fields: ['fields.colour'], description: 'unknown field' },
+  { name: 'wrong JSON types', rpc: requester, method: 'CreateRequest', request: withFields({ common_name: 5, sans: 'a.example' }), ...INVALID, fields: ['fields.common_name', 'fields.sans'] },
+  { name: 'wrong JSON type in a list', rpc: requester, method: 'CreateRequest', request: withFields({ common_name: 'x', sans: ['a', 2, true] }), ...INVALID, fields: ['fields.sans[1]', 'fields.sans[2]'] },
+  { name: 'missing required field', rpc: requester, method: 'CreateRequest', request: withFields({ sans: ['a'] }), ...INVALID, fields: ['fields.common_name'], description: 'required' },
+  { name: 'empty required field', rpc: requester, method: 'CreateRequest', request: withFields({ common_name: '' }), ...INVALID, fields: ['fields.common_name'] },
+  {
+    name: 'every response violation at once',
+    rpc: responder,
+    method: 'Respond',
+    request: () => ({ request_id: pendingId, fields: struct({ ca: 5, extra: 'x' }) }),
+    ...INVALID,
+    fields: ['fields.ca', 'fields.extra', 'fields.key', 'fields.cert'],
+  },
+  { name: 'unknown and mistyped match_fields', rpc: requester, method: 'ListRequests', request: () => ({ relation_id: w.relationId, match_fields: struct({ colour: 'x', common_name: 1 }) }), ...INVALID, fields: ['match_fields.colour', 'match_fields.common_name'] },
+  { name: 'unknown field in ResponseByField', rpc: requester, method: 'ResponseByField', request: () => ({ relation_id: w.relationId, match_fields: struct({ colour: 'x' }) }), ...INVALID, fields: ['match_fields.colour'] },
+  { name: 'failure without an error message', rpc: responder, method: 'Respond', request: () => ({ request_id: pendingId, code: 3 }), ...INVALID, fields: ['error'] },
+
+  // Request-level fields, all reported at once.
+  {
+    name: 'every request-level violation at once',
+    rpc: requester,
+    method: 'CreateRequest',
+    request: () => ({ relation_id: '', request_id: 'nope', ttl: { seconds: -1 }, delivery: { mode: 'DELIVERY_MODE_UNIT', unit: 'BAD' }, fields: struct({ common_name: 'x' }) }),
+    ...INVALID,
+    fields: ['relation_id', 'request_id', 'ttl', 'delivery.unit'],
+  },
+  { name: 'bad UUID on create', rpc: requester, method: 'CreateRequest', request: create({ request_id: 'not-a-uuid' }), ...INVALID, fields: ['request_id'], description: 'UUID' },
+  { name: 'missing request_id on get', rpc: requester, method: 'GetRequest', request: () => ({ request_id: '' }), ...INVALID, fields: ['request_id'] },
+  { name: 'bad UUID on respond', rpc: responder, method: 'Respond', request: () => ({ request_id: 'zzz', fields: struct({ key: 'K', cert: 'C' }) }), ...INVALID, fields: ['request_id'] },
+  { name: 'short UUID on withdraw', rpc: requester, method: 'WithdrawRequest', request: () => ({ request_id: UUID_ONE_SHORT }), ...INVALID, fields: ['request_id'] },
+  { name: 'bad UUID on claim', rpc: responder, method: 'ClaimRequest', request: () => ({ request_id: 'x' }), ...INVALID, fields: ['request_id'] },
+  { name: 'negative ttl', rpc: requester, method: 'CreateRequest', request: create({ ttl: { seconds: -5 } }), ...INVALID, fields: ['ttl'], description: 'negative' },
+  { name: 'negative ttl below a millisecond', rpc: requester, method: 'CreateRequest', request: create({ ttl: { seconds: 0, nanos: -1 } }), ...INVALID, fields: ['ttl'], description: 'negative' },
+  { name: 'ttl over 30 days', rpc: requester, method: 'CreateRequest', request: create({ ttl: { seconds: 31 * 86400 } }), ...INVALID, fields: ['ttl'] },
+  { name: 'negative lease', rpc: responder, method: 'ClaimRequest', request: () => ({ request_id: pendingId, lease: { seconds: -1 } }), ...INVALID, fields: ['lease'] },
+  { name: 'page_size over 1000', rpc: requester, method: 'ListRequests', request: () => ({ relation_id: w.relationId, page_size: 1001 }), ...INVALID, fields: ['page_size'] },
+  { name: 'selector on an any request', rpc: requester, method: 'CreateRequest', request: create({ delivery: { mode: 'DELIVERY_MODE_ANY', selector: 'a=b' } }), ...INVALID, fields: ['delivery.selector'] },
+  { name: 'unit on a selector request', rpc: requester, method: 'CreateRequest', request: create({ delivery: { mode: 'DELIVERY_MODE_SELECTOR', unit: 'ca/0' } }), ...INVALID, fields: ['delivery.unit'] },
+
+  // Selectors name the position of the problem.
+  { name: 'selector: unclosed set', rpc: requester, method: 'CreateRequest', request: selector('zone=a,tier in (db'), ...INVALID, fields: ['delivery.selector'], description: 'at position 19' },
+  { name: 'selector: empty requirement', rpc: requester, method: 'CreateRequest', request: selector('zone=a,,b'), ...INVALID, fields: ['delivery.selector'], description: 'expected a label key at position 8' },
+  { name: 'selector: missing comma', rpc: requester, method: 'CreateRequest', request: selector('zone=a b'), ...INVALID, fields: ['delivery.selector'], description: 'at position 8' },
+  { name: 'selector: bad key', rpc: requester, method: 'CreateRequest', request: selector('Zone_=a'), ...INVALID, fields: ['delivery.selector'], description: 'invalid label key "Zone_" at position 1' },
+  { name: 'selector: set without parenthesis', rpc: requester, method: 'CreateRequest', request: selector('tier notin db'), ...INVALID, fields: ['delivery.selector'], description: 'at position 12' },
+  { name: 'selector: bad value', rpc: requester, method: 'CreateRequest', request: selector('tier=a,zone!=-x'), ...INVALID, fields: ['delivery.selector'], description: 'at position 14' },
+  { name: 'selector: dangling !', rpc: requester, method: 'CreateRequest', request: selector('zone,!'), ...INVALID, fields: ['delivery.selector'], description: 'expected a label key at position 7' },
+
+  // Registry input.
+  { name: 'bad application name', rpc: registry, method: 'RegisterApplication', request: () => ({ name: 'Bad_Name' }), ...INVALID, fields: ['name'] },
+  { name: 'bad unit name: upper case', rpc: registry, method: 'RegisterUnit', request: () => ({ name: 'WebApp/0' }), ...INVALID, fields: ['name'] },
+  { name: 'bad unit name: no number', rpc: registry, method: 'RegisterUnit', request: () => ({ name: 'webapp' }), ...INVALID, fields: ['name'] },
+  { name: 'bad unit name: leading zero', rpc: registry, method: 'RegisterUnit', request: () => ({ name: `${w.requesterApp}/01` }), ...INVALID, fields: ['name'] },
+  { name: 'bad unit name: empty', rpc: registry, method: 'GetUnit', request: () => ({ name: '' }), ...INVALID, fields: ['name'] },
+  { name: 'bad unit name on join', rpc: registry, method: 'JoinRelation', request: () => ({ relation_id: w.relationId, unit: 'web/x' }), ...INVALID, fields: ['unit'] },
+  { name: 'bad unit name in delivery', rpc: requester, method: 'CreateRequest', request: create({ delivery: { mode: 'DELIVERY_MODE_UNIT', unit: 'nope' } }), ...INVALID, fields: ['delivery.unit'] },
+  {
+    name: 'bad CIDRs',
+    rpc: registry,
+    method: 'RegisterUnit',
+    request: () => ({ name: `${w.requesterApp}/7`, egress_subnets: ['10.0.0.0/33', '10.0.0.1', 'banana/8', '10.0.0.0/24', '::1/129', '10.0.0.0/8/8'] }),
+    ...INVALID,
+    fields: ['egress_subnets[0]', 'egress_subnets[1]', 'egress_subnets[2]', 'egress_subnets[4]', 'egress_subnets[5]'],
+    description: 'CIDR',
+  },
+  {
+    name: 'bad labels',
+    rpc: registry,
+    method: 'RegisterUnit',
+    request: () => ({ name: `${w.requesterApp}/7`, labels: { '-bad': 'x', good: 'bad value!', 'a/b/c': 'x', fine: '' } }),
+    ...INVALID,
+    fields: ['labels.-bad', 'labels.good', 'labels.a/b/c'],
+  },
+  { name: 'bad ingress address', rpc: registry, method: 'UpdateUnit', request: () => ({ name: w.requesters[0], ingress_address: 'not an address!' }), ...INVALID, fields: ['ingress_address'] },
+  {
+    name: 'every unit violation at once',
+    rpc: registry,
+    method: 'RegisterUnit',
+    request: () => ({ name: 'X', ingress_address: '::g', egress_subnets: ['x'], labels: { '!': 'v' } }),
+    ...INVALID,
+    fields: ['name', 'ingress_address', 'egress_subnets[0]', 'labels.!'],
+  },
+  {
+    name: 'every relation violation at once',
+    rpc: registry,
+    method: 'CreateRelation',
+    request: () => ({}),
+    ...INVALID,
+    fields: ['interface', 'requester_application', 'requester_endpoint', 'responder_application', 'responder_endpoint'],
+  },
+
+  // Not found.
+  { name: 'unknown relation on create', rpc: requester, method: 'CreateRequest', request: create({ relation_id: 'tls-certificates:99999' }), code: Code.NOT_FOUND, reason: 'RELATION_NOT_FOUND' },
+  { name: 'unknown relation on list', rpc: responder, method: 'ListIncomingRequests', request: () => ({ relation_id: 'nope' }), code: Code.NOT_FOUND, reason: 'RELATION_NOT_FOUND' },
+  { name: 'unknown relation on join', rpc: registry, method: 'JoinRelation', request: () => ({ relation_id: 'http:424242', unit: w.requesters[0] }), code: Code.NOT_FOUND, reason: 'RELATION_NOT_FOUND' },
+  { name: 'unknown request', rpc: requester, method: 'GetRequest', request: () => ({ request_id: '123e4567-e89b-42d3-a456-426614174000' }), code: Code.NOT_FOUND, reason: 'REQUEST_NOT_FOUND' },
+
+  // Who is calling.
+  { name: 'missing relgate-unit (requester)', rpc: () => h.requester(''), method: 'CreateRequest', request: create({}), code: Code.UNAUTHENTICATED, reason: 'UNIT_REQUIRED' },
+  { name: 'missing relgate-unit (responder)', rpc: () => h.responder(''), method: 'ListIncomingRequests', request: () => ({}), code: Code.UNAUTHENTICATED, reason: 'UNIT_REQUIRED' },
+  { name: 'malformed relgate-unit', rpc: () => h.requester('Web App'), method: 'CreateRequest', request: create({}), code: Code.UNAUTHENTICATED, reason: 'INVALID_UNIT' },
+  { name: 'unknown unit', rpc: () => h.requester(`${w.requesterApp}/42`), method: 'CreateRequest', request: create({}), code: Code.UNAUTHENTICATED, reason: 'UNKNOWN_UNIT' },
+  { name: 'unknown unit (responder)', rpc: () => h.responder(`${w.responderApp}/42`), method: 'Respond', request: () => ({ request_id: pendingId, fields: struct({ key: 'K', cert: 'C' }) }), code: Code.UNAUTHENTICATED, reason: 'UNKNOWN_UNIT' },
+  { name: 'responder unit as requester', rpc: () => h.requester(w.responders[0] as string), method: 'CreateRequest', request: create({}), code: Code.PERMISSION_DENIED, reason: 'NOT_A_MEMBER' },
+  { name: 'requester unit as responder', rpc: () => h.responder(w.requesters[0] as string), method: 'ListIncomingRequests', request: () => ({ relation_id: w.relationId }), code: Code.PERMISSION_DENIED, reason: 'NOT_A_MEMBER' },
+  { name: 'unit of an unrelated application', rpc: () => h.requester(stranger), method: 'ListRequests', request: () => ({ relation_id: w.relationId }), code: Code.PERMISSION_DENIED, reason: 'NOT_A_MEMBER' },
+  { name: 'unrelated unit cannot read a request', rpc: () => h.requester(stranger), method: 'GetRequest', request: () => ({ request_id: pendingId }), code: Code.NOT_FOUND, reason: 'REQUEST_NOT_FOUND' },
+  { name: 'unit not joined', rpc: () => h.requester(idle), method: 'CreateRequest', request: create({}), code: Code.FAILED_PRECONDITION, reason: 'UNIT_NOT_JOINED' },
+  { name: 'unit not joined reads flags', rpc: () => h.requester(idle), method: 'GetRequesterFlags', request: () => ({ relation_id: w.relationId }), code: Code.FAILED_PRECONDITION, reason: 'UNIT_NOT_JOINED' },
+
+  // Wrong state.
+  { name: 'answer to an answered request', rpc: () => w.res(1), method: 'Respond', request: () => ({ request_id: answeredId, fields: struct({ key: 'K', cert: 'C' }) }), code: Code.FAILED_PRECONDITION, reason: 'REQUEST_COMPLETED' },
+  { name: 'second answer by the same unit', rpc: responder, method: 'Respond', request: () => ({ request_id: answeredId, fields: struct({ key: 'K', cert: 'C' }) }), code: Code.FAILED_PRECONDITION, reason: 'ALREADY_ANSWERED' },
+  { name: 'release without a claim', rpc: responder, method: 'ReleaseRequest', request: () => ({ request_id: pendingId }), code: Code.FAILED_PRECONDITION, reason: 'NOT_CLAIMED' },
+  { name: 'registering an existing unit', rpc: registry, method: 'RegisterUnit', request: () => ({ name: w.requesters[0] }), code: Code.ALREADY_EXISTS, reason: 'UNIT_EXISTS' },
+];
+
+describe('bad input', () => {
+  test.each(CASES.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
+    const revision = h.server.store.currentRevision();
+    const contents = await snapshot(h, [w]);
+    const raw = await rawFail(c.rpc(), c.method, c.request());
+    const error = fromServiceError(raw);
+
+    expect(raw.code).toBe(c.code);
+    expect(error.reason).toBe(c.reason);
+    expect(raw.details).not.toBe('');
+    expect(error.fieldViolations.map((v) => v.field)).toEqual(c.fields ?? []);
+    if (c.description) expect(error.fieldViolations[0]?.description).toContain(c.description);
+    for (const violation of error.fieldViolations) expect(violation.description).not.toBe('');
+
+    // The details trailer repeats the call's own code and message.
+    const details = statusDetails(raw);
+    expect(details.code).toBe(raw.code);
+    expect(details.message).toBe(raw.details);
+    expect(details.errorInfo).toMatchObject({ reason: c.reason, domain: 'relgate.dev' });
+    expect(details.typeUrls[0]).toBe('type.googleapis.com/google.rpc.ErrorInfo');
+    expect(details.fieldViolations?.map((v) => v.field) ?? []).toEqual(c.fields ?? []);
+
+    // Nothing was written.
+    expect(h.server.store.currentRevision()).toBe(revision);
+    expect(await snapshot(h, [w])).toEqual(contents);
+  });
+
+  test('the message names the first violation and counts the rest', async () => {
+    const error = await w.res().fail('Respond', { request_id: pendingId, fields: struct({}) });
+    expect(error.message).toBe('fields.key: required field is missing or empty (and 1 more)');
+  });
+
+  test('bad input never crashes the server', async () => {
+    const after = await w.req().call('GetRequest', { request_id: pendingId });
+    expect(after.request.state).toBe('REQUEST_STATE_PENDING');
+    const { interfaces } = await h.registry.call('ListInterfaces');
+    expect(interfaces.length).toBeGreaterThan(0);
+  });
+});

@@ -1,0 +1,134 @@
+// The real grpcurl binary for tests: found on PATH or where .ci/run installs
+// it (a missing grpcurl fails the tests; it is never skipped).
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import { homedir } from 'node:os';
+import path from 'node:path';
+import { PROJECT_DIR } from '../../src/protos.ts';
+
+export const GRPCURL_VERSION = 'v1.9.3';
+
+function executable(file: string): boolean {
+  try {
+    accessSync(file, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Absolute path of grpcurl; throws with install instructions when missing. */
+export function findGrpcurl(): string {
+  const cache = process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache');
+  const candidates = [
+    ...(process.env.PATH ?? '').split(path.delimiter).filter(Boolean).map((dir) => path.join(dir, 'grpcurl')),
+    path.join(cache, 'relgate-go', 'bin', 'grpcurl'), // .ci/run's GOBIN
+    ...(process.env.GOBIN ? [path.join(process.env.GOBIN, 'grpcurl')] : []),
+    path.join(process.env.GOPATH || path.join(homedir(), 'go'), 'bin', 'grpcurl'),
+  ];
+  const found = candidates.find(executable);
+  if (!found) {
+    throw new Error(
+      `grpcurl not found (looked on PATH and in ${path.join(cache, 'relgate-go', 'bin')}). ` +
+        `Install it with: GOBIN=${path.join(cache, 'relgate-go', 'bin')} go install github.com/fullstorydev/grpcurl/cmd/grpcurl@${GRPCURL_VERSION} ` +
+        '(or run bash .ci/run, which does).',
+    );
+  }
+  return found;
+}
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program asynchronously (never blocks the event loop: the server may share it). */
+export function runProgram(file: string, args: readonly string[], options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      file,
+      [...args],
+      { cwd: PROJECT_DIR, env: options.env ?? process.env, timeout: options.timeoutMs ?? 20_000, maxBuffer: 32 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        if (error && typeof error.code !== 'number' && !error.signal) {
+          reject(error);
+          return;
+        }
+        resolve({ code: error ? (typeof error.code === 'number' ? error.code : null) : 0, signal: error?.signal ?? null, stdout, stderr });
+      },
+    );
+  });
+}
+
+/** Runs grpcurl with arguments. */
+export function grpcurl(args: readonly string[], timeoutMs?: number): Promise<RunResult> {
+  return runProgram(findGrpcurl(), args, timeoutMs === undefined ? {} : { timeoutMs });
+}
+
+/** Runs a shell command line with grpcurl's directory first on PATH. */
+export function shell(command: string, timeoutMs?: number): Promise<RunResult> {
+  const env = { ...process.env, PATH: `${path.dirname(findGrpcurl())}${path.delimiter}${process.env.PATH ?? ''}` };
+  return runProgram('bash', ['-c', command], timeoutMs === undefined ? { env } : { env, timeoutMs });
+}
+
+/** Splits grpcurl's output of several pretty-printed JSON messages and parses each. */
+export function parseMessages(stdout: string): unknown[] {
+  return stdout
+    .split(/\n(?=\{)/)
+    .map((chunk) => chunk.trim())
+    .filter(Boolean)
+    .map((chunk) => JSON.parse(chunk) as unknown);
+}
+
+export interface ServeProcess {
+  address: string;
+  child: ChildProcess;
+  log(): string;
+  stop(): Promise<void>;
+}
+
+/** Starts `relgate serve` as its own process and waits for its "relgate serving" log line. */
+export function spawnServe(args: readonly string[]): Promise<ServeProcess> {
+  const child = spawn(process.execPath, [path.join(PROJECT_DIR, 'src', 'cli', 'main.ts'), 'serve', ...args], {
+    cwd: PROJECT_DIR,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      void stop();
+      reject(new Error(`relgate serve did not start within 20 s:\n${output}`));
+    }, 20_000);
+    let started = false;
+    const onData = (data: Buffer) => {
+      output += data.toString();
+      if (started) return;
+      // Only complete lines: the last element is a line still being written.
+      for (const line of output.split('\n').slice(0, -1)) {
+        if (!line.includes('"relgate serving"')) continue;
+        const { address } = JSON.parse(line) as { address: string };
+        started = true;
+        clearTimeout(timer);
+        resolve({ address, child, log: () => output, stop });
+        return;
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (data: Buffer) => (output += data.toString()));
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`relgate serve exited (${code ?? signal}) before serving:\n${output}`));
+    });
+  });
+}

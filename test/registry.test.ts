@@ -1,0 +1,313 @@
+// RegistryService against a real server and SQLite file: interfaces and
+// their schemas, applications, units, relations, joining and leaving.
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { Code } from '../src/errors.ts';
+import { startHarness, struct, type Harness } from './helpers/harness.ts';
+import { appName, makeWorld } from './helpers/world.ts';
+
+let h: Harness;
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(() => h.close());
+
+const field = (name: string, type: string, required: boolean, description: string, repeated = false) => ({
+  name,
+  type,
+  repeated,
+  map: false,
+  description,
+  required,
+  fields: [],
+  enum_values: [],
+});
+
+const TLS = {
+  name: 'tls-certificates',
+  version: 1,
+  description: 'A certificate authority issues X.509 certificates to the requesting units.',
+  source_file: 'relgate/interfaces/tls_certificates/v1/tls_certificates.proto',
+  request: {
+    full_name: 'relgate.interfaces.tls_certificates.v1.CertificateRequest',
+    fields: [
+      field('common_name', 'string', true, 'The common name (CN) the certificate is issued for.'),
+      field('sans', 'string', false, 'Subject alternative names: DNS names or IP addresses the certificate is also valid for.', true),
+    ],
+  },
+  response: {
+    full_name: 'relgate.interfaces.tls_certificates.v1.CertificateResponse',
+    fields: [
+      field('key', 'string', true, 'The private key of the certificate, PEM-encoded.'),
+      field('cert', 'string', true, 'The certificate, PEM-encoded.'),
+      field('ca', 'string', false, 'The certificate of the issuing authority, PEM-encoded.'),
+    ],
+  },
+};
+
+const HTTP = {
+  name: 'http',
+  version: 1,
+  description: 'Web servers tell a reverse proxy the host and port they serve on.',
+  source_file: 'relgate/interfaces/http/v1/http.proto',
+  request: {
+    full_name: 'relgate.interfaces.http.v1.HttpRequest',
+    fields: [field('service_name', 'string', false, "Name under which the proxy groups the answering units; the requesting application's name when empty.")],
+  },
+  response: {
+    full_name: 'relgate.interfaces.http.v1.HttpResponse',
+    fields: [field('hostname', 'string', true, 'Host name or address the unit serves on.'), field('port', 'uint32', true, 'TCP port the unit serves on.')],
+  },
+};
+
+describe('interfaces', () => {
+  test('ListInterfaces lists the built-in interfaces by name with their schemas', async () => {
+    const { interfaces } = await h.registry.call('ListInterfaces');
+    expect(interfaces).toEqual([HTTP, TLS]);
+  });
+
+  test('GetInterface returns one interface; version 0 means the highest', async () => {
+    expect((await h.registry.call('GetInterface', { name: 'tls-certificates' })).interface).toEqual(TLS);
+    expect((await h.registry.call('GetInterface', { name: 'http', version: 1 })).interface).toEqual(HTTP);
+  });
+
+  test('GetInterface of an unknown name or version is NOT_FOUND', async () => {
+    const unknown = await h.registry.fail('GetInterface', { name: 'ftp' });
+    expect([unknown.code, unknown.reason]).toEqual([Code.NOT_FOUND, 'INTERFACE_NOT_FOUND']);
+    const version = await h.registry.fail('GetInterface', { name: 'http', version: 2 });
+    expect([version.code, version.reason]).toEqual([Code.NOT_FOUND, 'INTERFACE_NOT_FOUND']);
+    expect(version.message).toContain('http v2');
+    const empty = await h.registry.fail('GetInterface', {});
+    expect([empty.code, empty.fieldViolations.map((v) => v.field)]).toEqual([Code.INVALID_ARGUMENT, ['name']]);
+  });
+});
+
+describe('applications', () => {
+  test('RegisterApplication stores the application at a new revision; ListApplications lists by name', async () => {
+    const [b, a] = [appName('zb'), appName('za')];
+    const before = h.server.store.currentRevision();
+    const first = await h.registry.call('RegisterApplication', { name: b });
+    expect(first.application).toEqual({ name: b, revision: String(before + 1) });
+    const second = await h.registry.call('RegisterApplication', { name: a });
+    expect(Number(second.application.revision)).toBe(before + 2);
+    expect(h.server.store.currentRevision()).toBe(before + 2);
+    const { applications } = await h.registry.call('ListApplications');
+    const names = applications.map((app: { name: string }) => app.name);
+    expect(names).toEqual([...names].sort());
+    expect(applications).toContainEqual(first.application);
+    expect(applications).toContainEqual(second.application);
+  });
+
+  test('registering an application twice is ALREADY_EXISTS and writes nothing', async () => {
+    const name = appName('dup');
+    await h.registry.call('RegisterApplication', { name });
+    const before = h.server.store.currentRevision();
+    const error = await h.registry.fail('RegisterApplication', { name });
+    expect([error.code, error.reason, error.metadata]).toEqual([Code.ALREADY_EXISTS, 'APPLICATION_EXISTS', { application: name }]);
+    expect(h.server.store.currentRevision()).toBe(before);
+  });
+});
+
+describe('units', () => {
+  test('RegisterUnit, GetUnit, UpdateUnit and ListUnits carry ingress_address, egress_subnets and labels', async () => {
+    const app = appName('svc');
+    const other = appName('oth');
+    await h.registry.call('RegisterApplication', { name: app });
+    await h.registry.call('RegisterApplication', { name: other });
+    const registered = await h.registry.call('RegisterUnit', {
+      name: `${app}/0`,
+      ingress_address: '192.168.1.10',
+      egress_subnets: ['192.168.1.0/24', '2001:db8::/32'],
+      labels: { zone: 'a', 'example.com/tier': 'db' },
+    });
+    const revision = h.server.store.currentRevision();
+    expect(registered.unit).toEqual({
+      name: `${app}/0`,
+      application: app,
+      ingress_address: '192.168.1.10',
+      egress_subnets: ['192.168.1.0/24', '2001:db8::/32'],
+      labels: { zone: 'a', 'example.com/tier': 'db' },
+      revision: String(revision),
+    });
+    expect((await h.registry.call('GetUnit', { name: `${app}/0` })).unit).toEqual(registered.unit);
+
+    await h.registry.call('RegisterUnit', { name: `${app}/1`, ingress_address: 'db-1.internal' });
+    await h.registry.call('RegisterUnit', { name: `${other}/0` });
+
+    const updated = await h.registry.call('UpdateUnit', { name: `${app}/0`, ingress_address: '192.168.1.11', egress_subnets: ['10.9.0.0/16'], labels: { zone: 'b' } });
+    expect(updated.unit).toEqual({
+      name: `${app}/0`,
+      application: app,
+      ingress_address: '192.168.1.11',
+      egress_subnets: ['10.9.0.0/16'],
+      labels: { zone: 'b' },
+      revision: String(h.server.store.currentRevision()),
+    });
+    expect(Number(updated.unit.revision)).toBeGreaterThan(revision);
+    expect((await h.registry.call('GetUnit', { name: `${app}/0` })).unit).toEqual(updated.unit);
+
+    const { units } = await h.registry.call('ListUnits', { application: app });
+    expect(units.map((unit: { name: string }) => unit.name)).toEqual([`${app}/0`, `${app}/1`]);
+    expect(units[0]).toEqual(updated.unit);
+    expect(units[1].ingress_address).toBe('db-1.internal');
+    const all = await h.registry.call('ListUnits', {});
+    expect(all.units.map((unit: { name: string }) => unit.name)).toEqual(expect.arrayContaining([`${app}/0`, `${app}/1`, `${other}/0`]));
+  });
+
+  test('unit errors: unregistered application, duplicate, unknown unit', async () => {
+    const app = appName('ghost');
+    const noApp = await h.registry.fail('RegisterUnit', { name: `${app}/0` });
+    expect([noApp.code, noApp.reason]).toEqual([Code.NOT_FOUND, 'APPLICATION_NOT_FOUND']);
+    await h.registry.call('RegisterApplication', { name: app });
+    await h.registry.call('RegisterUnit', { name: `${app}/0` });
+    const dup = await h.registry.fail('RegisterUnit', { name: `${app}/0` });
+    expect([dup.code, dup.reason]).toEqual([Code.ALREADY_EXISTS, 'UNIT_EXISTS']);
+    const unknown = await h.registry.fail('GetUnit', { name: `${app}/7` });
+    expect([unknown.code, unknown.reason]).toEqual([Code.NOT_FOUND, 'UNIT_NOT_FOUND']);
+    const update = await h.registry.fail('UpdateUnit', { name: `${app}/7` });
+    expect([update.code, update.reason]).toEqual([Code.NOT_FOUND, 'UNIT_NOT_FOUND']);
+  });
+});
+
+describe('relations', () => {
+  test('CreateRelation resolves the interface version; GetRelation and ListRelations show it', async () => {
+    const w = await makeWorld(h, { join: false });
+    const { relation } = await h.registry.call('GetRelation', { relation_id: w.relationId });
+    expect(relation).toEqual({
+      id: w.relationId,
+      interface: 'tls-certificates',
+      version: 1,
+      requester_application: w.requesterApp,
+      requester_endpoint: 'certificates',
+      responder_application: w.responderApp,
+      responder_endpoint: 'certificates',
+      units: [],
+      create_revision: relation.revision,
+      revision: relation.revision,
+    });
+    expect(w.relationId).toMatch(/^tls-certificates:\d+$/);
+
+    const second = await h.registry.call('CreateRelation', {
+      interface: 'http',
+      version: 1,
+      requester_application: w.requesterApp,
+      requester_endpoint: 'website',
+      responder_application: w.responderApp,
+      responder_endpoint: 'website',
+    });
+    expect(second.relation.id).toMatch(/^http:\d+$/);
+
+    const byApp = await h.registry.call('ListRelations', { application: w.requesterApp });
+    expect(byApp.relations.map((r: { id: string }) => r.id)).toEqual([w.relationId, second.relation.id]);
+    const byResponder = await h.registry.call('ListRelations', { application: w.responderApp, interface: 'http' });
+    expect(byResponder.relations).toEqual([second.relation]);
+    const all = await h.registry.call('ListRelations', {});
+    const allIds = all.relations.map((r: { id: string }) => r.id);
+    expect(allIds.indexOf(w.relationId)).toBeLessThan(allIds.indexOf(second.relation.id));
+    const creates = all.relations.map((r: { create_revision: string }) => Number(r.create_revision));
+    expect(creates).toEqual([...creates].sort((a, b) => a - b));
+  });
+
+  test('CreateRelation with an unknown interface or application is NOT_FOUND', async () => {
+    const w = await makeWorld(h, { join: false });
+    const iface = await h.registry.fail('CreateRelation', {
+      interface: 'ftp',
+      requester_application: w.requesterApp,
+      requester_endpoint: 'x',
+      responder_application: w.responderApp,
+      responder_endpoint: 'y',
+    });
+    expect([iface.code, iface.reason]).toEqual([Code.NOT_FOUND, 'INTERFACE_NOT_FOUND']);
+    const app = await h.registry.fail('CreateRelation', {
+      interface: 'http',
+      requester_application: w.requesterApp,
+      requester_endpoint: 'x',
+      responder_application: 'nobody-here',
+      responder_endpoint: 'y',
+    });
+    expect([app.code, app.reason]).toEqual([Code.NOT_FOUND, 'APPLICATION_NOT_FOUND']);
+  });
+
+  test('JoinRelation lists units per side and sets available when the other side joins', async () => {
+    const w = await makeWorld(h, { requesters: 2, responders: 2, join: false });
+    const [web0, web1] = w.requesters as [string, string];
+    const [ca0, ca1] = w.responders as [string, string];
+    const requesterFlags = () => w.req(0).call('GetRequesterFlags', { relation_id: w.relationId });
+    const responderFlags = (i: number) => w.res(i).call('GetResponderFlags', { relation_id: w.relationId });
+
+    const first = await h.registry.call('JoinRelation', { relation_id: w.relationId, unit: web0 });
+    expect(first.relation.units).toEqual([{ unit: web0, side: 'SIDE_REQUESTER', revision: first.relation.revision }]);
+    expect((await requesterFlags()).flags).toEqual({ available: false, has_responses: false, all_responses: false });
+
+    const responder = await h.registry.call('JoinRelation', { relation_id: w.relationId, unit: ca0, side: 'SIDE_RESPONDER' });
+    expect(responder.relation.units.map((u: { unit: string; side: string }) => [u.unit, u.side])).toEqual([
+      [web0, 'SIDE_REQUESTER'],
+      [ca0, 'SIDE_RESPONDER'],
+    ]);
+    expect((await requesterFlags()).flags.available).toBe(true);
+    expect((await responderFlags(0)).flags).toEqual({ available: true, has_requests: false, new_requests: false });
+
+    // Joining again on the same side changes nothing.
+    const before = h.server.store.currentRevision();
+    const again = await h.registry.call('JoinRelation', { relation_id: w.relationId, unit: ca0 });
+    expect(again.relation).toEqual(responder.relation);
+    expect(h.server.store.currentRevision()).toBe(before);
+
+    await h.registry.call('JoinRelation', { relation_id: w.relationId, unit: ca1 });
+    await h.registry.call('JoinRelation', { relation_id: w.relationId, unit: web1 });
+    const { relation } = await h.registry.call('GetRelation', { relation_id: w.relationId });
+    expect(relation.units.map((u: { unit: string; side: string }) => [u.unit, u.side])).toEqual([
+      [web0, 'SIDE_REQUESTER'],
+      [ca0, 'SIDE_RESPONDER'],
+      [ca1, 'SIDE_RESPONDER'],
+      [web1, 'SIDE_REQUESTER'],
+    ]);
+    expect(relation.revision).toBe(relation.units[3].revision);
+
+    // Joining the wrong side is refused.
+    const wrong = await h.registry.fail('JoinRelation', { relation_id: w.relationId, unit: web0, side: 'SIDE_RESPONDER' });
+    expect([wrong.code, wrong.reason]).toEqual([Code.FAILED_PRECONDITION, 'WRONG_APPLICATION']);
+  });
+
+  test('LeaveRelation removes the unit; available turns false when the last unit of a side leaves', async () => {
+    const w = await makeWorld(h, { responders: 2 });
+    const [ca0, ca1] = w.responders as [string, string];
+    const flags = async () => (await w.req().call('GetRequesterFlags', { relation_id: w.relationId })).flags.available;
+    const left = await h.registry.call('LeaveRelation', { relation_id: w.relationId, unit: ca0 });
+    expect(left.relation.units.map((u: { unit: string }) => u.unit)).toEqual([w.requesters[0], ca1]);
+    expect(await flags()).toBe(true);
+    await h.registry.call('LeaveRelation', { relation_id: w.relationId, unit: ca1 });
+    expect(await flags()).toBe(false);
+    // A unit that left can no longer act on the relation.
+    const notJoined = await w.res(1).fail('ListIncomingRequests', { relation_id: w.relationId });
+    expect([notJoined.code, notJoined.reason]).toEqual([Code.FAILED_PRECONDITION, 'UNIT_NOT_JOINED']);
+    const again = await h.registry.fail('LeaveRelation', { relation_id: w.relationId, unit: ca1 });
+    expect(again.code).toBe(Code.NOT_FOUND);
+    // The requester side sees available false from the responder's point of view too.
+    await h.registry.call('JoinRelation', { relation_id: w.relationId, unit: ca1 });
+    await h.registry.call('LeaveRelation', { relation_id: w.relationId, unit: w.requesters[0] });
+    expect((await w.res(1).call('GetResponderFlags', { relation_id: w.relationId })).flags.available).toBe(false);
+  });
+
+  test('DeleteRelation removes the relation with its requests and responses', async () => {
+    const w = await makeWorld(h);
+    const { request } = await w.req().call('CreateRequest', { relation_id: w.relationId, fields: struct({ common_name: 'gone.example' }) });
+    await w.res().call('Respond', { request_id: request.request_id, fields: struct({ key: 'K', cert: 'C' }) });
+    const before = h.server.store.currentRevision();
+    const deleted = await h.registry.call('DeleteRelation', { relation_id: w.relationId });
+    expect(deleted.revision).toBe(String(before + 1));
+    expect(h.server.store.currentRevision()).toBe(before + 1);
+    const get = await h.registry.fail('GetRelation', { relation_id: w.relationId });
+    expect([get.code, get.reason]).toEqual([Code.NOT_FOUND, 'RELATION_NOT_FOUND']);
+    const listed = await h.registry.call('ListRelations', { application: w.requesterApp });
+    expect(listed.relations).toEqual([]);
+    const gone = await w.req().fail('GetRequest', { request_id: request.request_id });
+    expect([gone.code, gone.reason]).toEqual([Code.NOT_FOUND, 'REQUEST_NOT_FOUND']);
+    const respond = await w.res().fail('Respond', { request_id: request.request_id, fields: struct({ key: 'K', cert: 'C' }) });
+    expect(respond.code).toBe(Code.NOT_FOUND);
+    const again = await h.registry.fail('DeleteRelation', { relation_id: w.relationId });
+    expect([again.code, again.reason]).toEqual([Code.NOT_FOUND, 'RELATION_NOT_FOUND']);
+    // The units remain registered and can join a new relation.
+    const { units } = await h.registry.call('ListUnits', { application: w.requesterApp });
+    expect(units.map((u: { name: string }) => u.name)).toEqual(w.requesters);
+  });
+});
