@@ -186,6 +186,27 @@ test('revocation mid-watch ends the stream and no event reaches it afterwards', 
   expect(events).toBe(0);
 });
 
+test('leaving the relation mid-watch ends the stream and no event of the relation reaches it afterwards', async () => {
+  const relationId = (await admin.call('ListRelations', {})).relations.find((r: { requester_application: string }) => r.requester_application === 'other').id as string;
+  const watch = client('ResponderService', tokens['db/0']).stream('WatchIncomingRequests', { options: { relation_id: relationId, start: 'WATCH_START_NOW' } });
+  const kinds: string[] = [];
+  watch.on('data', (message: { events?: { type?: string; kind?: string }[] }) => kinds.push(...(message.events ?? []).map((event) => JSON.stringify(event).slice(0, 80))));
+  const ended = new Promise<void>((resolve) => {
+    watch.on('end', resolve);
+    watch.on('error', () => resolve());
+  });
+  await new Promise<void>((resolve) => {
+    const check = () => (h.server.hub.isWatched(relationId, 'responder', 'db/0') ? resolve() : setImmediate(check));
+    check();
+  });
+  await admin.call('LeaveRelation', { relation_id: relationId, unit: 'db/0' });
+  await ended;
+  const seen = kinds.length;
+  await client('RequesterService', tokens['other/0']).call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: 'after.leave' }) });
+  expect(kinds.length).toBe(seen);
+  expect(h.server.hub.isWatched(relationId, 'responder', 'db/0')).toBe(false);
+});
+
 test('tokens never appear in logs', () => {
   const text = logs.join('');
   expect(text).toContain('"method"');

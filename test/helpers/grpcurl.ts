@@ -14,12 +14,12 @@ export interface RunResult {
 }
 
 /** Runs a program asynchronously (never blocks the event loop: the server may share it). */
-export function runProgram(file: string, args: readonly string[], options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
+export function runProgram(file: string, args: readonly string[], options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; cwd?: string } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     execFile(
       file,
       [...args],
-      { cwd: PROJECT_DIR, env: options.env ?? process.env, timeout: options.timeoutMs ?? 20_000, maxBuffer: 32 * 1024 * 1024 },
+      { cwd: options.cwd ?? PROJECT_DIR, env: options.env ?? process.env, timeout: options.timeoutMs ?? 20_000, maxBuffer: 32 * 1024 * 1024 },
       (error, stdout, stderr) => {
         if (error && typeof error.code !== 'number' && !error.signal) {
           reject(error);
@@ -37,9 +37,9 @@ export function grpcurl(args: readonly string[], timeoutMs?: number): Promise<Ru
 }
 
 /** Runs a shell command line with grpcurl's directory first on PATH. */
-export function shell(command: string, timeoutMs?: number): Promise<RunResult> {
+export function shell(command: string, timeoutMs?: number, cwd?: string): Promise<RunResult> {
   const env = { ...process.env, PATH: `${path.dirname(findGrpcurl())}${path.delimiter}${process.env.PATH ?? ''}` };
-  return runProgram('bash', ['-c', command], timeoutMs === undefined ? { env } : { env, timeoutMs });
+  return runProgram('bash', ['-c', command], { env, ...(timeoutMs === undefined ? {} : { timeoutMs }), ...(cwd === undefined ? {} : { cwd }) });
 }
 
 /** Splits grpcurl's output of several pretty-printed JSON messages and parses each. */
@@ -59,9 +59,9 @@ export interface ServeProcess {
 }
 
 /** Starts `relgate serve` as its own process and waits for its "relgate serving" log line. */
-export function spawnServe(args: readonly string[]): Promise<ServeProcess> {
+export function spawnServe(args: readonly string[], cwd = PROJECT_DIR): Promise<ServeProcess> {
   const child = spawn(process.execPath, [path.join(PROJECT_DIR, 'src', 'cli', 'main.ts'), 'serve', ...args], {
-    cwd: PROJECT_DIR,
+    cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';

@@ -87,7 +87,7 @@ export async function startHarness(config: Partial<ServerConfig> = {}): Promise<
 }
 
 /** Registers a requester app with units, a responder app with units, relates and joins them. */
-export async function setupRelation(h: Harness, options: { iface?: string; requesters?: string[]; responders?: string[]; labels?: Record<string, Record<string, string>> } = {}) {
+export async function setupRelation(h: Pick<Harness, 'registry'>, options: { iface?: string; requesters?: string[]; responders?: string[]; labels?: Record<string, Record<string, string>> } = {}) {
   const requesters = options.requesters ?? ['webapp/0'];
   const responders = options.responders ?? ['ca/0'];
   const apps = new Set([...requesters, ...responders].map((unit) => unit.split('/')[0] as string));
