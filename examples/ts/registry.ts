@@ -1,0 +1,82 @@
+#!/usr/bin/env node
+// Sets up the examples' applications, units and relations on a gateway.
+//
+//   node examples/ts/registry.ts relate <interface> <requester-unit> <responder-unit>...
+//       registers the applications and units, relates the applications and
+//       joins the units; prints the relation id
+//   node examples/ts/registry.ts join <relation-id> <unit>
+//   node examples/ts/registry.ts leave <relation-id> <unit>
+//
+// The gateway address comes from RELGATE_ADDRESS (default 127.0.0.1:50051),
+// the admin token, in token mode, from RELGATE_ADMIN_TOKEN.
+import * as grpc from '@grpc/grpc-js';
+import type { ProtoGrpcType } from '../../gen/registry.ts';
+import { loadApi } from '../../src/protos.ts';
+import { Code, toRelgateError } from '../../src/client/errors.ts';
+
+const address = process.env.RELGATE_ADDRESS ?? '127.0.0.1:50051';
+const api = grpc.loadPackageDefinition(loadApi()) as unknown as ProtoGrpcType;
+const registry = new api.relgate.v1.RegistryService(address, grpc.credentials.createInsecure());
+const metadata = new grpc.Metadata();
+if (process.env.RELGATE_ADMIN_TOKEN) metadata.set('authorization', `Bearer ${process.env.RELGATE_ADMIN_TOKEN}`);
+metadata.setOptions({ waitForReady: true });
+
+type Method = (request: object, metadata: grpc.Metadata, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response?: unknown) => void) => unknown;
+
+/** Calls a registry method; ALREADY_EXISTS counts as done, so setup can run twice. */
+function call(method: keyof typeof registry, request: object): Promise<unknown> {
+  const fn = registry[method] as unknown as Method;
+  return new Promise((resolve, reject) => {
+    fn.call(registry, request, metadata, { deadline: Date.now() + 10_000 }, (error, response) => {
+      if (!error) return resolve(response);
+      const failure = toRelgateError(error);
+      if (failure.code === Code.ALREADY_EXISTS) resolve(undefined);
+      else reject(failure);
+    });
+  });
+}
+
+const application = (unit: string) => unit.split('/')[0] as string;
+
+async function registerUnit(unit: string): Promise<void> {
+  await call('RegisterApplication', { name: application(unit) });
+  await call('RegisterUnit', { name: unit, ingress_address: '127.0.0.1' });
+}
+
+async function relate(iface: string, requester: string, responders: string[]): Promise<string> {
+  for (const unit of [requester, ...responders]) await registerUnit(unit);
+  const endpoint = iface;
+  const { relation } = (await call('CreateRelation', {
+    interface: iface,
+    requester_application: application(requester),
+    requester_endpoint: endpoint,
+    responder_application: application(responders[0] as string),
+    responder_endpoint: endpoint,
+  })) as { relation: { id: string } };
+  for (const unit of [requester, ...responders]) await call('JoinRelation', { relation_id: relation.id, unit });
+  return relation.id;
+}
+
+async function main([command, ...args]: string[]): Promise<void> {
+  if (command === 'relate' && args.length >= 3) {
+    const [iface, requester, ...responders] = args as [string, string, ...string[]];
+    process.stdout.write(`${await relate(iface, requester, responders)}\n`);
+  } else if (command === 'join' && args.length === 2) {
+    const [relationId, unit] = args as [string, string];
+    await registerUnit(unit);
+    await call('JoinRelation', { relation_id: relationId, unit });
+  } else if (command === 'leave' && args.length === 2) {
+    await call('LeaveRelation', { relation_id: args[0], unit: args[1] });
+  } else {
+    throw new Error('usage: registry.ts relate <interface> <requester-unit> <responder-unit>... | join <relation-id> <unit> | leave <relation-id> <unit>');
+  }
+}
+
+try {
+  await main(process.argv.slice(2));
+} catch (error) {
+  process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
+  process.exitCode = 1;
+} finally {
+  registry.close();
+}

@@ -1,0 +1,71 @@
+// What requester and responder endpoints share: the relation they act on,
+// and commands that go over the session when one is open, unary otherwise.
+import { randomUUID } from 'node:crypto';
+import type * as grpc from '@grpc/grpc-js';
+import type { Delivery as DeliveryMessage } from '../../gen/relgate/v1/Delivery.ts';
+import type { Duration } from '../../gen/google/protobuf/Duration.ts';
+import type { Struct } from '../../gen/google/protobuf/Struct.ts';
+import { jsonToStruct, type JsonObject } from '../struct.ts';
+import { unary, type Connection } from './connect.ts';
+import type { CommandBody, CommandName, CommandResult } from './session.ts';
+import type { CreateOptions, Delivery, InterfaceName } from './types.ts';
+
+export class Endpoint<I extends InterfaceName> {
+  readonly connection: Connection;
+  readonly iface: I;
+  /** The relation, or '' for every relation the unit joined on this side. */
+  readonly relation: string;
+
+  constructor(connection: Connection, iface: I, relation: string) {
+    this.connection = connection;
+    this.iface = iface;
+    this.relation = relation;
+  }
+
+  protected get metadata(): grpc.Metadata {
+    return this.connection.metadata();
+  }
+
+  /** Runs a command over the open session, or as the equivalent unary call. */
+  protected command<K extends CommandName>(name: K, body: CommandBody<K>, viaUnary: (callback: (error: grpc.ServiceError | null, response?: CommandResult<K>) => void) => grpc.ClientUnaryCall): Promise<CommandResult<K>> {
+    const session = this.connection.session;
+    if (session) return session.command(name, body);
+    return unary(viaUnary);
+  }
+
+  /** The body of a create: fields as a Struct, a request id chosen here so a retry is a replay. */
+  protected createBody(fields: object, options: CreateOptions) {
+    return {
+      relation_id: options.relation ?? this.relation,
+      request_id: options.requestId ?? randomUUID(),
+      fields: struct(fields),
+      ...(options.delivery ? { delivery: deliveryMessage(options.delivery) } : {}),
+      ...(options.ttlMs !== undefined ? { ttl: duration(options.ttlMs) } : {}),
+    };
+  }
+}
+
+/** Plain fields as google.protobuf.Struct (src/struct.ts builds the same shape the generated type describes). */
+export function struct(fields: object): Struct {
+  return jsonToStruct(fields as JsonObject) as Struct;
+}
+
+export function deliveryMessage(delivery: Delivery): DeliveryMessage {
+  return 'unit' in delivery ? { mode: 'DELIVERY_MODE_UNIT', unit: delivery.unit } : { mode: 'DELIVERY_MODE_SELECTOR', selector: delivery.selector };
+}
+
+export function duration(ms: number): Duration {
+  return { seconds: String(Math.floor(ms / 1000)), nanos: Math.round((ms % 1000) * 1e6) };
+}
+
+/** Every page of a list call, concatenated. */
+export async function allPages<T>(page: (token: string) => Promise<{ items: T[]; next: string }>): Promise<T[]> {
+  const all: T[] = [];
+  let token = '';
+  do {
+    const { items, next } = await page(token);
+    all.push(...items);
+    token = next;
+  } while (token !== '');
+  return all;
+}

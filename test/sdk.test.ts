@@ -1,0 +1,509 @@
+// The TypeScript SDK against a real gateway: both sides of a relation, the
+// session path against the unary path, watches that survive a restart, a
+// slow-consumer cut and a compacted history, errors, credentials, and the
+// example interfaces run as separate processes.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect, Code, hasCode, hasReason, isRelgateError, RelgateError, type Connection, type Watch, type WatchEvent } from '../src/client/index.ts';
+import { InterfaceRegistry } from '../src/interfaces.ts';
+import { RegistryService } from '../src/registry-service.ts';
+import { startServer, type RunningServer } from '../src/server.ts';
+import { SqliteStore } from '../src/store/sqlite-store.ts';
+import { makeWorld, type World } from './helpers/world.ts';
+import { runProgram, spawnServe, type ServeProcess } from './helpers/grpcurl.ts';
+import { Rpc, startHarness, v1, type Harness } from './helpers/harness.ts';
+import { makeCertificates } from './helpers/tls.ts';
+import * as grpc from '@grpc/grpc-js';
+
+/** Reads a watch until an event passes test; returns every event read. */
+async function readUntil<Req, Res>(watch: Watch<Req, Res>, test: (event: WatchEvent<Req, Res>) => boolean, timeoutMs = 10_000): Promise<WatchEvent<Req, Res>[]> {
+  const seen: WatchEvent<Req, Res>[] = [];
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const remaining = deadline - Date.now();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no matching watch event within ${timeoutMs} ms; saw ${JSON.stringify(seen.map((e) => [e.type, e.revision]))}`)), Math.max(0, remaining));
+    });
+    const result = await Promise.race([watch.next(), timeout]).finally(() => clearTimeout(timer));
+    if (result.done) throw new Error('the watch ended');
+    seen.push(result.value);
+    if (test(result.value)) return seen;
+  }
+}
+
+const isChange = (event: WatchEvent<unknown, unknown>) => event.type !== 'BOOKMARK' && event.type !== 'FLAGS';
+
+/** Replaces what differs between two runs of the same scenario (ids, times, revisions, names). */
+function normalize(value: unknown, names: Record<string, string>): unknown {
+  if (Array.isArray(value)) return value.map((item) => normalize(item, names));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(
+      Object.entries(value).map(([key, item]) => [key, /(_time|revision|request_id|relation_id|sequence)$/.test(key) && item ? `<${key}>` : normalize(item, names)]),
+    );
+  }
+  if (typeof value === 'string') return Object.entries(names).reduce((text, [name, placeholder]) => text.replaceAll(name, placeholder), value);
+  return value;
+}
+
+describe('SDK on one gateway', () => {
+  let h: Harness;
+  const connections: Connection[] = [];
+  const as = (unit: string) => {
+    const connection = connect(h.server.address, { unit });
+    connections.push(connection);
+    return connection;
+  };
+
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => {
+    for (const connection of connections) connection.close();
+    await h.close();
+  });
+
+  /** Both sides of a relation through the SDK; what each method returned, in order. */
+  async function scenario(world: World, useSession: boolean) {
+    const web = as(world.requesters[0] as string);
+    const ca = as(world.responders[0] as string);
+    const webSession = useSession ? web.openSession() : undefined;
+    const caSession = useSession ? ca.openSession() : undefined;
+    const requester = web.requester('tls-certificates', { relation: world.relationId });
+    const responder = ca.responder('tls-certificates', { relation: world.relationId });
+    const out: Record<string, unknown> = {};
+    const first = await requester.create({ common_name: 'a.example', sans: ['a.example', '10.0.0.1'] });
+    await requester.create({ common_name: 'b.example' });
+    out.createOrUpdate = await requester.createOrUpdate(['common_name'], { common_name: 'b.example', sans: ['b2.example'] });
+    out.createOrUpdateNew = await requester.createOrUpdate(['common_name'], { common_name: 'c.example' });
+    out.requesterFlagsBefore = await requester.flags();
+    out.responderFlagsBefore = await responder.flags();
+    out.newRequests = await responder.newRequests();
+    out.claim = await responder.claim(first, { leaseMs: 10_000 });
+    out.respond = await responder.respond(first, { key: 'KEY', cert: 'CERT', ca: 'CA' });
+    const second = await requester.find({ common_name: 'b.example' });
+    out.fail = await responder.fail(second as { request_id: string }, 7, 'no such name', { ca: 'CA' });
+    out.withdraw = typeof (await requester.withdraw((await requester.find({ common_name: 'c.example' }))?.request_id ?? ''));
+    out.find = await requester.find({ common_name: 'a.example' });
+    out.findMissing = await requester.find({ common_name: 'nobody.example' });
+    out.findAllAnswered = await requester.findAll({}, 'answered');
+    out.get = await requester.get(first.request_id);
+    out.getAll = await requester.getAll([first.request_id, second?.request_id ?? '']);
+    out.requests = await requester.requests();
+    out.responses = await requester.responses();
+    out.responsesOfFirst = await requester.responses(first.request_id);
+    out.responseByField = await requester.responseByField({ common_name: 'b.example' });
+    out.requesterFlags = await requester.flags();
+    out.responderRequests = await responder.requests();
+    out.responderNew = await responder.newRequests();
+    out.responderFlags = await responder.flags();
+    out.responderGet = await responder.get(first.request_id);
+    out.errors = await Promise.all([
+      requester.create({ common_name: '' }).catch((error: unknown) => error),
+      responder.respond(first, { key: 'again', cert: 'again' }).catch((error: unknown) => error),
+      responder.claim('00000000-0000-4000-8000-000000000000').catch((error: unknown) => error),
+    ]).then((errors) => errors.map((error) => (isRelgateError(error) ? { code: error.code, reason: error.reason, violations: error.fieldViolations } : String(error))));
+    out.sessionUsed = [web.session !== undefined, ca.session !== undefined];
+    webSession?.close();
+    caSession?.close();
+    const ended = await Promise.all([webSession?.closed, caSession?.closed]);
+    expect(ended).toEqual([undefined, undefined]);
+    return normalize(out, { [world.requesterApp]: '<web>', [world.responderApp]: '<ca>' });
+  }
+
+  it('gives the same results over the session as over unary calls', async () => {
+    const unaryRun = await scenario(await makeWorld(h), false);
+    const sessionRun = await scenario(await makeWorld(h), true);
+    expect((unaryRun as { sessionUsed: boolean[] }).sessionUsed).toEqual([false, false]);
+    expect((sessionRun as { sessionUsed: boolean[] }).sessionUsed).toEqual([true, true]);
+    const { sessionUsed: _a, ...unaryResults } = unaryRun as Record<string, unknown>;
+    const { sessionUsed: _b, ...sessionResults } = sessionRun as Record<string, unknown>;
+    expect(sessionResults).toEqual(unaryResults);
+    // The results are the real ones, not two identical failures.
+    expect(unaryResults.respond).toMatchObject({ code: 0, fields: { key: 'KEY', cert: 'CERT', ca: 'CA' }, responder_unit: '<ca>/0' });
+    expect(unaryResults.fail).toMatchObject({ code: 7, error: 'no such name', fields: { ca: 'CA' } });
+    expect(unaryResults.createOrUpdate).toMatchObject({ created: false, updated: true, request: { fields: { common_name: 'b.example', sans: ['b2.example'] } } });
+    expect(unaryResults.requesterFlags).toEqual({ available: true, has_responses: true, all_responses: true });
+    expect(unaryResults.responderNew).toEqual([]);
+    expect(unaryResults.findMissing).toBeUndefined();
+    expect((unaryResults.requests as unknown[]).length).toBe(2);
+    expect((unaryResults.responses as unknown[]).length).toBe(2);
+    expect(unaryResults.errors).toEqual([
+      { code: Code.INVALID_ARGUMENT, reason: 'INVALID_ARGUMENT', violations: [{ field: 'fields.common_name', description: 'required field is missing or empty' }] },
+      { code: Code.FAILED_PRECONDITION, reason: 'ALREADY_ANSWERED', violations: [] },
+      { code: Code.NOT_FOUND, reason: 'REQUEST_NOT_FOUND', violations: [] },
+    ]);
+  });
+
+  it('calls and waits for one response, and collects every response of a selector request', async () => {
+    const world = await makeWorld(h, { responders: 2, labels: { 0: { zone: 'a' }, 1: { zone: 'a' } } });
+    const watches = world.responders.map((unit) => {
+      const responder = as(unit).responder('tls-certificates');
+      const watch = responder.watch({ filter: 'new' });
+      void (async () => {
+        for await (const event of watch) {
+          if (event.type === 'ADDED' && event.request) await responder.respond(event.request, { key: unit, cert: `cert for ${event.request.fields.common_name}` }).catch(() => undefined);
+        }
+      })();
+      return watch;
+    });
+    await Promise.all(watches.map((watch) => readUntil(watch, (event) => event.type === 'SNAPSHOT_COMPLETE').catch(() => [])));
+    const requester = as(world.requesters[0] as string).requester('tls-certificates', { relation: world.relationId });
+    const { request, response } = await requester.call({ common_name: 'call.example' }, { deadline: Date.now() + 10_000 });
+    expect(request.state).toBe('REQUEST_STATE_ANSWERED');
+    expect(response.fields.cert).toBe('cert for call.example');
+    const all = await requester.callAll({ common_name: 'all.example' }, { delivery: { selector: 'zone=a' }, deadline: Date.now() + 10_000 });
+    expect(all.complete).toBe(true);
+    expect(all.missingUnits).toEqual([]);
+    expect(all.responses.map((r) => r.responder_unit).sort()).toEqual([...world.responders].sort());
+    for (const watch of watches) watch.close();
+  });
+
+  it('reports a call that times out as DEADLINE_EXCEEDED with its reason', async () => {
+    const world = await makeWorld(h);
+    const requester = as(world.requesters[0] as string).requester('tls-certificates', { relation: world.relationId });
+    const error = await requester.call({ common_name: 'late.example' }, { deadline: Date.now() + 300, waitForResponders: true }).catch((e: unknown) => e);
+    expect(hasCode(error, Code.DEADLINE_EXCEEDED)).toBe(true);
+    expect(hasReason(error, 'CALL_TIMEOUT')).toBe(true);
+    const refused = await requester.call({ common_name: 'nobody.example' }, { deadline: Date.now() + 5_000 }).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(RelgateError);
+    expect((refused as RelgateError).code).toBe(Code.UNAVAILABLE);
+  });
+
+  it('watches every relation of an endpoint, and ends a watch by close() or an AbortSignal', async () => {
+    const world = await makeWorld(h);
+    const web = as(world.requesters[0] as string);
+    const endpoint = web.requester('tls-certificates');
+    const controller = new AbortController();
+    const watch = endpoint.watch({ signal: controller.signal });
+    await readUntil(watch, (event) => event.type === 'SNAPSHOT_COMPLETE');
+    const created = await web.requester('tls-certificates', { relation: world.relationId }).create({ common_name: 'w.example' });
+    const seen = await readUntil(watch, (event) => event.type === 'ADDED');
+    expect(seen.at(-1)?.request?.request_id).toBe(created.request_id);
+    expect(seen.at(-1)?.request?.fields).toEqual({ common_name: 'w.example' });
+    controller.abort();
+    expect(await watch.closed).toBeUndefined();
+    expect((await watch.next()).done).toBe(true);
+
+    const other = endpoint.watch();
+    other.close();
+    expect(await other.closed).toBeUndefined();
+  });
+
+  it('ends a watch with the gateway error when it cannot be resumed', async () => {
+    const stranger = as('nobody/0').responder('tls-certificates');
+    const watch = stranger.watch();
+    const error = await watch.closed;
+    expect(error).toBeInstanceOf(RelgateError);
+    // An unregistered unit: not a condition a retry can fix.
+    expect(error?.code).toBe(Code.UNAUTHENTICATED);
+    expect(error?.reason).toBe('UNKNOWN_UNIT');
+    await expect(watch.next()).rejects.toBe(error);
+  });
+});
+
+describe('SDK watches across gateway restarts', () => {
+  let dir: string;
+  let db: string;
+  let server: RunningServer;
+  let address: string;
+  const connections: Connection[] = [];
+
+  const start = async (config: Parameters<typeof startServer>[0] = {}) => {
+    server = await startServer({ listen: address, db, logLevel: 'silent', shutdownGraceMs: 200, ...config });
+    // Clients share grpc-js subchannels: wait until the shared one has reconnected.
+    const probe = connect(server.address);
+    await new Promise<void>((resolve, reject) => probe.requesterClient.waitForReady(Date.now() + 10_000, (error) => (error ? reject(error) : resolve())));
+    probe.close();
+    return server;
+  };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'relgate-sdk-'));
+    db = path.join(dir, 'relgate.db');
+    address = '127.0.0.1:0';
+    await start();
+    address = server.address;
+  });
+  afterAll(async () => {
+    for (const connection of connections) connection.close();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A world on the current server, through plain clients of the harness kind. */
+  async function world(): Promise<World> {
+    const make = (service: string, unit?: string) => new Rpc(new (v1[service] as NonNullable<(typeof v1)[string]>)(address, grpc.credentials.createInsecure()), unit);
+    return makeWorld({ registry: make('RegistryService'), requester: (unit) => make('RequesterService', unit), responder: (unit) => make('ResponderService', unit) });
+  }
+
+  const as = (unit: string) => {
+    const connection = connect(address, { unit });
+    connections.push(connection);
+    return connection;
+  };
+
+  it('resumes after a restart mid-watch without losing or repeating an event', async () => {
+    const w = await world();
+    const web = as(w.requesters[0] as string).requester('tls-certificates', { relation: w.relationId });
+    const watch = web.watch();
+    await readUntil(watch, (event) => event.type === 'SNAPSHOT_COMPLETE');
+    const before = await web.create({ common_name: 'before.example' });
+    await readUntil(watch, (event) => event.request?.request_id === before.request_id);
+
+    await server.stop();
+    await start();
+    const after = await web.create({ common_name: 'after.example' });
+    const seen = await readUntil(watch, (event) => event.request?.request_id === after.request_id);
+    const changes = seen.filter(isChange);
+    expect(changes.map((event) => [event.type, event.request?.fields])).toEqual([['ADDED', { common_name: 'after.example' }]]);
+    expect(watch.stats.resumes).toBeGreaterThanOrEqual(1);
+    expect(watch.stats.resyncs).toBe(0);
+    watch.close();
+  });
+
+  it('carries session watches and commands across a restart', async () => {
+    const w = await world();
+    const web = as(w.requesters[0] as string);
+    const ca = as(w.responders[0] as string);
+    const session = ca.openSession({ incomingRequests: { filter: 'new' } });
+    const incoming = session.incomingRequests<'tls-certificates'>();
+    await readUntil(incoming, (event) => event.type === 'SNAPSHOT_COMPLETE');
+    const requester = web.requester('tls-certificates', { relation: w.relationId });
+    const responder = ca.responder('tls-certificates', { relation: w.relationId });
+    const one = await requester.create({ common_name: 'one.example' });
+    await readUntil(incoming, (event) => event.request?.request_id === one.request_id);
+    expect(ca.session).toBe(session);
+    await responder.respond(one, { key: 'k', cert: 'c' });
+
+    await server.stop();
+    await start();
+    const two = await requester.create({ common_name: 'two.example' });
+    const seen = await readUntil(incoming, (event) => event.type === 'ADDED' && event.request?.request_id === two.request_id);
+    // Answered before the restart, the first request left the NEW set exactly once; the second arrived once.
+    const changes = seen.filter(isChange).map((event) => `${event.type} ${String(event.request?.fields.common_name)}`);
+    expect(changes).toEqual(['DELETED one.example', 'ADDED two.example']);
+    expect(session.stats.reconnects).toBeGreaterThanOrEqual(1);
+    // Commands go over the new stream once it is up.
+    await expect.poll(() => ca.session === session, { timeout: 10_000 }).toBe(true);
+    const answer = await responder.respond(two, { key: 'k2', cert: 'c2' });
+    expect(answer.fields).toEqual({ key: 'k2', cert: 'c2' });
+    session.close();
+    expect(await session.closed).toBeUndefined();
+  });
+
+  it('starts over from a snapshot (RESYNC) when the history it needs was compacted', async () => {
+    const w = await world();
+    const web = as(w.requesters[0] as string).requester('tls-certificates', { relation: w.relationId });
+    const kept = await web.create({ common_name: 'kept.example' });
+    const watch = web.watch();
+    await readUntil(watch, (event) => event.type === 'SNAPSHOT_COMPLETE');
+
+    await server.stop();
+    // While the gateway is down, history moves on and is compacted past the watch's revision.
+    const store = new SqliteStore({ path: db });
+    await new RegistryService(store, await InterfaceRegistry.load()).registerApplication(`gap${process.pid}`);
+    await store.compact(store.currentRevision());
+    await store.close();
+    await start();
+
+    const seen = await readUntil(watch, (event) => event.type === 'SNAPSHOT_COMPLETE');
+    const changes = seen.filter(isChange);
+    expect(changes.map((event) => [event.type, event.request?.request_id])).toEqual([
+      ['RESYNC', undefined],
+      ['ADDED', kept.request_id],
+      ['SNAPSHOT_COMPLETE', undefined],
+    ]);
+    expect(watch.stats.resyncs).toBe(1);
+    watch.close();
+  });
+
+  it('resumes a slow consumer cut off by the gateway and delivers every event once', async () => {
+    await server.stop();
+    await start({ watchBuffer: 4 });
+    const w = await world();
+    const web = as(w.requesters[0] as string).requester('tls-certificates', { relation: w.relationId });
+    const watch = web.watch({ start: 'now', bufferEvents: 1 });
+    // The first bookmark or event proves the stream is up before we stop reading it.
+    const padding = 'x'.repeat(2_000);
+    const first = await web.create({ common_name: 'first.example', sans: [padding] });
+    await readUntil(watch, (event) => event.request?.request_id === first.request_id);
+    const created: string[] = [];
+    for (let i = 0; i < 400; i++) created.push((await web.create({ common_name: `n${i}.example`, sans: [padding] })).request_id);
+    const last = created.at(-1);
+    const seen = await readUntil(watch, (event) => event.request?.request_id === last, 30_000);
+    expect(seen.filter(isChange).map((event) => event.request?.request_id)).toEqual(created);
+    expect(watch.stats.resumes).toBeGreaterThanOrEqual(1);
+    watch.close();
+  }, 60_000);
+
+  it('lets a session watch fall behind without stalling commands, missing no event', async () => {
+    const w = await world();
+    const web = as(w.requesters[0] as string);
+    const session = web.openSession({ responses: { relation: w.relationId, start: 'now', bufferEvents: 50 } });
+    const watch = session.responses<'tls-certificates'>();
+    const requester = web.requester('tls-certificates', { relation: w.relationId });
+    const padding = 'x'.repeat(2_000);
+    const first = await requester.create({ common_name: 'first.example', sans: [padding] });
+    await readUntil(watch, (event) => event.request?.request_id === first.request_id);
+    // Nobody reads the watch meanwhile: the session drains its stream and creates go on as unary calls.
+    const created: string[] = [];
+    for (let i = 0; i < 400; i++) created.push((await requester.create({ common_name: `s${i}.example`, sans: [padding] })).request_id);
+    const seen = await readUntil(watch, (event) => event.request?.request_id === created.at(-1), 30_000);
+    expect(seen.filter(isChange).map((event) => event.request?.request_id)).toEqual(created);
+    expect(session.stats.reconnects).toBeGreaterThanOrEqual(1);
+    session.close();
+    expect(await session.closed).toBeUndefined();
+  }, 60_000);
+});
+
+describe('SDK credentials', () => {
+  it('sends the bearer token and surfaces authentication failures as RelgateError', async () => {
+    const h = await startHarness({ auth: 'token', adminToken: 'admin-secret' });
+    try {
+      const connection = connect(h.server.address, { token: 'rgu_not-a-real-token' });
+      const error = await connection.requester('tls-certificates').flags().catch((e: unknown) => e);
+      expect(hasCode(error, Code.UNAUTHENTICATED)).toBe(true);
+      expect(hasReason(error, 'INVALID_TOKEN')).toBe(true);
+      const admin = connect(h.server.address, { token: 'admin-secret' });
+      const denied = await admin.responder('tls-certificates').flags().catch((e: unknown) => e);
+      expect(hasReason(denied, 'UNIT_REQUIRED')).toBe(true);
+      connection.close();
+      admin.close();
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('connects over mutual TLS, the client certificate naming the unit', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'relgate-sdk-tls-'));
+    const certs = makeCertificates(dir, ['tlsweb/0']);
+    const h = await startHarness({ tlsCert: certs.serverCert, tlsKey: certs.serverKey, tlsClientCa: certs.ca });
+    const mine = certs.client('tlsweb/0');
+    const tls = { ca: readFileSync(certs.ca), cert: readFileSync(mine.cert), key: readFileSync(mine.key) };
+    const registry = new Rpc(new (v1.RegistryService as NonNullable<typeof v1.RegistryService>)(h.server.address, grpc.credentials.createSsl(tls.ca, tls.key, tls.cert)));
+    try {
+      await registry.call('RegisterApplication', { name: 'tlsweb' });
+      await registry.call('RegisterUnit', { name: 'tlsweb/0' });
+      const connection = connect(h.server.address, { tls });
+      expect(await connection.requester('tls-certificates').flags()).toEqual({ available: false, has_responses: false, all_responses: false });
+      const impersonating = connect(h.server.address, { tls, unit: 'ca/0' });
+      const error = await impersonating.requester('tls-certificates').flags().catch((e: unknown) => e);
+      expect(hasReason(error, 'IMPERSONATION')).toBe(true);
+      expect((error as RelgateError).code).toBe(Code.PERMISSION_DENIED);
+      connection.close();
+      impersonating.close();
+    } finally {
+      registry.client.close();
+      await h.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+/** A long-running example process whose stdout JSON lines can be awaited. */
+class ExampleProcess {
+  readonly lines: unknown[] = [];
+  readonly child: ChildProcess;
+  #output = '';
+  #waiters: (() => void)[] = [];
+
+  constructor(script: string, args: string[], address: string) {
+    this.child = spawn(process.execPath, [path.join('examples', 'ts', script), ...args], { env: { ...process.env, RELGATE_ADDRESS: address }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let partial = '';
+    this.child.stdout?.on('data', (data: Buffer) => {
+      partial += data.toString();
+      const complete = partial.split('\n');
+      partial = complete.pop() ?? '';
+      for (const line of complete) if (line.trim()) this.lines.push(JSON.parse(line));
+      for (const wake of this.#waiters.splice(0)) wake();
+    });
+    this.child.stderr?.on('data', (data: Buffer) => (this.#output += data.toString()));
+  }
+
+  /** Waits for a line that passes test (checking lines already printed first). */
+  async line(test: (line: unknown) => boolean, timeoutMs = 20_000): Promise<unknown> {
+    const deadline = Date.now() + timeoutMs;
+    for (let seen = 0; ; ) {
+      for (; seen < this.lines.length; seen++) if (test(this.lines[seen])) return this.lines[seen];
+      if (Date.now() > deadline || this.child.exitCode !== null) throw new Error(`no matching line; got ${JSON.stringify(this.lines)}; stderr: ${this.#output}`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+        this.#waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** Stops the process with SIGTERM and waits for it. */
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise((resolve) => this.child.once('exit', resolve));
+    this.child.kill('SIGTERM');
+    await exited;
+  }
+}
+
+describe('example interfaces against relgate serve', () => {
+  let gateway: ServeProcess;
+  const running: ExampleProcess[] = [];
+  const start = (script: string, ...args: string[]) => {
+    const example = new ExampleProcess(script, args, gateway.address);
+    running.push(example);
+    return example;
+  };
+  const registry = async (...args: string[]) => {
+    const result = await runProgram(process.execPath, [path.join('examples', 'ts', 'registry.ts'), ...args], { env: { ...process.env, RELGATE_ADDRESS: gateway.address } });
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    return result.stdout.trim();
+  };
+
+  beforeAll(async () => {
+    gateway = await spawnServe(['--listen', '127.0.0.1:0', '--db', ':memory:']);
+  });
+  afterAll(async () => {
+    for (const example of running) await example.stop();
+    await gateway?.stop();
+  });
+
+  it('issues a certificate that the requester verifies with node:crypto', async () => {
+    const relation = await registry('relate', 'tls-certificates', 'webapp/0', 'ca/0');
+    const ca = start('tls-certificates/ca.ts', '--unit', 'ca/0');
+    await ca.line((line) => (line as { ready?: boolean }).ready === true);
+    const requester = await runProgram(
+      process.execPath,
+      [path.join('examples', 'ts', 'tls-certificates', 'requester.ts'), '--unit', 'webapp/0', '--relation', relation, '--cn', 'web.example', '--san', 'web.example', '--san', '10.0.0.5'],
+      { env: { ...process.env, RELGATE_ADDRESS: gateway.address }, timeoutMs: 30_000 },
+    );
+    expect(requester.stderr).toBe('');
+    expect(requester.code).toBe(0);
+    expect(JSON.parse(requester.stdout)).toEqual({
+      subject: 'CN=web.example',
+      subjectAltName: 'DNS:web.example, IP Address:10.0.0.5',
+      issuer: 'CN=relgate example CA',
+      checks: { subject: true, sans: true, issuer: true, signature: true, key: true },
+    });
+    await ca.line((line) => (line as { issued?: string }).issued === 'web.example');
+  }, 60_000);
+
+  it('keeps the proxy\'s services() current as web units join and leave', async () => {
+    const relation = await registry('relate', 'http', 'proxy/0', 'web/0');
+    const servicesAre = (hosts: { hostname: string; port: number }[]) => (line: unknown) =>
+      JSON.stringify(line) === JSON.stringify({ services: hosts.length === 0 ? [] : [{ service_name: 'web', hosts }] });
+    const proxy = start('http/proxy.ts', '--unit', 'proxy/0', '--relation', relation);
+    await proxy.line(servicesAre([]));
+    start('http/web.ts', '--unit', 'web/0', '--port', '8080', '--hostname', 'web-0');
+    await proxy.line(servicesAre([{ hostname: 'web-0', port: 8080 }]));
+    await registry('join', relation, 'web/1');
+    start('http/web.ts', '--unit', 'web/1', '--port', '8081', '--hostname', 'web-1');
+    await proxy.line(servicesAre([{ hostname: 'web-0', port: 8080 }, { hostname: 'web-1', port: 8081 }]));
+    await registry('leave', relation, 'web/0');
+    await proxy.line(servicesAre([{ hostname: 'web-1', port: 8081 }]));
+  }, 60_000);
+});

@@ -1,0 +1,377 @@
+// SessionService.Open against a real server: commands acknowledged once
+// durable, per-command errors that leave the stream open, both sides' watch
+// events, resuming by revision, the in-flight bound and a clean half-close.
+import { randomUUID } from 'node:crypto';
+import Database from 'better-sqlite3';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { Code } from '../src/errors.ts';
+import { MAX_IN_FLIGHT } from '../src/session.ts';
+import { startHarness, struct, type Harness } from './helpers/harness.ts';
+import { CERT, CSR, create, expectError, relate, respond, seconds, type Relation } from './helpers/fixture.ts';
+import { SessionClient, ackError, requestEvent, responseEvent, watch as watchFrom, type Msg } from './helpers/streams.ts';
+
+let h: Harness;
+let db: Database.Database;
+beforeAll(async () => {
+  h = await startHarness();
+  db = new Database(h.db, { readonly: true, fileMustExist: true });
+});
+afterAll(async () => {
+  db.close();
+  await h.close();
+});
+
+const WATCH_INCOMING = (r: Relation) => ({ incoming_requests: { relation_id: r.id } });
+const WATCH_RESPONSES = (r: Relation) => ({ responses: { relation_id: r.id } });
+const createCommand = (r: Relation, extra: Msg = {}) => ({ create: { relation_id: r.id, fields: struct(CSR), ...extra } });
+const respondCommand = (requestId: string, fields = CERT) => ({ respond: { request_id: requestId, fields: struct(fields) } });
+
+/** Reads the database file directly, through its own connection. */
+function storedRequestRevision(requestId: string): number | undefined {
+  const row = db.prepare<[string], { doc: string }>('SELECT doc FROM requests WHERE id = ?').get(requestId);
+  return row ? (JSON.parse(row.doc) as { revision: number }).revision : undefined;
+}
+
+function storedResponseCount(requestId: string): number {
+  return db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM responses WHERE request_id = ?').get(requestId)?.n ?? 0;
+}
+
+describe('acknowledgements', () => {
+  test('each command is acknowledged once durable, with its revision and correlation id', async () => {
+    const r = await relate(h);
+    const requester = await r.session(r.requesters[0] as string);
+    const responder = await r.session(r.responders[0] as string);
+    const requestId = randomUUID();
+    const ack = await requester.send(createCommand(r, { request_id: requestId }), 'my-create');
+    expect([ack.correlation_id, ack.result, ack.error]).toEqual(['my-create', 'create', null]);
+    const revision = Number(ack.create.request.revision);
+    expect(revision).toBeGreaterThan(0);
+    // Already in the database file when the acknowledgement arrives.
+    expect(storedRequestRevision(requestId)).toBe(revision);
+    const answered = await responder.send(respondCommand(requestId), 'my-answer');
+    expect([answered.correlation_id, answered.result]).toEqual(['my-answer', 'respond']);
+    expect(Number(answered.respond.response.revision)).toBeGreaterThan(revision);
+    expect(storedResponseCount(requestId)).toBe(1);
+    const withdrawn = await requester.ok({ withdraw: { request_id: requestId } });
+    expect(Number(withdrawn.revision)).toBeGreaterThan(Number(answered.respond.response.revision));
+    expect(storedRequestRevision(requestId)).toBeUndefined();
+    requester.end();
+    responder.end();
+    await Promise.all([requester.closed, responder.closed]);
+  });
+
+  test('claim, release and create-or-update act as their unary RPCs', async () => {
+    const r = await relate(h, { responders: 2 });
+    const requester = await r.session(r.requesters[0] as string);
+    const responder = await r.session(r.responders[0] as string);
+    const first = await requester.ok({ create_or_update: { relation_id: r.id, match_fields: ['common_name'], fields: struct(CSR) } });
+    expect([first.created, first.updated]).toEqual([true, false]);
+    const requestId = first.request.request_id as string;
+    const claimed = await responder.ok({ claim: { request_id: requestId, lease: seconds(60_000) } });
+    expect(claimed.request.claim.unit).toBe(r.responders[0]);
+    expectError(await r.res(1).fail('Respond', { request_id: requestId, fields: struct(CERT) }), Code.FAILED_PRECONDITION, 'REQUEST_CLAIMED');
+    const released = await responder.ok({ release: { request_id: requestId } });
+    expect(released.request.claim).toBeNull();
+    const updated = await requester.ok({ create_or_update: { relation_id: r.id, match_fields: ['common_name'], fields: struct({ ...CSR, sans: ['b.example'] }) } });
+    expect([updated.created, updated.updated, updated.request.request_id]).toEqual([false, true, requestId]);
+    requester.end();
+    responder.end();
+    await Promise.all([requester.closed, responder.closed]);
+  });
+
+  test('replaying a request id gives what CreateRequest gives: the original, or ALREADY_EXISTS for a different body', async () => {
+    const r = await relate(h);
+    const session = await r.session(r.requesters[0] as string);
+    const requestId = randomUUID();
+    const unary = await create(r, { request_id: requestId });
+    const replay = await session.ok(createCommand(r, { request_id: requestId }));
+    expect(replay.replayed).toBe(true);
+    expect(replay.request).toEqual(unary);
+    const conflict = await session.send(createCommand(r, { request_id: requestId, fields: struct({ common_name: 'other.example' }) }));
+    expectError(ackError(conflict), Code.ALREADY_EXISTS, 'REQUEST_ID_CONFLICT');
+    const unaryConflict = await r.req().fail('CreateRequest', { relation_id: r.id, request_id: requestId, fields: struct({ common_name: 'other.example' }) });
+    expect([unaryConflict.code, unaryConflict.reason, unaryConflict.message]).toEqual([Code.ALREADY_EXISTS, 'REQUEST_ID_CONFLICT', ackError(conflict).message]);
+    session.end();
+    await session.closed;
+  });
+  test('two responder sessions answering an any request at the same moment: exactly one wins, every time', async () => {
+    const r = await relate(h, { responders: 2 });
+    const sessions = await Promise.all(r.responders.map((unit) => r.session(unit)));
+    for (let round = 0; round < 25; round++) {
+      const request = await create(r, { fields: struct({ common_name: `race${round}.example` }) });
+      const acks = await Promise.all(sessions.map((session) => session.send(respondCommand(request.request_id))));
+      const won = acks.filter((ack) => ack.error === null);
+      expect(won, `round ${round}`).toHaveLength(1);
+      const lost = acks.find((ack) => ack.error !== null);
+      expect(lost && ackError(lost).code).toBe(Code.FAILED_PRECONDITION);
+      const { responses } = await r.req().call('ListResponses', { request_id: request.request_id });
+      expect(responses).toEqual([won[0]?.respond.response]);
+    }
+    for (const session of sessions) session.end();
+    await Promise.all(sessions.map((session) => session.closed));
+  });
+});
+
+describe('bad commands', () => {
+  test('each gets its own error status; the stream stays open and later commands succeed', async () => {
+    const r = await relate(h);
+    const session = await r.session(r.requesters[0] as string, WATCH_RESPONSES(r));
+    const missing = await session.send(createCommand(r, { fields: struct({ sans: ['x'] }) }), 'bad-fields');
+    const invalid = ackError(missing);
+    expect([missing.correlation_id, invalid.code]).toEqual(['bad-fields', Code.INVALID_ARGUMENT]);
+    expect(invalid.fieldViolations.map((v) => v.field)).toEqual(['fields.common_name']);
+    expectError(ackError(await session.send({ withdraw: { request_id: randomUUID() } })), Code.NOT_FOUND, 'REQUEST_NOT_FOUND');
+    expectError(ackError(await session.send(createCommand(r, { relation_id: 'tls-certificates:999999' }))), Code.NOT_FOUND, 'RELATION_NOT_FOUND');
+    expectError(ackError(await session.send({ claim: { request_id: 'not-a-uuid' } })), Code.INVALID_ARGUMENT, 'INVALID_ARGUMENT');
+    const selector = ackError(await session.send(createCommand(r, { delivery: { mode: 'DELIVERY_MODE_SELECTOR', selector: 'zone in a' } })));
+    expect(selector.fieldViolations[0]?.description).toMatch(/at position 9$/);
+    expectError(ackError(await session.send({}, 'empty')), Code.INVALID_ARGUMENT, 'INVALID_COMMAND');
+    session.call.write({ start: { responses: { relation_id: r.id } } });
+    const late = await waitForAck(session, '');
+    expectError(ackError(late), Code.FAILED_PRECONDITION, 'LATE_START');
+    const good = await session.ok(createCommand(r));
+    await session.responses.next(requestEvent('ADDED', good.request.request_id));
+    session.end();
+    expect(await session.status).toBeNull();
+  });
+
+  test('bad watch options in start end the session with INVALID_ARGUMENT', async () => {
+    const r = await relate(h);
+    const session = new SessionClient(h.server.address, r.responders[0] as string, { incoming_requests: { relation_id: r.id, filter: 'REQUEST_FILTER_ANSWERED' } });
+    const status = await session.status;
+    expect([status?.code, status?.fieldViolations.map((v) => v.field)]).toEqual([Code.INVALID_ARGUMENT, ['options.filter']]);
+  });
+
+  test('a watch that cannot start ends the session; commands sent behind the start are not run', async () => {
+    const r = await relate(h);
+    const session = new SessionClient(h.server.address, r.requesters[0] as string, { responses: { relation_id: 'tls-certificates:999999' } });
+    const before = h.server.store.currentRevision();
+    const unacknowledged = session.send(createCommand(r)).catch((error: Error) => error);
+    expectError((await session.status) as NonNullable<Awaited<typeof session.status>>, Code.NOT_FOUND, 'RELATION_NOT_FOUND');
+    expect(await unacknowledged).toBeInstanceOf(Error);
+    expect(h.server.store.currentRevision()).toBe(before);
+    expect((await r.req().call('ListRequests', { relation_id: r.id })).requests).toEqual([]);
+  });
+
+  test('a unit that is not registered: each command is refused; a session with watches ends', async () => {
+    const r = await relate(h);
+    const commandsOnly = await r.session('nobody/0');
+    expectError(ackError(await commandsOnly.send(createCommand(r))), Code.UNAUTHENTICATED, 'UNKNOWN_UNIT');
+    expectError(ackError(await commandsOnly.send(createCommand(r))), Code.UNAUTHENTICATED, 'UNKNOWN_UNIT');
+    commandsOnly.end();
+    expect(await commandsOnly.status).toBeNull();
+    const watching = new SessionClient(h.server.address, 'nobody/0', WATCH_INCOMING(r));
+    expectError((await watching.status) as NonNullable<Awaited<typeof watching.status>>, Code.UNAUTHENTICATED, 'UNKNOWN_UNIT');
+  });
+});
+
+/** The next acknowledgement with the correlation id (for messages sent without SessionClient.send). */
+async function waitForAck(session: SessionClient, correlationId: string) {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const ack = session.acks.find((a) => a.correlation_id === correlationId);
+    if (ack) return ack;
+    if (Date.now() > deadline) throw new Error(`no ack ${JSON.stringify(correlationId)}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+describe('events', () => {
+  test('the responder session carries incoming requests, the requester session their responses', async () => {
+    const r = await relate(h, { responders: 2 });
+    const requester = await r.session(r.requesters[0] as string, WATCH_RESPONSES(r));
+    const responders = await Promise.all([0, 1].map((i) => r.session(r.responders[i] as string, WATCH_INCOMING(r))));
+    const { request } = await requester.ok(createCommand(r));
+    for (const [i, session] of responders.entries()) {
+      const added = await session.incoming.next(requestEvent('ADDED', request.request_id));
+      expect([added.request.is_new, added.request.source_unit, added.revision]).toEqual([true, r.requesters[0], request.revision]);
+      expect(added.request.source_ingress_address, r.responders[i]).toBe('10.1.0.1');
+    }
+    expect((await requester.responses.next(requestEvent('ADDED', request.request_id))).request.is_created).toBe(true);
+    const answer = await responders[1]?.ok(respondCommand(request.request_id));
+    const delivered = await requester.responses.next(responseEvent(request.request_id, r.responders[1]));
+    expect(delivered.response).toEqual(answer?.response);
+    expect(delivered.revision).toBe(answer?.response.revision);
+    const done = await responders[0]?.incoming.next(requestEvent('MODIFIED', request.request_id));
+    expect([done?.request.state, done?.request.is_new]).toEqual(['REQUEST_STATE_ANSWERED', false]);
+    // The same events a server-streaming watch carries, in the same revision order.
+    const watch = watchFrom(r.res(0), { relation_id: r.id, start: 'WATCH_START_AFTER_REVISION', after_revision: Number(request.revision) - 1 });
+    await watch.events.next(requestEvent('MODIFIED', request.request_id));
+    const strip = (events: Msg[]) => events.filter((e) => e.type !== 'EVENT_TYPE_BOOKMARK' && Number(e.revision) >= Number(request.revision)).map(({ batchRevision: _, ...event }) => event);
+    expect(strip(responders[0]?.incoming.items ?? [])).toEqual(strip(watch.events.items));
+    watch.cancel();
+    for (const session of [requester, ...responders]) session.end();
+    await Promise.all([requester, ...responders].map((session) => session.closed));
+  });
+
+  test('commands sent right behind start run after the snapshot: it shows the state before them', async () => {
+    const r = await relate(h);
+    const request = await create(r);
+    const session = new SessionClient(h.server.address, r.responders[0] as string, WATCH_INCOMING(r));
+    const ack = await session.send(respondCommand(request.request_id));
+    expect(ack.error).toBeNull();
+    const changes = (await session.incoming.take(2, (e) => e.object === 'request')).map((e) => [e.type, e.request.state]);
+    expect(changes).toEqual([
+      ['EVENT_TYPE_ADDED', 'REQUEST_STATE_PENDING'],
+      ['EVENT_TYPE_MODIFIED', 'REQUEST_STATE_ANSWERED'],
+    ]);
+    session.end();
+    await session.closed;
+  });
+
+  test('a session resumes from a revision after reconnecting, without loss or duplicate', async () => {
+    const r = await relate(h);
+    const first = await r.session(r.responders[0] as string, WATCH_INCOMING(r));
+    const before = [await create(r), await create(r)];
+    for (const request of before) await first.incoming.next(requestEvent('ADDED', request.request_id));
+    const lastSeen = first.received.filter((m) => m.kind === 'events').at(-1)?.events.batch.revision as string;
+    first.cancel();
+    await first.closed;
+    const missed = [await create(r), await create(r)];
+    await respond(r, before[0]?.request_id as string);
+    const second = await r.session(r.responders[0] as string, { incoming_requests: { relation_id: r.id, start: 'WATCH_START_AFTER_REVISION', after_revision: lastSeen } });
+    const during = { request: await create(r) };
+    await second.incoming.next(requestEvent('ADDED', during.request.request_id));
+    const changes = second.incoming.items.filter((e) => e.object === 'request').map((e) => [e.type, e.request.request_id]);
+    expect(changes).toEqual([
+      ['EVENT_TYPE_ADDED', missed[0]?.request_id],
+      ['EVENT_TYPE_ADDED', missed[1]?.request_id],
+      ['EVENT_TYPE_MODIFIED', before[0]?.request_id],
+      ['EVENT_TYPE_ADDED', during.request.request_id],
+    ]);
+    const revisions = second.incoming.items.filter((e) => e.type !== 'EVENT_TYPE_BOOKMARK').map((e) => Number(e.revision));
+    expect(revisions.every((revision, i) => revision > Number(lastSeen) && revision >= (revisions[i - 1] ?? 0))).toBe(true);
+    second.end();
+    await second.closed;
+  });
+});
+
+describe('flow control', () => {
+  test(`more commands than the in-flight bound (${MAX_IN_FLIGHT}) at once: each is acknowledged exactly once`, async () => {
+    const r = await relate(h);
+    const session = await r.session(r.requesters[0] as string);
+    const count = MAX_IN_FLIGHT + MAX_IN_FLIGHT / 2;
+    const acks = await Promise.all(Array.from({ length: count }, (_, i) => session.send(createCommand(r, { fields: struct({ common_name: `n${i}.example` }) }), `burst${i}`)));
+    expect(acks.every((ack) => ack.error === null)).toBe(true);
+    expect(new Set(session.acks.map((ack) => ack.correlation_id)).size).toBe(count);
+    expect(session.acks).toHaveLength(count);
+    expect(new Set(acks.map((ack) => ack.create.request.request_id)).size).toBe(count);
+    const { requests } = await r.req().call('ListRequests', { relation_id: r.id, page_size: 1000 });
+    expect(requests).toHaveLength(1000);
+    session.end();
+    await session.closed;
+  }, 60_000);
+
+  test(`at most ${MAX_IN_FLIGHT} commands of a session run at once; the rest wait unread until one finishes`, async () => {
+    const r = await relate(h);
+    const session = await r.session(r.requesters[0] as string);
+    // Hold every write at the store's door, to see how many commands the session has started.
+    const store = h.server.store;
+    const write = store.write;
+    let started = 0;
+    let open = () => {};
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    store.write = async function gated<T>(this: typeof store, fn: Parameters<typeof write<T>>[0]): Promise<T> {
+      started += 1;
+      await gate;
+      return write.call(this, fn) as Promise<T>;
+    };
+    const count = MAX_IN_FLIGHT + 200;
+    let acks: Promise<unknown>[] = [];
+    try {
+      acks = Array.from({ length: count }, (_, i) => session.send(createCommand(r, { fields: struct({ common_name: `b${i}.example` }) })));
+      expect(await settled(() => started, 20_000)).toBe(MAX_IN_FLIGHT);
+    } finally {
+      store.write = write;
+      open();
+    }
+    await Promise.all(acks);
+    expect(session.acks).toHaveLength(count);
+    expect(session.acks.every((ack) => ack.error === null)).toBe(true);
+    session.end();
+    await session.closed;
+  }, 60_000);
+
+  test('a client that stops reading stops the server taking its commands; reading again resumes them', async () => {
+    const r = await relate(h);
+    const session = await r.session(r.requesters[0] as string);
+    session.call.pause();
+    const count = 300;
+    const before = h.server.store.currentRevision();
+    // Each ack carries the request back (about 20 KB): far more than the transport buffers.
+    const big = 'x'.repeat(20_000);
+    const acks = Array.from({ length: count }, (_, i) => session.send(createCommand(r, { fields: struct({ common_name: `slow${i}.example`, sans: [big] }) }), `slow${i}`));
+    // No event tells that the server stopped; wait until the store stops moving.
+    const executed = (await settled(() => h.server.store.currentRevision(), 10_000)) - before;
+    expect(executed).toBeGreaterThan(0);
+    expect(executed).toBeLessThan(count);
+    session.call.resume();
+    expect((await Promise.all(acks)).every((ack) => ack.error === null)).toBe(true);
+    expect(session.acks).toHaveLength(count);
+    expect(h.server.store.currentRevision() - before).toBe(count);
+    session.end();
+    expect(await session.status).toBeNull();
+  }, 60_000);
+});
+
+/** The value once it has not changed for 300 ms: for server state that no event announces. */
+async function settled(read: () => number, timeoutMs: number): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let value = read();
+  let since = Date.now();
+  while (Date.now() - since < 300) {
+    if (Date.now() > deadline) throw new Error(`still changing after ${timeoutMs} ms (at ${value})`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+    const now = read();
+    if (now !== value) [value, since] = [now, Date.now()];
+  }
+  return value;
+}
+
+describe('ending', () => {
+  test('a client half-close ends the session cleanly once its commands are acknowledged', async () => {
+    const r = await relate(h);
+    const responder = await r.session(r.responders[0] as string, WATCH_INCOMING(r));
+    const requester = await r.session(r.requesters[0] as string);
+    const watchers = h.server.hub.watcherCount;
+    expect(h.server.hub.isWatched(r.id, 'responder')).toBe(true);
+    // Half-close right behind a command: its ack still arrives, then OK.
+    const pending = requester.send(createCommand(r));
+    requester.end();
+    expect((await pending).error).toBeNull();
+    expect(await requester.status).toBeNull();
+    // The server sees the responder leave: its watch stops and calls find no responder.
+    responder.end();
+    expect(await responder.status).toBeNull();
+    expect(h.server.hub.watcherCount).toBe(watchers - 1);
+    expect(h.server.hub.isWatched(r.id, 'responder')).toBe(false);
+    const noResponders = await r.req().fail('Call', { relation_id: r.id, fields: struct(CSR) });
+    expectError(noResponders, Code.UNAVAILABLE, 'NO_RESPONDERS');
+  });
+
+  test('a half-close right behind start still delivers the snapshot and leaves no watch behind', async () => {
+    const r = await relate(h);
+    const request = await create(r);
+    const session = new SessionClient(h.server.address, r.responders[0] as string, WATCH_INCOMING(r));
+    session.end();
+    expect(await session.status).toBeNull();
+    expect(session.incoming.items.map((e) => [e.type, e.request?.request_id])).toEqual([
+      ['EVENT_TYPE_ADDED', request.request_id],
+      ['EVENT_TYPE_FLAGS', undefined],
+      ['EVENT_TYPE_SNAPSHOT_COMPLETE', undefined],
+    ]);
+    expect(h.server.hub.isWatched(r.id, 'responder')).toBe(false);
+  });
+
+  test('a cancelled session stops its watches', async () => {
+    const r = await relate(h);
+    const responder = await r.session(r.responders[0] as string, WATCH_INCOMING(r));
+    expect(h.server.hub.isWatched(r.id, 'responder', r.responders[0])).toBe(true);
+    responder.cancel();
+    await responder.closed;
+    // Cancellation reaches the server asynchronously; there is no event to await on this side.
+    const deadline = Date.now() + 5_000;
+    while (h.server.hub.isWatched(r.id, 'responder') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(h.server.hub.isWatched(r.id, 'responder')).toBe(false);
+  });
+});
