@@ -1,0 +1,87 @@
+// What the dashboard shows, read from the store in one consistent read:
+// relations with their units and flags, the requests waiting for an answer,
+// and the latest responses with their latency.
+import type { AnsweredRequest } from '../metrics.ts';
+import type { RequestRecord, Store } from '../store/store.ts';
+
+/** Waiting requests listed at most; the total is always given. */
+const WAITING_SHOWN = 100;
+const SCAN_PAGE = 1000;
+
+export interface DashboardState {
+  revision: number;
+  compacted_revision: number;
+  /** Epoch milliseconds when this state was read. */
+  time: number;
+  relations: {
+    id: string;
+    interface: string;
+    version: number;
+    requester: string;
+    responder: string;
+    units: { unit: string; side: string; flags: Record<string, boolean> }[];
+  }[];
+  waiting: {
+    request_id: string;
+    relation_id: string;
+    interface: string;
+    source_unit: string;
+    delivery: string;
+    responses: string;
+    claimed_by: string;
+    create_time: number;
+    fields: unknown;
+  }[];
+  waiting_total: number;
+  responses: readonly AnsweredRequest[];
+}
+
+export async function readDashboardState(store: Store, responses: readonly AnsweredRequest[]): Promise<DashboardState> {
+  return store.read(async (tx) => {
+    const relations: DashboardState['relations'] = [];
+    for (const relation of await tx.listRelations()) {
+      const units = [];
+      for (const unit of await tx.listRelationUnits(relation.id)) {
+        units.push({ unit: unit.unit, side: unit.side, flags: (await tx.getFlags(relation.id, unit.unit)) ?? {} });
+      }
+      relations.push({
+        id: relation.id,
+        interface: relation.interface,
+        version: relation.version,
+        requester: `${relation.requester_application}:${relation.requester_endpoint}`,
+        responder: `${relation.responder_application}:${relation.responder_endpoint}`,
+        units,
+      });
+    }
+    const waiting: DashboardState['waiting'] = [];
+    let total = 0;
+    const relationIds = relations.map((relation) => relation.id);
+    for (let after = 0; relationIds.length > 0; ) {
+      const page = await tx.listRequests({ relationIds, afterCreateRevision: after, limit: SCAN_PAGE });
+      for (const request of page) {
+        if (request.state !== 'pending') continue;
+        total += 1;
+        if (waiting.length < WAITING_SHOWN) waiting.push(waitingRequest(request));
+      }
+      const last = page.at(-1);
+      if (!last || page.length < SCAN_PAGE) break;
+      after = last.create_revision;
+    }
+    return { revision: tx.readRevision(), compacted_revision: store.compactedRevision(), time: tx.now, relations, waiting, waiting_total: total, responses };
+  });
+}
+
+function waitingRequest(request: RequestRecord): DashboardState['waiting'][number] {
+  const { delivery } = request;
+  return {
+    request_id: request.request_id,
+    relation_id: request.relation_id,
+    interface: request.interface,
+    source_unit: request.source_unit,
+    delivery: delivery.mode === 'unit' ? `unit ${delivery.unit}` : delivery.mode === 'selector' ? `selector ${delivery.selector}` : 'any',
+    responses: `${request.response_count}/${request.expected_count}`,
+    claimed_by: request.claim?.unit ?? '',
+    create_time: request.create_time,
+    fields: request.fields,
+  };
+}

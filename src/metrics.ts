@@ -1,0 +1,257 @@
+// Prometheus metrics: the standard gRPC server metrics under the names of
+// go-grpc-prometheus (so existing dashboards and alerts apply), and relgate's
+// own: waiting requests, request-to-response time, watches and their lag,
+// slow-watcher cut-offs and the store's commits and revisions. Every label is
+// bounded: gRPC method names, status codes, interface names, watch sides.
+import * as grpc from '@grpc/grpc-js';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Change, RequestRecord, Store } from './store/store.ts';
+import type { WatchHub } from './watch-hub.ts';
+
+/** gRPC status codes as go-grpc-prometheus spells them in grpc_code. */
+const CODE_NAMES = [
+  'OK', 'Canceled', 'Unknown', 'InvalidArgument', 'DeadlineExceeded', 'NotFound', 'AlreadyExists', 'PermissionDenied',
+  'ResourceExhausted', 'FailedPrecondition', 'Aborted', 'OutOfRange', 'Unimplemented', 'Internal', 'Unavailable', 'DataLoss', 'Unauthenticated',
+];
+
+/** A response as the dashboard shows it. */
+export interface AnsweredRequest {
+  request_id: string;
+  relation_id: string;
+  interface: string;
+  responder_unit: string;
+  code: number;
+  error: string;
+  fields: unknown;
+  /** Epoch milliseconds of the response. */
+  time: number;
+  /** Milliseconds from the request's creation to this response. */
+  latency_ms: number;
+}
+
+const METHOD_LABELS = ['grpc_type', 'grpc_service', 'grpc_method'] as const;
+type MethodLabels = Record<(typeof METHOD_LABELS)[number], string>;
+
+interface MethodSeries {
+  started: Counter.Internal;
+  received: Counter.Internal;
+  sent: Counter.Internal;
+  handling: Histogram.Internal<string>;
+  handled(code: number): Counter.Internal;
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly #store: Store;
+  readonly #started: Counter<string>;
+  readonly #handled: Counter<string>;
+  readonly #handling: Histogram<string>;
+  readonly #received: Counter<string>;
+  readonly #sent: Counter<string>;
+  readonly #waiting: Gauge<string>;
+  readonly #answerTime: Histogram<string>;
+  readonly #commitTime: Histogram<string>;
+  /** Pending requests per interface, kept up to date from every commit. */
+  readonly #pending = new Map<string, number>();
+  readonly #recent: AnsweredRequest[] = [];
+  readonly #recentLimit: number;
+
+  constructor(store: Store, hub: WatchHub, interfaces: readonly string[], options: { recentResponses?: number } = {}) {
+    this.#store = store;
+    this.#recentLimit = options.recentResponses ?? 50;
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.#started = new Counter({ name: 'grpc_server_started_total', help: 'Total number of RPCs started on the server.', labelNames: METHOD_LABELS, registers });
+    this.#handled = new Counter({ name: 'grpc_server_handled_total', help: 'Total number of RPCs completed on the server, regardless of success or failure.', labelNames: [...METHOD_LABELS, 'grpc_code'], registers });
+    this.#handling = new Histogram({ name: 'grpc_server_handling_seconds', help: 'Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.', labelNames: METHOD_LABELS, registers });
+    this.#received = new Counter({ name: 'grpc_server_msg_received_total', help: 'Total number of RPC stream messages received on the server.', labelNames: METHOD_LABELS, registers });
+    this.#sent = new Counter({ name: 'grpc_server_msg_sent_total', help: 'Total number of gRPC stream messages sent by the server.', labelNames: METHOD_LABELS, registers });
+    this.#waiting = new Gauge({ name: 'relgate_requests_waiting', help: 'Requests waiting for a response (state PENDING), per interface.', labelNames: ['interface'], registers });
+    this.#answerTime = new Histogram({
+      name: 'relgate_request_response_seconds',
+      help: 'Time from the creation of a request to each of its responses, per interface.',
+      labelNames: ['interface'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600],
+      registers,
+    });
+    this.#commitTime = new Histogram({
+      name: 'relgate_store_commit_seconds',
+      help: 'Time for one store commit (a batch of writes) to become durable.',
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers,
+    });
+    new Gauge({
+      name: 'relgate_watches_open',
+      help: 'Open watches (watch RPCs and session watches), per side.',
+      labelNames: ['side'],
+      registers,
+      collect() {
+        const open = { requester: 0, responder: 0 };
+        for (const watcher of hub.watchers) open[watcher.spec.side] += 1;
+        for (const [side, count] of Object.entries(open)) this.set({ side }, count);
+      },
+    });
+    new Gauge({
+      name: 'relgate_watch_max_lag_revisions',
+      help: 'Revisions the furthest-behind watcher still has to receive (0 when every watcher is caught up).',
+      registers,
+      collect() {
+        let max = 0;
+        for (const watcher of hub.watchers) max = Math.max(max, watcher.lagRevisions);
+        this.set(max);
+      },
+    });
+    new Gauge({
+      name: 'relgate_watches_behind',
+      help: 'Watchers that are behind the current revision (catching up or held back by a slow reader).',
+      registers,
+      collect() {
+        let behind = 0;
+        for (const watcher of hub.watchers) if (watcher.lagRevisions > 0) behind += 1;
+        this.set(behind);
+      },
+    });
+    new Counter({
+      name: 'relgate_slow_watcher_cutoffs_total',
+      help: 'Watchers cut off with RESOURCE_EXHAUSTED (SLOW_WATCHER) because they did not read.',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(hub.slowWatcherCutOffs);
+      },
+    });
+    new Gauge({ name: 'relgate_store_revision', help: 'The latest committed revision.', registers, collect: function () { this.set(store.currentRevision()); } });
+    new Gauge({ name: 'relgate_store_compacted_revision', help: 'Change-log entries at or below this revision are compacted away.', registers, collect: function () { this.set(store.compactedRevision()); } });
+    for (const name of interfaces) this.#pending.set(name, 0);
+    store.onCommitTime?.((seconds) => this.#commitTime.observe(seconds));
+    hub.onCommit((changes) => this.#observe(changes));
+  }
+
+  /** Counts the requests already waiting (once, at start); later commits keep the count. */
+  async start(): Promise<void> {
+    const counted = new Map<string, number>();
+    const revision = await this.#store.read(async (tx) => {
+      const relationIds = (await tx.listRelations()).map((relation) => relation.id);
+      for (let after = 0; relationIds.length > 0; ) {
+        const page = await tx.listRequests({ relationIds, afterCreateRevision: after, limit: 1000 });
+        for (const request of page) if (request.state === 'pending') counted.set(request.interface, (counted.get(request.interface) ?? 0) + 1);
+        const last = page.at(-1);
+        if (!last || page.length < 1000) break;
+        after = last.create_revision;
+      }
+      return tx.readRevision();
+    });
+    for (const [name, count] of counted) this.#pending.set(name, (this.#pending.get(name) ?? 0) + count);
+    // Changes committed while counting are in the count when the read saw them.
+    for (const early of this.#early ?? []) if (early.revision > revision) this.#addPending(early.interface, early.by);
+    this.#early = undefined;
+    this.#publishWaiting();
+  }
+
+  /** Changes to the waiting count seen before start() has counted what was stored. */
+  #early: { revision: number; interface: string; by: number }[] | undefined = [];
+
+  /** Responses seen since start, newest first. */
+  recentResponses(): readonly AnsweredRequest[] {
+    return this.#recent;
+  }
+
+  /** The server interceptor that counts every RPC, its messages, status and duration. */
+  readonly interceptor: grpc.ServerInterceptor = (method, call) => {
+    const series = this.#seriesOf(method);
+    const started = performance.now();
+    let done = false;
+    const finish = (code: number) => {
+      if (done) return;
+      done = true;
+      series.handled(code).inc();
+      series.handling.observe((performance.now() - started) / 1000);
+    };
+    series.started.inc();
+    return new grpc.ServerInterceptingCall(call, {
+      start: (next) =>
+        next({
+          onReceiveMessage: (message, nextMessage) => {
+            series.received.inc();
+            nextMessage(message);
+          },
+          onCancel: () => finish(grpc.status.CANCELLED),
+        }),
+      sendMessage: (message, next) => {
+        series.sent.inc();
+        next(message);
+      },
+      sendStatus: (status, next) => {
+        finish(status.code ?? grpc.status.UNKNOWN);
+        next(status);
+      },
+    });
+  };
+
+  /** The labelled series of a method, made once: RPCs then skip the label lookups. */
+  readonly #series = new Map<string, MethodSeries>();
+
+  #seriesOf(method: grpc.ServerMethodDefinition<unknown, unknown>): MethodSeries {
+    let series = this.#series.get(method.path);
+    if (series) return series;
+    const labels = methodLabels(method);
+    const handled = new Map<number, Counter.Internal>();
+    series = {
+      started: this.#started.labels(labels),
+      received: this.#received.labels(labels),
+      sent: this.#sent.labels(labels),
+      handling: this.#handling.labels(labels),
+      handled: (code) => {
+        let counter = handled.get(code);
+        if (!counter) handled.set(code, (counter = this.#handled.labels({ ...labels, grpc_code: CODE_NAMES[code] ?? String(code) })));
+        return counter;
+      },
+    };
+    this.#series.set(method.path, series);
+    return series;
+  }
+
+  #observe(changes: readonly Change[]): void {
+    const requests = new Map<string, RequestRecord>();
+    for (const change of changes) {
+      const data = change.data;
+      if (data.kind !== 'request') continue;
+      this.#countPending(data.before, -1, change.revision);
+      this.#countPending(data.after, 1, change.revision);
+      const request = data.after ?? data.before;
+      if (request) requests.set(request.request_id, request);
+    }
+    for (const change of changes) {
+      if (change.data.kind !== 'response') continue;
+      const response = change.data.response;
+      const request = requests.get(response.request_id);
+      if (!request) continue;
+      const latency = Math.max(0, response.create_time - request.create_time);
+      this.#answerTime.observe({ interface: request.interface }, latency / 1000);
+      this.#recent.unshift({ ...response, interface: request.interface, time: response.create_time, latency_ms: latency });
+      if (this.#recent.length > this.#recentLimit) this.#recent.pop();
+    }
+    this.#publishWaiting();
+  }
+
+  #countPending(request: RequestRecord | null, by: number, revision: number): void {
+    if (request?.state !== 'pending') return;
+    if (this.#early) this.#early.push({ revision, interface: request.interface, by });
+    else this.#addPending(request.interface, by);
+  }
+
+  #addPending(name: string, by: number): void {
+    this.#pending.set(name, (this.#pending.get(name) ?? 0) + by);
+  }
+
+  #publishWaiting(): void {
+    for (const [name, count] of this.#pending) this.#waiting.set({ interface: name }, count);
+  }
+}
+
+/** go-grpc-prometheus's labels of a method: its type and its service and method names. */
+function methodLabels(method: grpc.ServerMethodDefinition<unknown, unknown>): MethodLabels {
+  const [service = '', name = ''] = method.path.replace(/^\//, '').split('/');
+  const type = method.requestStream ? (method.responseStream ? 'bidi_stream' : 'client_stream') : method.responseStream ? 'server_stream' : 'unary';
+  return { grpc_type: type, grpc_service: service, grpc_method: name };
+}

@@ -1,0 +1,228 @@
+// The metrics listener: after a known sequence of gRPC calls on a real
+// server, /metrics holds exactly the counts those calls imply, with
+// go-grpc-prometheus names and bounded labels; /healthz follows shutdown.
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Code } from '../src/errors.ts';
+import { setupRelation, startHarness, struct, type Harness } from './helpers/harness.ts';
+import { snapshotComplete, watch, watchReady } from './helpers/streams.ts';
+import { eventually } from './helpers/world.ts';
+
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** Parses the Prometheus text format (the lines this gateway writes). */
+function parse(text: string): Sample[] {
+  const samples: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!match) throw new Error(`not a sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const [, key, value] of (match[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[key as string] = value as string;
+    samples.push({ name: match[1] as string, labels, value: Number(match[3]) });
+  }
+  return samples;
+}
+
+class Scrape {
+  readonly text: string;
+  readonly samples: Sample[];
+  constructor(text: string) {
+    this.text = text;
+    this.samples = parse(text);
+  }
+
+  /** The value of the one sample with the name whose labels include `labels` (0 when absent). */
+  value(name: string, labels: Record<string, string> = {}): number {
+    const found = this.samples.filter((sample) => sample.name === name && Object.entries(labels).every(([key, value]) => sample.labels[key] === value));
+    if (found.length > 1) throw new Error(`${name} ${JSON.stringify(labels)} matches ${found.length} samples`);
+    return found[0]?.value ?? 0;
+  }
+}
+
+const CERTS = 'relgate.v1.RequesterService';
+const RESPONDER = 'relgate.v1.ResponderService';
+
+describe('metrics', () => {
+  let h: Harness;
+  let base: string;
+  const scrape = async () => {
+    const response = await fetch(`${base}/metrics`);
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+    return new Scrape(await response.text());
+  };
+
+  beforeAll(async () => {
+    h = await startHarness({ metricsListen: '127.0.0.1:0', watchBuffer: 20 });
+    base = `http://${h.server.metricsAddress}`;
+  });
+  afterAll(() => h?.close());
+
+  it('is off unless --metrics-listen is given', async () => {
+    const plain = await startHarness();
+    try {
+      expect(plain.server.metricsAddress).toBeUndefined();
+    } finally {
+      await plain.close();
+    }
+  });
+
+  it('counts the calls, messages, codes, waiting requests and response times of a known sequence', async () => {
+    const relationId = await setupRelation(h);
+    const requester = h.requester('webapp/0');
+    const responder = h.responder('ca/0');
+    const watcher = await watchReady(responder, { relation_id: relationId });
+    const first = await requester.call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: 'a.example' }) });
+    await requester.call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: 'b.example' }) });
+    const invalid = await requester.fail('CreateRequest', { relation_id: relationId, fields: struct({}) });
+    expect(invalid.code).toBe(Code.INVALID_ARGUMENT);
+    await responder.call('Respond', { request_id: first.request.request_id, fields: struct({ key: 'K', cert: 'C' }) });
+    const missing = await responder.fail('GetIncomingRequest', { request_id: '00000000-0000-4000-8000-000000000000' });
+    expect(missing.code).toBe(Code.NOT_FOUND);
+
+    // Every batch the gateway sent has arrived once the watcher saw the last commit.
+    const last = String(h.server.store.currentRevision());
+    await watcher.events.next((event) => event.revision === last);
+    const m = await scrape();
+    const create = { grpc_type: 'unary', grpc_service: CERTS, grpc_method: 'CreateRequest' };
+    expect(m.value('grpc_server_started_total', create)).toBe(3);
+    expect(m.value('grpc_server_handled_total', { ...create, grpc_code: 'OK' })).toBe(2);
+    expect(m.value('grpc_server_handled_total', { ...create, grpc_code: 'InvalidArgument' })).toBe(1);
+    expect(m.value('grpc_server_msg_received_total', create)).toBe(3);
+    expect(m.value('grpc_server_msg_sent_total', create)).toBe(2);
+    expect(m.value('grpc_server_handling_seconds_count', create)).toBe(3);
+    expect(m.value('grpc_server_handled_total', { grpc_method: 'GetIncomingRequest', grpc_code: 'NotFound' })).toBe(1);
+    expect(m.value('grpc_server_handled_total', { grpc_service: 'relgate.v1.RegistryService', grpc_method: 'JoinRelation', grpc_code: 'OK' })).toBe(2);
+
+    const watchLabels = { grpc_type: 'server_stream', grpc_service: RESPONDER, grpc_method: 'WatchIncomingRequests' };
+    expect(m.value('grpc_server_started_total', watchLabels)).toBe(1);
+    expect(m.value('grpc_server_handled_total', watchLabels)).toBe(0);
+    expect(m.value('grpc_server_msg_sent_total', watchLabels)).toBe(watcher.batches.length);
+    expect(m.value('relgate_watches_open', { side: 'responder' })).toBe(1);
+    expect(m.value('relgate_watches_open', { side: 'requester' })).toBe(0);
+    expect(m.value('relgate_watch_max_lag_revisions')).toBe(0);
+
+    expect(m.value('relgate_requests_waiting', { interface: 'tls-certificates' })).toBe(1);
+    expect(m.value('relgate_requests_waiting', { interface: 'http' })).toBe(0);
+    expect(m.value('relgate_request_response_seconds_count', { interface: 'tls-certificates' })).toBe(1);
+    expect(m.value('relgate_store_commit_seconds_count')).toBeGreaterThanOrEqual(1);
+    expect(m.value('relgate_store_revision')).toBe(h.server.store.currentRevision());
+    expect(m.value('relgate_store_compacted_revision')).toBe(0);
+
+    // Bounded labels: no request or relation ids, no unit names.
+    expect(m.text).not.toContain(first.request.request_id);
+    expect(m.text).not.toContain(relationId);
+    expect(m.text).not.toContain('webapp/0');
+
+    // A cancelled watch is handled with code Canceled and no longer open.
+    watcher.cancel();
+    await watcher.status;
+    const after = await eventually(async () => {
+      const s = await scrape();
+      expect(s.value('grpc_server_handled_total', { ...watchLabels, grpc_code: 'Canceled' })).toBe(1);
+      expect(s.value('relgate_watches_open', { side: 'responder' })).toBe(0);
+      return s;
+    }, 10_000);
+    expect(after.value('relgate_slow_watcher_cutoffs_total')).toBe(0);
+  });
+
+  it('shows a watcher that does not read as lagging, then counts its cut-off', async () => {
+    const relationId = await setupRelation(h, { requesters: ['lagweb/0'], responders: ['lagca/0'] });
+    const requester = h.requester('lagweb/0');
+    const stalled = watch(h.responder('lagca/0'), { relation_id: relationId });
+    await stalled.events.next(snapshotComplete);
+    stalled.call.pause();
+    // Large requests fill the transport's buffers and flow-control windows; then the gateway holds events back.
+    const big = 'x'.repeat(16 * 1024);
+    const create = () => requester.call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: big }) });
+    let created = 0;
+    let lagging: Scrape | undefined;
+    while (!lagging && created < 200) {
+      await create();
+      created += 1;
+      const s = await scrape();
+      if (s.value('relgate_watches_behind') === 1) lagging = s;
+    }
+    expect(lagging, `still not behind after ${created} requests`).toBeDefined();
+    expect(lagging?.value('relgate_watch_max_lag_revisions')).toBeGreaterThan(0);
+    expect(lagging?.value('relgate_watch_max_lag_revisions')).toBeLessThanOrEqual(h.server.store.currentRevision());
+    // Past the watch buffer (20 events held back) it is cut off.
+    for (let i = 0; i < 25; i++) await create();
+    created += 25;
+    stalled.call.resume();
+    const status = await stalled.status;
+    expect(status?.reason).toBe('SLOW_WATCHER');
+    const cut = await scrape();
+    expect(cut.value('relgate_slow_watcher_cutoffs_total')).toBe(1);
+    expect(cut.value('relgate_watches_behind')).toBe(0);
+    expect(cut.value('grpc_server_handled_total', { grpc_method: 'WatchIncomingRequests', grpc_code: 'ResourceExhausted' })).toBe(1);
+    expect(cut.value('relgate_requests_waiting', { interface: 'tls-certificates' })).toBe(1 + created);
+  });
+
+  it('adds no series for methods the gateway does not serve', async () => {
+    const client = new grpc.Client(h.server.address, grpc.credentials.createInsecure());
+    const code = await new Promise<number>((resolve) =>
+      client.makeUnaryRequest('/relgate.v1.NoSuchService/Invented', (value: Buffer) => value, (value: Buffer) => value, Buffer.alloc(0), (error) => resolve(error?.code ?? 0)),
+    );
+    client.close();
+    expect(code).toBe(Code.UNIMPLEMENTED);
+    const m = await scrape();
+    expect(m.text).not.toContain('NoSuchService');
+    expect(m.text).not.toContain('Invented');
+  });
+
+  it('answers /healthz while serving and 404 elsewhere', async () => {
+    const health = await fetch(`${base}/healthz`);
+    expect(health.status).toBe(200);
+    expect(await health.text()).toBe('ok\n');
+    expect((await fetch(`${base}/nothing-here`)).status).toBe(404);
+    expect((await fetch(`${base}/metrics`, { method: 'POST' })).status).toBe(405);
+  });
+
+  it('answers /healthz with 503 once shutdown begins, while calls drain', async () => {
+    const draining = await startHarness({ metricsListen: '127.0.0.1:0', shutdownGraceMs: 10_000 });
+    const healthz = `http://${draining.server.metricsAddress}/healthz`;
+    try {
+      const relationId = await setupRelation(draining);
+      // A call waiting for a responder keeps the gateway draining until it ends.
+      const requester = draining.requester('webapp/0');
+      const call = (requester.client.Call as (...args: unknown[]) => grpc.ClientUnaryCall).call(
+        requester.client,
+        { relation_id: relationId, fields: struct({ common_name: 'drain.example' }), wait_for_responders: true },
+        requester.metadata,
+        () => undefined,
+      );
+      await expect.poll(async () => (await draining.server.store.read((tx) => tx.listRequests({ relationIds: [relationId], afterCreateRevision: 0, limit: 1 }))).length, { timeout: 10_000 }).toBe(1);
+      expect((await fetch(healthz)).status).toBe(200);
+      const stopped = draining.server.stop();
+      const during = await fetch(healthz);
+      expect(during.status).toBe(503);
+      expect(await during.text()).toBe('shutting down\n');
+      call.cancel();
+      await stopped;
+      await expect(fetch(healthz)).rejects.toThrow();
+    } finally {
+      await draining.close();
+    }
+  });
+
+  it('counts the requests already stored when it starts', async () => {
+    const first = await startHarness();
+    const relationId = await setupRelation(first);
+    for (const name of ['a', 'b', 'c']) await first.requester('webapp/0').call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: `${name}.example` }) });
+    await first.server.stop();
+    const again = await startHarness({ db: first.db, metricsListen: '127.0.0.1:0' });
+    try {
+      const text = await (await fetch(`http://${again.server.metricsAddress}/metrics`)).text();
+      expect(new Scrape(text).value('relgate_requests_waiting', { interface: 'tls-certificates' })).toBe(3);
+    } finally {
+      await again.close();
+      await first.close();
+    }
+  });
+});
