@@ -1,0 +1,227 @@
+// PostgreSQL-specific store behaviour: migrations, ordered visibility of
+// revisions, and several stores (replicas) on one database hearing each
+// other's commits exactly once and in order, even when notifications are lost.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { MIGRATIONS } from '../src/store/postgres-migrations.ts';
+import { PostgresStore, type PostgresStoreOptions } from '../src/store/postgres-store.ts';
+import type { Change, Store } from '../src/store/store.ts';
+import { sql, startPostgres, type PostgresCluster } from './helpers/postgres.ts';
+
+let cluster: PostgresCluster;
+const stores: Store[] = [];
+
+beforeAll(async () => {
+  cluster = await startPostgres();
+}, 60_000);
+afterAll(() => cluster.stop());
+afterEach(async () => {
+  for (const store of stores.splice(0)) await store.close();
+});
+
+async function open(url: string, options: Partial<PostgresStoreOptions> = {}): Promise<PostgresStore> {
+  const store = await PostgresStore.open({ url, ...options });
+  stores.push(store);
+  return store;
+}
+
+function log(store: Store): Change[] {
+  const changes: Change[] = [];
+  store.onCommit((batch) => changes.push(...batch));
+  return changes;
+}
+
+async function write(store: Store, name: string): Promise<number> {
+  return store.write(async (tx) => {
+    await tx.appendChange('r1', { kind: 'registry', what: 'test', name });
+    return tx.revision();
+  });
+}
+
+/** Polls until check passes; for states that announce themselves with no event. */
+async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+const names = (changes: Change[]) => changes.map((c) => (c.data.kind === 'registry' ? c.data.name : c.data.kind));
+const revisions = (changes: Change[]) => changes.map((c) => c.revision);
+
+describe('migrations', () => {
+  it('are applied once at start-up, even by replicas starting together', async () => {
+    const url = await cluster.createDatabase();
+    await Promise.all([open(url), open(url), open(url)]);
+    const { rows } = await sql(url, 'SELECT version FROM schema_migrations ORDER BY version');
+    expect(rows.map((row) => row.version)).toEqual(MIGRATIONS.map((m) => m.version));
+    const again = await open(url);
+    expect(again.currentRevision()).toBe(0);
+    const { rows: after } = await sql(url, 'SELECT count(*)::int AS n FROM schema_migrations');
+    expect(after[0].n).toBe(MIGRATIONS.length);
+  });
+});
+
+describe('ordered visibility', () => {
+  it('a higher revision never becomes visible while a lower one is still uncommitted', async () => {
+    const url = await cluster.createDatabase();
+    const [slow, fast, watcher] = [await open(url), await open(url), await open(url)];
+    const seen = log(watcher);
+    let release = () => {};
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let lowHeld = () => {};
+    const held = new Promise<void>((resolve) => (lowHeld = resolve));
+    const low = slow.write(async (tx) => {
+      await tx.appendChange('r1', { kind: 'registry', what: 'test', name: 'low' });
+      lowHeld();
+      await gate;
+      return tx.revision();
+    });
+    await held;
+    const high = write(fast, 'high');
+    // The higher write is parked behind the sequencer, not committed around it.
+    await until(async () => (await sql(url, "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'")).rows[0].n > 0, 'the second writer waits');
+    // A cursor reader on a third replica sees neither, however it looks.
+    expect((await sql(url, 'SELECT count(*)::int AS n FROM changes')).rows[0].n).toBe(0);
+    expect(await watcher.changesSince(0, 100)).toEqual({ changes: [], upTo: 0 });
+    expect(await watcher.read(async (tx) => tx.readRevision())).toBe(0);
+    release();
+    expect(await Promise.all([low, high])).toEqual([1, 2]);
+    await until(() => seen.length === 2, 'the watcher hears both');
+    expect(names(seen)).toEqual(['low', 'high']);
+    expect(revisions(seen)).toEqual([1, 2]);
+  });
+
+  it('a reader polling the log during concurrent writes from several replicas never skips a revision', async () => {
+    const url = await cluster.createDatabase();
+    const writers = [await open(url), await open(url), await open(url)];
+    const reader = await open(url, { pollIntervalMs: 60_000 });
+    const read: number[] = [];
+    let cursor = 0;
+    let writing = true;
+    const polling = (async () => {
+      while (writing || cursor < reader.currentRevision()) {
+        const { changes, upTo } = await reader.changesSince(cursor, 7);
+        read.push(...revisions(changes));
+        cursor = upTo;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    })();
+    await Promise.all(writers.map((store, w) => Promise.all(Array.from({ length: 40 }, (_, i) => write(store, `${w}.${i}`)))));
+    await until(() => reader.currentRevision() === 120, 'the reader reaches the last revision');
+    writing = false;
+    await polling;
+    expect(read).toEqual(Array.from({ length: 120 }, (_, i) => i + 1));
+  });
+});
+
+describe('replicas', () => {
+  it('every replica hears every commit once, in revision order, whoever wrote it', async () => {
+    const url = await cluster.createDatabase();
+    const replicas = [await open(url), await open(url)];
+    const logs = replicas.map(log);
+    for (let round = 0; round < 5; round++) {
+      await Promise.all(replicas.map((store, r) => Promise.all([write(store, `${r}.${round}.a`), write(store, `${r}.${round}.b`)])));
+    }
+    await until(() => logs.every((changes) => changes.length === 20), 'both replicas hear 20 changes');
+    expect(revisions(logs[0] as Change[])).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    expect(logs[1]).toEqual(logs[0]);
+  });
+
+  it('loses nothing when the LISTEN connection is cut repeatedly under writes', async () => {
+    const url = await cluster.createDatabase();
+    const writer = await open(url);
+    // No periodic poll within the test: recovery must come from reconnecting.
+    const follower = await open(url, { pollIntervalMs: 600_000 });
+    const heard = log(follower);
+    let cuts = 0;
+    const writes: Promise<number>[] = [];
+    for (let i = 0; i < 60; i++) {
+      writes.push(write(writer, `w${i}`));
+      if (i % 15 === 5) {
+        await until(async () => (await follower.listenerPid()) !== undefined, 'the follower listens again');
+        const pid = await follower.listenerPid();
+        const { rows } = await sql(url, 'SELECT pg_terminate_backend($1) AS done', [pid]);
+        if (rows[0].done) cuts += 1;
+      }
+      if (i % 10 === 0) await Promise.all(writes);
+    }
+    await Promise.all(writes);
+    expect(cuts).toBe(4);
+    await until(() => heard.length === 60, 'the follower catches up');
+    expect(revisions(heard)).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
+    expect(names(heard)).toEqual(Array.from({ length: 60 }, (_, i) => `w${i}`));
+  });
+
+  it('a replica catches up on commits made while its notifications could not arrive', async () => {
+    const url = await cluster.createDatabase();
+    const writer = await open(url);
+    const follower = await open(url, { pollIntervalMs: 600_000 });
+    const heard = log(follower);
+    const pid = await follower.listenerPid();
+    await sql(url, 'SELECT pg_terminate_backend($1)', [pid]);
+    for (let i = 0; i < 5; i++) await write(writer, `while-cut-${i}`);
+    await until(() => heard.length === 5, 'the follower catches up after reconnecting');
+    expect(names(heard)).toEqual(['while-cut-0', 'while-cut-1', 'while-cut-2', 'while-cut-3', 'while-cut-4']);
+  });
+
+  it('a read on one replica reflects writes acknowledged on another, and its listeners have heard them', async () => {
+    const url = await cluster.createDatabase();
+    const [a, b] = [await open(url), await open(url, { pollIntervalMs: 600_000 })];
+    const heard = log(b);
+    await a.write(async (tx) => {
+      await tx.putApplication({ name: 'web', revision: await tx.revision() });
+      await tx.appendChange('', { kind: 'registry', what: 'application', name: 'web' });
+    });
+    const seen = await b.read(async (tx) => ({ app: await tx.getApplication('web'), revision: tx.readRevision() }));
+    expect(seen).toEqual({ app: { name: 'web', revision: 1 }, revision: 1 });
+    expect(revisions(heard)).toEqual([1]);
+    expect(b.currentRevision()).toBe(1);
+  });
+
+  it('compaction by one replica is seen by the others', async () => {
+    const url = await cluster.createDatabase();
+    const [a, b] = [await open(url), await open(url)];
+    for (let i = 0; i < 4; i++) await write(a, `c${i}`);
+    await a.compact(3);
+    const error = await b.changesSince(1, 10).catch((e: unknown) => e);
+    expect(error).toMatchObject({ reason: 'REVISION_COMPACTED' });
+    await write(a, 'c4');
+    await until(() => b.compactedRevision() === 3, 'b learns the compaction point');
+  });
+});
+
+describe('watcher presence across replicas', () => {
+  it('counts live watchers of every replica, until they end or their replica goes silent', async () => {
+    const url = await cluster.createDatabase();
+    const presence = { heartbeatMs: 100, staleMs: 1_000 };
+    const [a, b] = [await open(url, { presence }), await open(url, { presence })];
+    await a.write(async (tx) => {
+      await tx.putRelationUnit({ relation_id: 'r1', unit: 'ca/0', side: 'responder', revision: await tx.revision() });
+      await tx.appendChange('r1', { kind: 'registry', what: 'test', name: 'join' });
+    });
+    expect(await b.presence.isWatched('r1', 'responder')).toBe(false);
+    const removeOne = await a.presence.add({ unit: 'ca/0', side: 'responder', relationId: 'r1' });
+    const removeAll = await a.presence.add({ unit: 'ca/0', side: 'responder', relationId: '' });
+    expect(await b.presence.isWatched('r1', 'responder')).toBe(true);
+    expect(await b.presence.isWatched('r1', 'responder', 'ca/0')).toBe(true);
+    expect(await b.presence.isWatched('r1', 'responder', 'ca/1')).toBe(false);
+    expect(await b.presence.isWatched('r1', 'requester')).toBe(false);
+    expect(await b.presence.isWatched('r2', 'responder')).toBe(false);
+    removeOne();
+    // The watch of every relation still covers r1, through the membership.
+    await until(async () => (await sql(url, "SELECT count(*)::int AS n FROM watchers WHERE relation_id = 'r1'")).rows[0].n === 0, 'the ended watcher is gone');
+    expect(await b.presence.isWatched('r1', 'responder')).toBe(true);
+    // A replica that stops beating stops counting; its next beat brings it back.
+    await sql(url, "UPDATE replicas SET heartbeat = now() - interval '1 hour' WHERE id = $1", [a.presence.replica]);
+    expect(await b.presence.isWatched('r1', 'responder')).toBe(false);
+    await until(() => b.presence.isWatched('r1', 'responder'), 'the heartbeat resumes');
+    // Cleared away by another replica: the next beat writes its watchers again.
+    await sql(url, 'DELETE FROM replicas WHERE id = $1', [a.presence.replica]);
+    expect(await b.presence.isWatched('r1', 'responder')).toBe(false);
+    await until(() => b.presence.isWatched('r1', 'responder'), 'the watchers are written again');
+    removeAll();
+    await until(async () => !(await b.presence.isWatched('r1', 'responder')), 'the last watcher is gone');
+  });
+});
+
