@@ -1,0 +1,85 @@
+// Closed-loop load: a fixed number of round trips in flight, each started as
+// soon as the previous one of its slot completes. Latencies are kept per
+// round trip, so the percentiles are exact.
+
+export interface LoadOptions {
+  inFlight: number;
+  warmupMs: number;
+  durationMs: number;
+}
+
+export interface LoadResult {
+  inFlight: number;
+  roundTrips: number;
+  seconds: number;
+  perSecond: number;
+  p50Ms: number;
+  p99Ms: number;
+}
+
+/** Runs `roundTrip` with `inFlight` slots: a warm-up, then the measured period. */
+export async function runLoad(roundTrip: () => Promise<void>, options: LoadOptions): Promise<LoadResult> {
+  await drive(roundTrip, options.inFlight, options.warmupMs, undefined);
+  const latencies: number[] = [];
+  const started = performance.now();
+  await drive(roundTrip, options.inFlight, options.durationMs, latencies);
+  const seconds = (performance.now() - started) / 1000;
+  return summarize(options.inFlight, latencies, seconds);
+}
+
+async function drive(roundTrip: () => Promise<void>, inFlight: number, durationMs: number, latencies: number[] | undefined): Promise<void> {
+  const until = performance.now() + durationMs;
+  const slot = async () => {
+    while (performance.now() < until) {
+      const start = performance.now();
+      await roundTrip();
+      latencies?.push(performance.now() - start);
+    }
+  };
+  await Promise.all(Array.from({ length: inFlight }, slot));
+}
+
+export function summarize(inFlight: number, latencies: number[], seconds: number): LoadResult {
+  const sorted = Float64Array.from(latencies).sort();
+  return {
+    inFlight,
+    roundTrips: sorted.length,
+    seconds,
+    perSecond: sorted.length / seconds,
+    p50Ms: percentile(sorted, 0.5),
+    p99Ms: percentile(sorted, 0.99),
+  };
+}
+
+/** Nearest-rank percentile of sorted values. */
+export function percentile(sorted: Float64Array, q: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] as number;
+}
+
+/**
+ * Round trips whose completion arrives as an event (a watch, a stream, a
+ * subscription), keyed by the caller's id.
+ */
+export class PendingRoundTrips {
+  readonly #waiting = new Map<string, { resolve(): void; reject(error: Error): void }>();
+
+  /** A promise settled by `complete(id)` or `fail(id)`; ids must be unique among those waiting. */
+  begin(id: string): Promise<void> {
+    return new Promise<void>((resolve, reject) => this.#waiting.set(id, { resolve, reject }));
+  }
+
+  complete(id: string): void {
+    this.#take(id)?.resolve();
+  }
+
+  fail(id: string, error: Error): void {
+    this.#take(id)?.reject(error);
+  }
+
+  #take(id: string) {
+    const waiter = this.#waiting.get(id);
+    this.#waiting.delete(id);
+    return waiter;
+  }
+}
