@@ -1,7 +1,10 @@
 // Server reflection as real grpcurl sees it: every service and every type
 // reachable from the relgate.v1 services, including imported well-known types,
 // must list and describe.
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
+import { PROTO_DIR } from '../src/protos.ts';
 import { findGrpcurl, grpcurl, type RunResult } from './helpers/grpcurl.ts';
 import { startHarness, type Harness } from './helpers/harness.ts';
 
@@ -118,6 +121,23 @@ test('health, reflection and the built-in interface messages describe too', asyn
   ]) {
     await describeSymbol(symbol);
   }
+});
+
+/** Every top-level message and enum declared in proto/, by full name. */
+function declaredTypes(): string[] {
+  const names: string[] = [];
+  for (const file of readdirSync(PROTO_DIR, { recursive: true, encoding: 'utf8' }).filter((name) => name.endsWith('.proto'))) {
+    const text = readFileSync(path.join(PROTO_DIR, file), 'utf8');
+    const pkg = /^package ([\w.]+);/m.exec(text)?.[1];
+    for (const [, name] of text.matchAll(/^(?:message|enum) (\w+) \{/gm)) names.push(`${pkg}.${name}`);
+  }
+  return names;
+}
+
+test('describe works for every message and enum declared in proto/, options included', { timeout: 120_000 }, async () => {
+  const names = declaredTypes();
+  expect(names).toEqual(expect.arrayContaining(['relgate.v1.InterfaceMessage', 'relgate.v1.FieldSpec', 'relgate.v1.InterfaceRole']));
+  await eachLimited(names, 4, async (symbol) => void (await describeSymbol(symbol)));
 });
 
 test('the health check answers SERVING for the server and each service', async () => {
