@@ -1,0 +1,101 @@
+// Proto3 string fields must hold UTF-8, but protobufjs decodes invalid bytes
+// leniently (dropping them or inventing characters), so a request could act
+// on text its sender never wrote. The raw bytes of each request are checked
+// against its type as they are decoded; a request with invalid UTF-8 is
+// marked, and the handler refuses it with INVALID_ARGUMENT naming the fields.
+import { isUtf8 } from 'node:buffer';
+import type * as grpc from '@grpc/grpc-js';
+import protobuf from 'protobufjs';
+import { invalidArgument, type RelgateError } from './errors.ts';
+
+const INVALID_UTF8 = Symbol('relgate.invalidUtf8');
+const WIRE_LENGTH_DELIMITED = 2;
+
+/**
+ * Dotted paths of the string fields and map keys in a message's bytes that are
+ * not UTF-8. Struct keys name the path as JSON does ("fields.common_name"),
+ * Value adds nothing and list items add "[i]".
+ */
+export function invalidUtf8Paths(type: protobuf.Type, bytes: Uint8Array, path = ''): string[] {
+  const reader = protobuf.Reader.create(bytes);
+  const found: string[] = [];
+  const counts = new Map<number, number>();
+  while (reader.pos < reader.len) {
+    const tag = reader.uint32();
+    const field = type.fieldsById[tag >>> 3];
+    if (!field || (tag & 7) !== WIRE_LENGTH_DELIMITED) {
+      reader.skipType(tag & 7);
+      continue;
+    }
+    const value = reader.bytes();
+    const index = counts.get(field.id) ?? 0;
+    counts.set(field.id, index + 1);
+    const here = fieldPath(type, field, path, index);
+    if (field instanceof protobuf.MapField) found.push(...invalidInMapEntry(field, value, here, type.fullName === '.google.protobuf.Struct'));
+    else if (field.type === 'string' && !isUtf8(value)) found.push(here);
+    else {
+      const resolved = field.resolve().resolvedType;
+      if (resolved instanceof protobuf.Type) found.push(...invalidUtf8Paths(resolved, value, here));
+    }
+  }
+  return found;
+}
+
+function fieldPath(type: protobuf.Type, field: protobuf.Field, path: string, index: number): string {
+  const name = type.fullName;
+  if (name === '.google.protobuf.Value' || name === '.google.protobuf.Struct') return path;
+  if (name === '.google.protobuf.ListValue') return `${path}[${index}]`;
+  const own = path ? `${path}.${field.name}` : field.name;
+  return field.repeated && !(field instanceof protobuf.MapField) ? `${own}[${index}]` : own;
+}
+
+function invalidInMapEntry(field: protobuf.MapField, entry: Uint8Array, path: string, keyIsPath: boolean): string[] {
+  const reader = protobuf.Reader.create(entry);
+  let key = '';
+  let value: Uint8Array | undefined;
+  while (reader.pos < reader.len) {
+    const tag = reader.uint32();
+    if (tag === ((1 << 3) | WIRE_LENGTH_DELIMITED) && field.keyType === 'string') {
+      const raw = reader.bytes();
+      if (!isUtf8(raw)) return [path];
+      key = Buffer.from(raw).toString('utf8');
+    } else if (tag === ((2 << 3) | WIRE_LENGTH_DELIMITED)) value = reader.bytes();
+    else reader.skipType(tag & 7);
+  }
+  if (value === undefined) return [];
+  const here = keyIsPath ? (path ? `${path}.${key}` : key) : `${path}[${JSON.stringify(key)}]`;
+  if (field.type === 'string') return isUtf8(value) ? [] : [here];
+  const resolved = field.resolve().resolvedType;
+  return resolved instanceof protobuf.Type ? invalidUtf8Paths(resolved, value, here) : [];
+}
+
+/**
+ * The service with every request checked as it is decoded. root must hold
+ * the service's types (protobufjs names, as loaded from the same files).
+ */
+export function checkingUtf8(service: grpc.ServiceDefinition, serviceName: string, root: protobuf.Root): grpc.ServiceDefinition {
+  const methods = root.lookupService(serviceName).methods;
+  const checked: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, method] of Object.entries(service)) {
+    const type = (methods[name]?.resolve() as protobuf.Method | undefined)?.resolvedRequestType;
+    if (!type) throw new Error(`no request type for ${serviceName}/${name}`);
+    const decode = method.requestDeserialize;
+    checked[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        const message = decode(bytes) as object;
+        const paths = invalidUtf8Paths(type, bytes);
+        if (paths.length > 0) Object.defineProperty(message, INVALID_UTF8, { value: paths });
+        return message;
+      },
+    };
+  }
+  return checked as grpc.ServiceDefinition;
+}
+
+/** INVALID_ARGUMENT for a request decoded with invalid UTF-8, or undefined when it was valid. */
+export function invalidUtf8Error(message: unknown): RelgateError | undefined {
+  const paths = (message as { [INVALID_UTF8]?: string[] } | null)?.[INVALID_UTF8];
+  if (!paths) return undefined;
+  return invalidArgument(paths.map((field) => ({ field, description: 'is not valid UTF-8' })));
+}
