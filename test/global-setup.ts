@@ -1,18 +1,8 @@
-// Makes `npm test` self-sufficient on a fresh machine with Go: the pinned
-// grpcurl is installed into the cache folder .ci/run uses when it is missing.
+// Makes `npm test` self-sufficient on a fresh machine with Node.js, Go and
+// Python: scripts/test-tools.sh installs whatever the suite drives and is
+// missing (PostgreSQL, Chromium, grpcurl, the Python and Go clients).
 import { execFileSync } from 'node:child_process';
-import path from 'node:path';
-import { GRPCURL_VERSION, cacheDir, findGrpcurl } from './helpers/find-grpcurl.ts';
 
 export default function setup(): void {
-  try {
-    findGrpcurl();
-  } catch {
-    const bin = path.join(cacheDir(), 'relgate-go', 'bin');
-    console.log(`installing grpcurl ${GRPCURL_VERSION} into ${bin}`);
-    execFileSync('go', ['install', `github.com/fullstorydev/grpcurl/cmd/grpcurl@${GRPCURL_VERSION}`], {
-      env: { ...process.env, GOBIN: bin },
-      stdio: 'inherit',
-    });
-  }
+  execFileSync('bash', ['scripts/test-tools.sh'], { stdio: 'inherit' });
 }
