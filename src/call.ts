@@ -12,13 +12,30 @@ export interface CallOptions extends CreateInput {
 
 type ResponseMessage = ReturnType<typeof responseMessage>;
 
+export interface CallOutcome {
+  /** Every expected response arrived. */
+  complete: boolean;
+  /** The request's time to live ended the wait. */
+  expired: boolean;
+  /** Expected units that did not answer (none for any-delivery). */
+  missing: string[];
+  request: Record<string, unknown>;
+}
+
+/** Responders watching through other replicas that share the store. */
+export interface RemoteWatchers {
+  isWatched(relationId: string, side: 'responder', unit?: string): Promise<boolean>;
+}
+
 export class CallService {
   readonly #requests: RequestService;
   readonly #hub: WatchHub;
+  readonly #elsewhere: RemoteWatchers | undefined;
 
-  constructor(requests: RequestService, hub: WatchHub) {
+  constructor(requests: RequestService, hub: WatchHub, elsewhere?: RemoteWatchers) {
     this.#requests = requests;
     this.#hub = hub;
+    this.#elsewhere = elsewhere;
   }
 
   /**
@@ -32,17 +49,22 @@ export class CallService {
     onStart: (request: Record<string, unknown>) => void,
     onResponse: (response: ResponseMessage) => void,
     cancelled: AbortSignal,
-  ): Promise<{ complete: boolean; missing: string[]; request: Record<string, unknown> }> {
-    // Membership errors come before NO_RESPONDERS, and nothing is stored for either.
-    await this.#requests.requesterFlags(caller, options.relation_id);
-    this.#checkResponders(options);
+  ): Promise<CallOutcome> {
+    // Bad input and membership errors come before NO_RESPONDERS, and nothing is stored for any of them.
+    // A replay skips the check: the stored request may already be answered.
+    const { replay } = await this.#requests.checkCreate(caller, options);
+    if (!replay) await this.#checkResponders(options);
     const seen = new Set<string>();
     const arrivals: ResponseMessage[] = [];
+    let expired = false;
     let wake: (() => void) | undefined;
     const unsubscribe = this.#hub.onCommit((changes: readonly Change[]) => {
       for (const change of changes) {
         if (change.data.kind === 'response' && change.data.response.request_id === requestId) {
           arrivals.push(responseMessage(change.data.response));
+          wake?.();
+        } else if (change.data.kind === 'request' && change.data.after?.request_id === requestId && change.data.after.state === 'expired') {
+          expired = true;
           wake?.();
         }
       }
@@ -54,30 +76,32 @@ export class CallService {
       // A replayed request may already have answers; live ones dedupe by unit.
       arrivals.unshift(...(await this.#requests.listResponses(caller, requestId)).responses);
       onStart(request);
+      expired ||= request.state === 'REQUEST_STATE_EXPIRED';
       const expected = request.expected_count;
+      const missing = () => (request.delivery.mode === 'DELIVERY_MODE_ANY' ? [] : request.expected_units.filter((unit) => !seen.has(unit)));
       for (;;) {
         for (const response of arrivals.splice(0)) {
           if (seen.has(response.responder_unit)) continue;
           seen.add(response.responder_unit);
           onResponse(response);
         }
-        if (seen.size >= expected) return { complete: true, missing: [], request };
+        if (seen.size >= expected) return { complete: true, expired: false, missing: [], request };
+        // An expired request takes no more answers: waiting on would only run out the deadline.
+        if (expired) return { complete: false, expired: true, missing: missing(), request };
         const timedOut = await waitFor(deadline, cancelled, (resolve) => (wake = resolve));
         wake = undefined;
-        if (timedOut && arrivals.length === 0) {
-          const missing = request.delivery.mode === 'DELIVERY_MODE_ANY' ? [] : request.expected_units.filter((unit) => !seen.has(unit));
-          return { complete: false, missing, request };
-        }
+        if (timedOut && arrivals.length === 0) return { complete: false, expired: false, missing: missing(), request };
       }
     } finally {
       unsubscribe();
     }
   }
 
-  #checkResponders(options: CallOptions): void {
+  async #checkResponders(options: CallOptions): Promise<void> {
     if (options.wait_for_responders) return;
     const unit = options.delivery.mode === 'unit' ? options.delivery.unit : undefined;
     if (this.#hub.isWatched(options.relation_id, 'responder', unit)) return;
+    if (await this.#elsewhere?.isWatched(options.relation_id, 'responder', unit)) return;
     throw new RelgateError(Code.UNAVAILABLE, `no responder unit${unit ? ` ${unit}` : ''} is watching relation ${options.relation_id}; set wait_for_responders to store the request anyway`, {
       reason: 'NO_RESPONDERS',
       metadata: { relation_id: options.relation_id, ...(unit ? { unit } : {}) },
@@ -101,10 +125,17 @@ function waitFor(deadline: number, cancelled: AbortSignal, arm: (wake: () => voi
   });
 }
 
-/** The moment a call stops waiting: shortly before the client's own deadline, so our status (with details) arrives first. */
+/**
+ * The moment a call stops waiting: shortly before the client's own deadline,
+ * so that our status (with details) or CallAll's `finished` arrives first,
+ * even on a busy machine.
+ */
 export function serverDeadline(clientDeadline: Date | number, defaultMs: number): number {
   const at = clientDeadline instanceof Date ? clientDeadline.getTime() : clientDeadline;
   if (!Number.isFinite(at)) return Date.now() + defaultMs;
   const remaining = at - Date.now();
-  return Date.now() + Math.max(0, remaining - Math.min(100, remaining * 0.1));
+  return Date.now() + Math.max(0, remaining - Math.min(DEADLINE_MARGIN_MS, remaining * 0.1));
 }
+
+/** How much earlier than the client's deadline a call ends, at most. */
+const DEADLINE_MARGIN_MS = 250;

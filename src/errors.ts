@@ -74,8 +74,30 @@ const BadRequestType = rpcRoot.lookupType('google.rpc.BadRequest');
 const TYPE_URL_PREFIX = 'type.googleapis.com/';
 export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
 
+// Errors echo client input (names, ids), and the status travels in HTTP/2
+// headers: bounded, so that a huge or malformed input cannot produce a header
+// the client's HTTP/2 stack rejects, which would break its whole connection.
+const MAX_MESSAGE_CHARS = 1024;
+const MAX_DETAIL_CHARS = 256;
+const MAX_VIOLATIONS = 16;
+
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/** Well-formed text (no lone surrogates, which HTTP/2 headers cannot carry) of at most max UTF-16 units. */
+function clip(text: string, max: number): string {
+  const cut = text.length > max ? `${text.slice(0, max - 1)}…` : text;
+  return cut.replace(LONE_SURROGATE, '\ufffd');
+}
+
+function bounded(error: RelgateError): RelgateError {
+  const metadata = Object.fromEntries(Object.entries(error.metadata).map(([key, value]) => [clip(key, MAX_DETAIL_CHARS), clip(value, MAX_DETAIL_CHARS)]));
+  const fieldViolations = error.fieldViolations.slice(0, MAX_VIOLATIONS).map((violation) => ({ field: clip(violation.field, MAX_DETAIL_CHARS), description: clip(violation.description, MAX_DETAIL_CHARS) }));
+  return new RelgateError(error.code, clip(error.message, MAX_MESSAGE_CHARS), { reason: error.reason, metadata, fieldViolations, cause: error.cause });
+}
+
 /** The google.rpc.Status of an error, as a plain object (for session acks). */
-export function toRpcStatus(error: RelgateError): { code: number; message: string; details: { type_url: string; value: Uint8Array }[] } {
+export function toRpcStatus(unbounded: RelgateError): { code: number; message: string; details: { type_url: string; value: Uint8Array }[] } {
+  const error = bounded(unbounded);
   const details = [
     { type_url: TYPE_URL_PREFIX + 'google.rpc.ErrorInfo', value: ErrorInfoType.encode({ reason: error.reason, domain: ERROR_DOMAIN, metadata: error.metadata }).finish() },
   ];
@@ -103,7 +125,7 @@ export function toServiceError(error: unknown): Partial<StatusObject> & { code: 
   const statusProto = toRpcStatus(relgateError);
   const metadata = new Metadata();
   metadata.set(STATUS_DETAILS_KEY, Buffer.from(StatusType.encode(statusProto).finish()));
-  return { code: relgateError.code, details: relgateError.message, metadata };
+  return { code: statusProto.code, details: statusProto.message, metadata };
 }
 
 /** Reads a RelgateError back from a failed call (client side). */

@@ -52,29 +52,38 @@ export class RequestService {
   // ---- requester side ----
 
   async create(callerName: string, input: CreateInput) {
-    const violations = new Violations().required('relation_id', input.relation_id).uuid('request_id', input.request_id, true);
-    const ttl = durationMs(violations, 'ttl', input.ttl, MAX_TTL_MS);
-    const fields = structToJson(input.fields);
-    const selector = checkDelivery(violations, input.delivery);
-    violations.throwIfAny();
+    const parsed = parseCreate(input);
     return this.#store.write(async (tx) => {
-      const caller = await requireCaller(tx, callerName);
-      const { relation, units } = await joinedRelation(tx, input.relation_id, caller, 'requester');
-      invalidIfAny(validateFields(this.#definition(relation).requestType, fields, 'fields', { checkRequired: true }));
-      const requestId = input.request_id.toLowerCase() || randomUUID();
-      const existing = await tx.getRequest(requestId);
-      if (existing) {
-        if (existing.body === requestBody(relation.id, fields, input.delivery, ttl)) return { request: requestMessage(existing, requesterView(caller)), replayed: true };
-        throw new RelgateError(Code.ALREADY_EXISTS, `request ${requestId} already exists with a different body`, {
-          reason: 'REQUEST_ID_CONFLICT',
-          metadata: { request_id: requestId },
-        });
-      }
-      const expected = await resolveDelivery(tx, relation, units, input.delivery, selector);
-      const request = newRequest(caller, relation, requestId, fields, input.delivery, expected, ttl, tx.now, await tx.revision());
+      const prepared = await this.#prepareCreate(tx, callerName, input, parsed);
+      const { caller, relation } = prepared;
+      if (prepared.existing) return { request: requestMessage(prepared.existing, requesterView(caller)), replayed: true };
+      const request = newRequest(caller, relation, prepared.requestId, parsed.fields, input.delivery, prepared.expected, parsed.ttl, tx.now, await tx.revision());
       await recordRequestChange(tx, relation, null, request);
       return { request: requestMessage(request, requesterView(caller)), replayed: false };
     });
+  }
+
+  /** Makes every check create makes, storing nothing; says whether create would replay a stored request. */
+  async checkCreate(callerName: string, input: CreateInput): Promise<{ replay: boolean }> {
+    const parsed = parseCreate(input);
+    return this.#store.read(async (tx) => ({ replay: (await this.#prepareCreate(tx, callerName, input, parsed)).existing !== undefined }));
+  }
+
+  /** Membership, fields, a stored request with the same id (same body: a replay), else the resolved delivery. */
+  async #prepareCreate(tx: StoreTx, callerName: string, input: CreateInput, parsed: ParsedCreate) {
+    const caller = await requireCaller(tx, callerName);
+    const { relation, units } = await joinedRelation(tx, input.relation_id, caller, 'requester');
+    invalidIfAny(validateFields(this.#definition(relation).requestType, parsed.fields, 'fields', { checkRequired: true }));
+    const requestId = input.request_id.toLowerCase() || randomUUID();
+    const existing = await tx.getRequest(requestId);
+    if (existing) {
+      if (existing.body === requestBody(relation.id, parsed.fields, input.delivery, parsed.ttl)) return { caller, relation, requestId, existing };
+      throw new RelgateError(Code.ALREADY_EXISTS, `request ${requestId} already exists with a different body`, {
+        reason: 'REQUEST_ID_CONFLICT',
+        metadata: { request_id: requestId },
+      });
+    }
+    return { caller, relation, requestId, existing: undefined, expected: await resolveDelivery(tx, relation, units, input.delivery, parsed.selector) };
   }
 
   async createOrUpdate(callerName: string, input: Omit<CreateInput, 'request_id'> & { match_fields: string[] }) {
@@ -345,6 +354,22 @@ function invalidIfAny(violations: { field: string; description: string }[]): voi
 function dedupe(violations: { field: string; description: string }[]) {
   const seen = new Set<string>();
   return violations.filter((violation) => !seen.has(violation.field) && seen.add(violation.field));
+}
+
+interface ParsedCreate {
+  fields: JsonObject;
+  ttl: number;
+  selector: ReturnType<typeof parseSelector> | undefined;
+}
+
+/** The checks of a create that need no store. */
+function parseCreate(input: CreateInput): ParsedCreate {
+  const violations = new Violations().required('relation_id', input.relation_id).uuid('request_id', input.request_id, true);
+  const ttl = durationMs(violations, 'ttl', input.ttl, MAX_TTL_MS);
+  const fields = structToJson(input.fields);
+  const selector = checkDelivery(violations, input.delivery);
+  violations.throwIfAny();
+  return { fields, ttl, selector };
 }
 
 function checkDelivery(violations: Violations, delivery: DeliveryInput) {

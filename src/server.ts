@@ -9,28 +9,45 @@ import { Authenticator, type AuthMode } from './auth.ts';
 import { Code, RelgateError, asRelgateError, toServiceError } from './errors.ts';
 import { InterfaceRegistry } from './interfaces.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { API_FILES, PROTO_DIR, compileDescriptors, loadApi } from './protos.ts';
+import { startOpsServer } from './http-server.ts';
+import { Metrics } from './metrics.ts';
+import { API_FILES, PROTO_DIR, compileDescriptors, loadApi, newRoot } from './protos.ts';
 import { RegistryService } from './registry-service.ts';
 import { joinedRelation, joinedRelationIds, requireCaller } from './relations.ts';
 import { RequestService, type DeliveryInput, type RequestFilterName } from './request-service.ts';
+import type { PostgresPresence } from './store/postgres-presence.ts';
+import { PostgresStore } from './store/postgres-store.ts';
 import { SqliteStore, type Durability } from './store/sqlite-store.ts';
 import type { SideName, Store } from './store/store.ts';
 import { Session } from './session.ts';
 import { WatchHub, type WatchSink, type WatchSpec, type WatchStartName } from './watch-hub.ts';
+import { checkingUtf8, invalidUtf8Error } from './utf8.ts';
 
 export interface ServerConfig {
   /** host:port; port 0 picks a free port. */
   listen: string;
   /** SQLite file, or ":memory:". */
   db: string;
+  /** postgres:// connection string for replicas sharing one PostgreSQL; empty: the SQLite file `db`. */
+  store: string;
   durability: Durability;
   /** Extra directories of interface .proto files. */
   interfaces: string[];
   logLevel: string;
   /** Largest message accepted, in bytes. */
   maxReceiveBytes: number;
-  /** Largest message sent, in bytes. */
+  /** Largest message sent, in bytes; a larger response fails its call with RESOURCE_EXHAUSTED. */
   maxSendBytes: number;
+  /** Watch and session streams one unit may hold open at once; 0 for no cap. */
+  maxStreamsPerUnit: number;
+  /** Milliseconds between keepalive pings on an idle connection. */
+  keepaliveTimeMs: number;
+  /** Milliseconds a ping may go unanswered before the connection and its streams are dropped. */
+  keepaliveTimeoutMs: number;
+  /** Age after which a connection is asked to go away (clients reconnect); 0 for never. */
+  maxConnectionAgeMs: number;
+  /** How long calls may continue on a connection past its age before they are cut. */
+  maxConnectionAgeGraceMs: number;
   /** Events queued for one watcher before it is cut off. */
   watchBuffer: number;
   /** Default milliseconds between watch progress events. */
@@ -51,16 +68,24 @@ export interface ServerConfig {
   tlsClientCa?: string | undefined;
   /** Where logs go (default stdout). */
   logDestination?: NodeJS.WritableStream | undefined;
+  /** host:port of the HTTP listener for /metrics, /healthz and the dashboard; none when unset. */
+  metricsListen?: string | undefined;
 }
 
 export const DEFAULT_CONFIG: ServerConfig = {
   listen: '127.0.0.1:50051',
   db: 'relgate.db',
+  store: '',
   durability: 'full',
   interfaces: [],
   logLevel: 'info',
   maxReceiveBytes: 4 * 1024 * 1024,
   maxSendBytes: 16 * 1024 * 1024,
+  maxStreamsPerUnit: 1_000,
+  keepaliveTimeMs: 60_000,
+  keepaliveTimeoutMs: 20_000,
+  maxConnectionAgeMs: 0,
+  maxConnectionAgeGraceMs: 30_000,
   watchBuffer: 10_000,
   progressIntervalMs: 10_000,
   historyRevisions: 1_000_000,
@@ -78,6 +103,8 @@ export interface RunningServer {
   store: Store;
   hub: WatchHub;
   logger: Logger;
+  /** The bound address of the metrics listener, host:port, when it is on. */
+  metricsAddress?: string | undefined;
   /** Graceful shutdown: NOT_SERVING, watches end UNAVAILABLE, calls drain, then cut. */
   stop(): Promise<void>;
 }
@@ -86,22 +113,23 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   const config = { ...DEFAULT_CONFIG, ...overrides };
   const logger = createLogger(config.logLevel, config.logDestination);
   const interfaces = await InterfaceRegistry.load(config.interfaces);
-  const store = new SqliteStore({ path: config.db, durability: config.durability });
+  const store = await openStore(config);
   const hub = new WatchHub(store, { maxBufferedEvents: config.watchBuffer, progressIntervalMs: config.progressIntervalMs });
   const registry = new RegistryService(store, interfaces);
   const requests = new RequestService(store, interfaces);
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': config.maxReceiveBytes,
-    'grpc.max_send_message_length': config.maxSendBytes,
-  });
+  const metrics = config.metricsListen ? new Metrics(store, hub, interfaces.list().map((i) => i.name)) : undefined;
+  const server = new grpc.Server({ ...serverOptions(config), interceptors: metrics ? [metrics.interceptor] : [] });
   const api = grpc.loadPackageDefinition(loadApi()) as unknown as { relgate: { v1: Record<string, { service: grpc.ServiceDefinition }> } };
   const v1 = api.relgate.v1;
   const auth = new Authenticator(config.auth, config.adminToken, store);
-  const handlers = new Handlers(logger, registry, requests, hub, auth);
-  server.addService(required(v1.RegistryService).service, handlers.registry());
-  server.addService(required(v1.RequesterService).service, handlers.requester());
-  server.addService(required(v1.ResponderService).service, handlers.responder());
-  server.addService(required(v1.SessionService).service, handlers.session());
+  const handlers = new Handlers(logger, registry, requests, hub, auth, config.maxStreamsPerUnit, store instanceof PostgresStore ? store.presence : undefined);
+  const types = newRoot();
+  types.loadSync([...API_FILES], { keepCase: true });
+  const checked = (name: string) => checkingUtf8(required(v1[name]).service, `relgate.v1.${name}`, types);
+  server.addService(checked('RegistryService'), handlers.registry());
+  server.addService(checked('RequesterService'), handlers.requester());
+  server.addService(checked('ResponderService'), handlers.responder());
+  server.addService(checked('SessionService'), handlers.session());
 
   const descriptors = await compileDescriptors([PROTO_DIR, ...config.interfaces]);
   new ReflectionService({ relgate: { fileDescriptorProtos: descriptors } } as never).addToServer(server);
@@ -115,10 +143,12 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   const host = config.listen.slice(0, config.listen.lastIndexOf(':'));
   const address = `${host}:${port}`;
   const timers = startBackgroundWork(config, store, requests, logger);
-  logger.info({ address, db: config.db, durability: config.durability, auth: config.auth, tls: Boolean(config.tlsCert), mtls: Boolean(config.tlsClientCa), interfaces: interfaces.list().map((i) => `${i.name}@${i.version}`) }, 'relgate serving');
+  let stopping: Promise<void> | undefined;
+  await metrics?.start();
+  const ops = metrics && config.metricsListen ? await startOpsServer({ listen: config.metricsListen, metrics, store, hub, logger, serving: () => !stopping }) : undefined;
+  logger.info({ address, ...(config.store ? { store: 'postgres' } : { db: config.db, durability: config.durability }), auth: config.auth, tls: Boolean(config.tlsCert), mtls: Boolean(config.tlsClientCa), interfaces: interfaces.list().map((i) => `${i.name}@${i.version}`) }, 'relgate serving');
   if (config.auth === 'open' && !isLoopback(host)) logger.warn({ address }, 'open mode on a non-loopback address: any client can act as any unit; use --auth token');
 
-  let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
       logger.info('shutting down');
@@ -135,10 +165,28 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
           resolve();
         });
       });
+      await ops?.close();
       await store.close();
       logger.info('stopped');
     })());
-  return { address, port, store, hub, logger, stop };
+  return { address, port, store, hub, logger, metricsAddress: ops?.address, stop };
+}
+
+function serverOptions(config: ServerConfig): grpc.ServerOptions {
+  return {
+    'grpc.max_receive_message_length': config.maxReceiveBytes,
+    'grpc.max_send_message_length': config.maxSendBytes,
+    'grpc.keepalive_time_ms': config.keepaliveTimeMs,
+    'grpc.keepalive_timeout_ms': config.keepaliveTimeoutMs,
+    // grpc-js reads 0 as "at once", so "never" is leaving the option out.
+    ...(config.maxConnectionAgeMs > 0 ? { 'grpc.max_connection_age_ms': config.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': config.maxConnectionAgeGraceMs } : {}),
+  };
+}
+
+async function openStore(config: ServerConfig): Promise<Store> {
+  if (!config.store) return new SqliteStore({ path: config.db, durability: config.durability });
+  if (!/^postgres(ql)?:\/\//.test(config.store)) throw new Error(`--store must be a postgres:// connection string, not "${config.store}"`);
+  return PostgresStore.open({ url: config.store });
 }
 
 async function serverCredentials(config: ServerConfig): Promise<grpc.ServerCredentials> {
@@ -217,18 +265,24 @@ class Handlers {
   readonly #registry: RegistryService;
   readonly #requests: RequestService;
   readonly #hub: WatchHub;
+  readonly #presence: PostgresPresence | undefined;
 
   readonly #calls: CallService;
   readonly #auth: Authenticator;
   /** Closers of each unit's open watches and sessions, for revocation. */
   readonly #streams = new Map<string, Set<(error: RelgateError) => void>>();
+  /** Watch and session streams admitted per unit, counted from admission to end. */
+  readonly #admitted = new Map<string, number>();
+  readonly #maxStreamsPerUnit: number;
 
-  constructor(logger: Logger, registry: RegistryService, requests: RequestService, hub: WatchHub, auth: Authenticator) {
+  constructor(logger: Logger, registry: RegistryService, requests: RequestService, hub: WatchHub, auth: Authenticator, maxStreamsPerUnit: number, presence?: PostgresPresence) {
+    this.#maxStreamsPerUnit = maxStreamsPerUnit;
     this.#logger = logger;
     this.#registry = registry;
     this.#requests = requests;
     this.#hub = hub;
-    this.#calls = new CallService(requests, hub);
+    this.#presence = presence;
+    this.#calls = new CallService(requests, hub, presence);
     this.#auth = auth;
     hub.onCommit((changes) => {
       for (const change of changes) {
@@ -248,6 +302,26 @@ class Handlers {
     };
   }
 
+  /** Counts a new stream of the unit against its cap; returns the (idempotent) release. */
+  #admit(unit: string): () => void {
+    const open = this.#admitted.get(unit) ?? 0;
+    if (this.#maxStreamsPerUnit > 0 && open >= this.#maxStreamsPerUnit) {
+      throw new RelgateError(Code.RESOURCE_EXHAUSTED, `unit ${unit} already holds ${open} open streams, the most allowed`, {
+        reason: 'TOO_MANY_STREAMS',
+        metadata: { unit, limit: String(this.#maxStreamsPerUnit) },
+      });
+    }
+    this.#admitted.set(unit, open + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.#admitted.get(unit) ?? 1) - 1;
+      if (left === 0) this.#admitted.delete(unit);
+      else this.#admitted.set(unit, left);
+    };
+  }
+
   #endStreams(unit: string): void {
     const error = new RelgateError(Code.UNAUTHENTICATED, `the token of ${unit} was rotated or revoked`, { reason: 'TOKEN_REVOKED' });
     for (const close of [...(this.#streams.get(unit) ?? [])]) close(error);
@@ -258,7 +332,11 @@ class Handlers {
     return (call, callback) => {
       const started = performance.now();
       Promise.resolve()
-        .then(() => fn(call.request, call as unknown as UnaryCall))
+        .then(() => {
+          const invalid = invalidUtf8Error(call.request);
+          if (invalid) throw invalid;
+          return fn(call.request, call as unknown as UnaryCall);
+        })
         .then(
           (result) => {
             this.#log(method, call, grpc.status.OK, started);
@@ -350,8 +428,19 @@ class Handlers {
   async #call(unit: string, q: Req, call: UnaryCall) {
     const aborted = abortOnCancel(call);
     const deadline = serverDeadline(call.getDeadline() as Date | number, DEFAULT_CALL_MS);
+    const options = callOptions(q);
+    if (options.delivery.mode === 'selector') {
+      const violation = { field: 'delivery.mode', description: 'Call takes ANY or UNIT delivery; use CallAll for a selector' };
+      throw new RelgateError(Code.INVALID_ARGUMENT, `${violation.field}: ${violation.description}`, { reason: 'INVALID_ARGUMENT', fieldViolations: [violation] });
+    }
     let response: unknown;
-    const outcome = await this.#calls.run(unit, callOptions(q), deadline, () => undefined, (r) => (response ??= r), aborted);
+    const outcome = await this.#calls.run(unit, options, deadline, () => undefined, (r) => (response ??= r), aborted);
+    if (outcome.expired) {
+      throw new RelgateError(Code.DEADLINE_EXCEEDED, `request ${String(outcome.request.request_id)} expired (its time to live passed) before it was answered`, {
+        reason: 'REQUEST_EXPIRED',
+        metadata: { request_id: String(outcome.request.request_id) },
+      });
+    }
     if (!outcome.complete) {
       throw new RelgateError(Code.DEADLINE_EXCEEDED, `no response before the deadline; request ${String(outcome.request.request_id)} stays stored and can still be answered`, {
         reason: 'CALL_TIMEOUT',
@@ -369,6 +458,11 @@ class Handlers {
     const deadline = serverDeadline(call.getDeadline() as Date | number, DEFAULT_CALL_MS);
     this.#auth
       .requireUnit(call)
+      .then((unit) => {
+        const invalid = invalidUtf8Error(call.request);
+        if (invalid) throw invalid;
+        return unit;
+      })
       .then((unit) =>
         this.#calls.run(
           unit,
@@ -407,25 +501,30 @@ class Handlers {
       Open: (call: grpc.ServerDuplexStream<Req, unknown>) => {
         const method = 'SessionService/Open';
         const started = performance.now();
-        this.#auth.requireUnit(call).then(
-          (unit) => {
-            let untrack = () => {};
-            const session = new Session(call, unit, {
-              commands,
-              watchSpec: (caller, side, options) => watchSpec(caller, side, options),
-              startWatch: (spec, sink) => this.#hub.watch(spec, sink, (tx) => this.#watchScope(tx, spec)),
-              onEnd: (code, error) => {
-                untrack();
-                this.#log(method, call, code, started, error);
-              },
-            });
-            untrack = this.#track(unit, (error) => session.end(error));
-          },
-          (error: unknown) => {
-            this.#log(method, call, asRelgateError(error).code, started, error);
-            call.emit('error', toServiceError(error));
-          },
-        );
+        this.#auth
+          .requireUnit(call)
+          .then((unit) => ({ unit, release: this.#admit(unit) }))
+          .then(
+            ({ unit, release }) => {
+              call.on('cancelled', release);
+              let untrack = () => {};
+              const session = new Session(call, unit, {
+                commands,
+                watchSpec: (caller, side, options) => watchSpec(caller, side, options),
+                startWatch: (spec, sink) => this.#startWatch(spec, sink),
+                onEnd: (code, error) => {
+                  release();
+                  untrack();
+                  this.#log(method, call, code, started, error);
+                },
+              });
+              untrack = this.#track(unit, (error) => session.end(error));
+            },
+            (error: unknown) => {
+              this.#log(method, call, asRelgateError(error).code, started, error);
+              call.emit('error', toServiceError(error));
+            },
+          );
       },
     };
   }
@@ -435,10 +534,13 @@ class Handlers {
       const started = performance.now();
       let finished = false;
       let untrack = () => {};
+      let release = () => {};
+      call.on('cancelled', () => release());
       const sink: WatchSink = {
         write: (batch) => call.write({ batch }),
         onDrain: (callback) => call.once('drain', callback),
         end: (error) => {
+          release();
           untrack();
           if (finished) return;
           finished = true;
@@ -456,8 +558,11 @@ class Handlers {
       this.#auth
         .requireUnit(call)
         .then((unit) => {
+          const invalid = invalidUtf8Error(call.request);
+          if (invalid) throw invalid;
           const spec = watchSpec(unit, side, call.request.options);
-          return this.#hub.watch(spec, sink, (tx) => this.#watchScope(tx, spec));
+          release = this.#admit(unit);
+          return this.#startWatch(spec, sink);
         })
         .then((watcher) => {
           untrack = this.#track(watcher.spec.unit, (error) => watcher.stop(error));
@@ -469,6 +574,25 @@ class Handlers {
           });
         }, fail);
     };
+  }
+
+  /** Starts a watch; with replicas, it is first recorded where every replica's calls see it. */
+  async #startWatch(spec: WatchSpec, sink: WatchSink) {
+    const remove = (await this.#presence?.add(spec)) ?? (() => {});
+    const tracked: WatchSink = {
+      write: (batch) => sink.write(batch),
+      onDrain: (callback) => sink.onDrain(callback),
+      end: (error) => {
+        remove();
+        sink.end(error);
+      },
+    };
+    try {
+      return await this.#hub.watch(spec, tracked, (tx) => this.#watchScope(tx, spec));
+    } catch (error) {
+      remove();
+      throw error;
+    }
   }
 
   async #watchScope(tx: Parameters<Parameters<WatchHub['watch']>[2]>[0], spec: WatchSpec): Promise<Map<string, number>> {

@@ -5,6 +5,7 @@
 // server-streaming watches: only the transport differs.
 import type * as grpc from '@grpc/grpc-js';
 import { Code, RelgateError, asRelgateError, toRpcStatus, toServiceError } from './errors.ts';
+import { invalidUtf8Error } from './utf8.ts';
 import type { WatchSink, WatchSpec, Watcher } from './watch-hub.ts';
 
 /** Commands executing at once per session; beyond it the stream stops reading. */
@@ -35,6 +36,8 @@ export class Session {
   #halfClosed = false;
   #paused = false;
   #blocked = false;
+  /** Settles once the start message's watches are running: commands wait for it. */
+  #watching: Promise<void> = Promise.resolve();
 
   constructor(call: grpc.ServerDuplexStream<Req, unknown>, unit: string, deps: SessionDeps) {
     this.#call = call;
@@ -56,18 +59,29 @@ export class Session {
 
   #onMessage(message: Req): void {
     if (this.#ended) return;
-    if (message.kind === 'start') return void this.#start(message.start);
+    if (message.kind === 'start') {
+      if (this.#started) {
+        return this.#ack({ correlation_id: '', error: toRpcStatus(new RelgateError(Code.FAILED_PRECONDITION, 'start must be the first message of a session', { reason: 'LATE_START' })) });
+      }
+      const invalidStart = invalidUtf8Error(message);
+      if (invalidStart) return this.#stop(invalidStart);
+      return void (this.#watching = this.#start(message.start));
+    }
     this.#started = true; // watches may only be chosen before the first command
     const command = message.command as Req | null;
     const name = command?.command as string | undefined;
     const run = name ? this.#deps.commands[name] : undefined;
     const correlationId = (command?.correlation_id as string | undefined) ?? '';
+    const invalidText = invalidUtf8Error(message);
+    if (invalidText) return this.#ack({ correlation_id: correlationId, error: toRpcStatus(invalidText) });
     if (!run || !name) {
       return this.#ack({ correlation_id: correlationId, error: toRpcStatus(new RelgateError(Code.INVALID_ARGUMENT, 'a session message must be start (first) or a command', { reason: 'INVALID_COMMAND' })) });
     }
     this.#inFlight += 1;
     this.#throttle();
-    run(this.#unit, command?.[name] as Req).then(
+    // After the watches started, so that their snapshots come before the session's own changes;
+    // not at all when starting them ended the session, as nobody would learn the outcome.
+    this.#watching.then(() => (this.#ended ? undefined : run(this.#unit, command?.[name] as Req))).then(
       (result) => this.#ack({ correlation_id: correlationId, [name]: result }),
       (error: unknown) => this.#ack({ correlation_id: correlationId, error: toRpcStatus(asRelgateError(error)) }),
     ).finally(() => {
@@ -78,10 +92,9 @@ export class Session {
   }
 
   async #start(start: Req | null): Promise<void> {
-    if (this.#started) {
-      return this.#ack({ correlation_id: '', error: toRpcStatus(new RelgateError(Code.FAILED_PRECONDITION, 'start must be the first message of a session', { reason: 'LATE_START' })) });
-    }
     this.#started = true;
+    // Counted as in flight: a half-close right after start still gets the watches' snapshots.
+    this.#inFlight += 1;
     const wanted: ['incoming_requests' | 'responses', 'responder' | 'requester'][] = [
       ['incoming_requests', 'responder'],
       ['responses', 'requester'],
@@ -91,10 +104,16 @@ export class Session {
         const options = start?.[watch] as Req | null | undefined;
         if (!options) continue;
         const spec = this.#deps.watchSpec(this.#unit, side, options);
-        this.#watchers.push(await this.#deps.startWatch(spec, this.#sink(watch)));
+        const watcher = await this.#deps.startWatch(spec, this.#sink(watch));
+        // The session may have ended while the watch started: nothing would stop it later.
+        if (this.#ended) return watcher.stop();
+        this.#watchers.push(watcher);
       }
     } catch (error) {
       this.#stop(asRelgateError(error));
+    } finally {
+      this.#inFlight -= 1;
+      this.#maybeFinish();
     }
   }
 

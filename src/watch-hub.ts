@@ -74,6 +74,8 @@ export class WatchHub {
   /** Watchers of every relation of a unit, by unit: they follow its joins. */
   readonly #following = new Map<string, Set<Watcher>>();
   readonly #watchers = new Set<Watcher>();
+  /** Progress timers by interval, each shared by the watchers using that interval. */
+  readonly #tickers = new Map<number, { timer: NodeJS.Timeout; watchers: Set<Watcher> }>();
   readonly #commitListeners = new Set<(changes: readonly Change[]) => void>();
   /** Every join and departure after #indexedAfter, in revision order. */
   #memberships: MembershipChange[] = [];
@@ -98,6 +100,14 @@ export class WatchHub {
   get watcherCount(): number {
     return this.#watchers.size;
   }
+
+  /** The open watchers, for metrics. */
+  get watchers(): ReadonlySet<Watcher> {
+    return this.#watchers;
+  }
+
+  /** Watchers cut off for falling behind (SLOW_WATCHER) since the hub started. */
+  slowWatcherCutOffs = 0;
 
   /** Whether a unit on the side (or the given unit) currently watches the relation. */
   isWatched(relationId: string, side: SideName, unit?: string): boolean {
@@ -168,6 +178,29 @@ export class WatchHub {
     const set = this.#byRelation.get(relationId);
     set?.delete(watcher);
     if (set?.size === 0) this.#byRelation.delete(relationId);
+  }
+
+  /** Ticks the watcher every interval; watchers of one interval share a timer. */
+  tickEvery(interval: number, watcher: Watcher): void {
+    let ticker = this.#tickers.get(interval);
+    if (!ticker) {
+      const watchers = new Set<Watcher>();
+      const timer = setInterval(() => {
+        for (const each of watchers) each.tick();
+      }, interval);
+      timer.unref();
+      this.#tickers.set(interval, (ticker = { timer, watchers }));
+    }
+    ticker.watchers.add(watcher);
+  }
+
+  stopTicking(interval: number, watcher: Watcher): void {
+    const ticker = this.#tickers.get(interval);
+    if (!ticker) return;
+    ticker.watchers.delete(watcher);
+    if (ticker.watchers.size > 0) return;
+    clearInterval(ticker.timer);
+    this.#tickers.delete(interval);
   }
 
   remove(watcher: Watcher): void {
@@ -246,13 +279,15 @@ export class WatchHub {
     const touched = new Map<Watcher, WatchEventMessage[]>();
     for (const change of changes) {
       this.#indexChange(change);
+      // Watchers with the same view of a change share its translation: built once, not once per watcher.
+      const views = new Map<string, WatchEventMessage[]>();
       for (const watcher of this.#candidates(change)) {
         if (!watcher.isLive) continue;
-        const events = watcher.translate(change);
+        const events = watcher.translate(change, views);
         if (events.length === 0) continue;
         const list = touched.get(watcher);
         if (list) list.push(...events);
-        else touched.set(watcher, events);
+        else touched.set(watcher, events.slice());
       }
     }
     const last = changes.at(-1);
@@ -334,7 +369,8 @@ export class Watcher {
   /** Highest revision handed to the transport. */
   #sent = 0;
   #sentSinceTick = false;
-  #timer: NodeJS.Timeout | undefined;
+  /** Milliseconds between progress events. */
+  #interval = 0;
 
   constructor(hub: WatchHub, spec: WatchSpec, sink: WatchSink, options: HubOptions) {
     this.#hub = hub;
@@ -351,6 +387,12 @@ export class Watcher {
     return this.#sent;
   }
 
+  /** Revisions the watcher is behind the hub: 0 when it is live with nothing held back. */
+  get lagRevisions(): number {
+    if (this.#live && this.#idle) return 0;
+    return Math.max(0, this.#hub.revision - this.#sent);
+  }
+
   begin(from: number, snapshot: WatchEventMessage[]): void {
     this.#sent = from;
     // Only the snapshot's last message is a resume point; the ones before it say revision 0.
@@ -358,9 +400,8 @@ export class Watcher {
       const last = i + MAX_BATCH_EVENTS >= snapshot.length;
       this.#enqueue({ events: snapshot.slice(i, i + MAX_BATCH_EVENTS), revision: last ? String(from) : '0' });
     }
-    const interval = this.spec.progressIntervalMs || this.#options.progressIntervalMs;
-    this.#timer = setInterval(() => this.#tick(), interval);
-    this.#timer.unref();
+    this.#interval = this.spec.progressIntervalMs || this.#options.progressIntervalMs;
+    this.#hub.tickEvery(this.#interval, this);
     void this.#catchUp(from);
   }
 
@@ -368,7 +409,7 @@ export class Watcher {
   stop(error?: RelgateError): void {
     if (this.#stopped) return;
     this.#stopped = true;
-    clearInterval(this.#timer);
+    this.#hub.stopTicking(this.#interval, this);
     this.#hub.remove(this);
     this.#queue.length = 0;
     this.#sink.end(error);
@@ -380,6 +421,7 @@ export class Watcher {
     // Only events held back by a full transport count: a big commit to a reader that keeps up is fine.
     if (this.#waitingDrain && this.#queuedEvents + events.length > this.#options.maxBufferedEvents) {
       const last = String(this.#sent);
+      this.#hub.slowWatcherCutOffs += 1;
       return this.stop(
         new RelgateError(Code.RESOURCE_EXHAUSTED, `watcher fell behind by more than ${this.#options.maxBufferedEvents} events; resume after revision ${last}`, {
           reason: 'SLOW_WATCHER',
@@ -390,8 +432,12 @@ export class Watcher {
     this.#enqueueEvents(events, revision);
   }
 
-  /** The events a change means for this watcher; also follows joins and departures. */
-  translate(change: Change): WatchEventMessage[] {
+  /**
+   * The events a change means for this watcher; also follows joins and
+   * departures. Events of requests, responses and flags depend only on the
+   * watcher's view (side, unit, filter): with `views`, watchers of one view share them.
+   */
+  translate(change: Change, views?: Map<string, WatchEventMessage[]>): WatchEventMessage[] {
     const joinedAt = this.relations.get(change.relation_id);
     const data = change.data;
     const revision = String(change.revision);
@@ -402,22 +448,14 @@ export class Watcher {
       return [{ type: 'EVENT_TYPE_UNIT_JOINED', revision, relation_id: relationId, object: 'unit', unit: relationUnitMessage(data.unit) }];
     }
     if (joinedAt === undefined || change.revision < joinedAt) return [];
-    const viewer: Viewer = { unit: this.spec.unit, side: this.spec.side };
+    if (data.kind === 'request' || data.kind === 'response' || data.kind === 'flags') {
+      if (!views) return this.#objectEvents(change);
+      const view = `${this.spec.side}\n${this.spec.unit}\n${this.spec.filter}`;
+      let events = views.get(view);
+      if (!events) views.set(view, (events = this.#objectEvents(change)));
+      return events;
+    }
     switch (data.kind) {
-      case 'request': {
-        const inBefore = inWatchedSet(this.spec, data.before);
-        const inAfter = inWatchedSet(this.spec, data.after);
-        if (!inBefore && !inAfter) return [];
-        const type = !inBefore ? 'EVENT_TYPE_ADDED' : inAfter ? 'EVENT_TYPE_MODIFIED' : 'EVENT_TYPE_DELETED';
-        const request = (data.after ?? data.before) as RequestRecord;
-        return [{ type, revision, relation_id: relationId, object: 'request', request: requestMessage(request, viewer) }];
-      }
-      case 'response':
-        if (this.spec.side !== 'requester') return [];
-        return [{ type: 'EVENT_TYPE_ADDED', revision, relation_id: relationId, object: 'response', response: responseMessage(data.response) }];
-      case 'flags':
-        if (data.unit !== this.spec.unit || data.side !== this.spec.side) return [];
-        return [flagsEvent(this.spec.side, relationId, revision, data.flags)];
       case 'unit-joined':
         return [{ type: 'EVENT_TYPE_UNIT_JOINED', revision, relation_id: relationId, object: 'unit', unit: relationUnitMessage(data.unit) }];
       case 'unit-departed': {
@@ -428,6 +466,32 @@ export class Watcher {
       case 'relation-removed':
         this.#leave(relationId);
         return [{ type: 'EVENT_TYPE_RELATION_REMOVED', revision, relation_id: relationId }];
+      default:
+        return [];
+    }
+  }
+
+  /** Events of a request, response or flags change as this watcher's view shows them. */
+  #objectEvents(change: Change): WatchEventMessage[] {
+    const data = change.data;
+    const revision = String(change.revision);
+    const relationId = change.relation_id;
+    switch (data.kind) {
+      case 'request': {
+        const inBefore = inWatchedSet(this.spec, data.before);
+        const inAfter = inWatchedSet(this.spec, data.after);
+        if (!inBefore && !inAfter) return [];
+        const type = !inBefore ? 'EVENT_TYPE_ADDED' : inAfter ? 'EVENT_TYPE_MODIFIED' : 'EVENT_TYPE_DELETED';
+        const request = (data.after ?? data.before) as RequestRecord;
+        const viewer: Viewer = { unit: this.spec.unit, side: this.spec.side };
+        return [{ type, revision, relation_id: relationId, object: 'request', request: requestMessage(request, viewer) }];
+      }
+      case 'response':
+        if (this.spec.side !== 'requester') return [];
+        return [{ type: 'EVENT_TYPE_ADDED', revision, relation_id: relationId, object: 'response', response: responseMessage(data.response) }];
+      case 'flags':
+        if (data.unit !== this.spec.unit || data.side !== this.spec.side) return [];
+        return [flagsEvent(this.spec.side, relationId, revision, data.flags)];
       default:
         return [];
     }
@@ -517,7 +581,8 @@ export class Watcher {
     if (this.#idle) for (const resolve of this.#idleWaiters.splice(0)) resolve();
   }
 
-  #tick(): void {
+  /** A progress tick: a bookmark if nothing was sent since the last one. */
+  tick(): void {
     if (!this.isLive || this.#sentSinceTick || this.#queue.length > 0 || this.#waitingDrain) {
       this.#sentSinceTick = false;
       return;

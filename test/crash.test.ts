@@ -15,7 +15,13 @@ const WRITERS = 8;
 
 const dir = mkdtempSync(path.join(tmpdir(), 'relgate-crash-'));
 const db = path.join(dir, 'relgate.db');
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+/** The gateway of the running round, stopped even when the test fails. */
+let current: Gateway | undefined;
+afterAll(async () => {
+  current?.close();
+  await current?.serve.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
 
 interface Gateway {
   serve: ServeProcess;
@@ -35,13 +41,14 @@ async function startGateway(): Promise<Gateway> {
     clients.push(client);
     return new Rpc(client, unit);
   };
-  return {
+  current = {
     serve,
     registry: rpc('RegistryService'),
     requester: rpc('RequesterService', 'webapp/0'),
     responder: rpc('ResponderService', 'ca/0'),
     close: () => clients.forEach((client) => client.close()),
   };
+  return current;
 }
 
 /** One line per watch event: what a resumed log and a replayed log must agree on. */

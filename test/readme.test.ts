@@ -1,5 +1,6 @@
-// Runs the README's grpcurl walkthrough verbatim against a real `relgate serve`
-// process, command by command, and checks what each prints.
+// Runs the README's grpcurl walkthrough, then its addressing section, verbatim
+// against one real `relgate serve` process, command by command, and checks
+// what each prints.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -9,11 +10,16 @@ import { findGrpcurl, parseMessages, shell, spawnServe, type RunResult, type Ser
 const README_ADDRESS = 'localhost:50051';
 const REQUEST_ID = '6f1c2a4e-8b3d-4f5a-9c7e-2d1b0a9f8e7d';
 const WALKTHROUGH_HEADING = '## Five-minute walkthrough with grpcurl';
+const ADDRESSING_HEADING = '## Addressing requests, calls and sessions';
+const ANY_ID = '3b0c8f2e-5d7a-4c1e-9f6b-1a2d3e4f5a6b';
+const UNIT_ID = '7e4d2c1b-9a8f-4e6d-8c5b-4a3f2e1d0c9b';
+const SELECTOR_ID = 'c5a9e3f1-2b4d-4f6a-8e0c-9d7b5a3c1e2f';
+const CALL_ID = '0f9e8d7c-6b5a-4c3d-9e2f-1a0b9c8d7e6f';
 
-/** Every ```sh block of the walkthrough section that is a grpcurl command, verbatim. */
-function walkthroughCommands(markdown: string): string[] {
-  const start = markdown.indexOf(`\n${WALKTHROUGH_HEADING}\n`);
-  if (start < 0) throw new Error(`README.md has no "${WALKTHROUGH_HEADING}" section`);
+/** Every ```sh block of a top-level README section that is a grpcurl command, verbatim. */
+function sectionCommands(markdown: string, heading: string): string[] {
+  const start = markdown.indexOf(`\n${heading}\n`);
+  if (start < 0) throw new Error(`README.md has no "${heading}" section`);
   const next = markdown.indexOf('\n## ', start + 1);
   const section = markdown.slice(start, next < 0 ? undefined : next);
   return [...section.matchAll(/^```sh\n([\s\S]*?)^```$/gm)]
@@ -22,6 +28,7 @@ function walkthroughCommands(markdown: string): string[] {
 }
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+type Check = { name: string; match: RegExp; exitCode?: number; check(result: RunResult, command: string): void };
 
 const only = (result: RunResult): Json => {
   const messages = parseMessages(result.stdout);
@@ -30,7 +37,7 @@ const only = (result: RunResult): Json => {
 };
 
 /** What each kind of walkthrough command must print, chosen by matching the command. */
-const CHECKS: { name: string; match: RegExp; exitCode?: number; check(result: RunResult, command: string): void }[] = [
+const CHECKS: Check[] = [
   {
     name: 'list',
     match: /\slist$/,
@@ -192,23 +199,168 @@ const CHECKS: { name: string; match: RegExp; exitCode?: number; check(result: Ru
   },
 ];
 
-const readme = readFileSync(path.join(PROJECT_DIR, 'README.md'), 'utf8');
-const commands = walkthroughCommands(readme);
+/** A grpcurl failure: its exit status is 64 + the gRPC code, its details on stderr. */
+const failure = (code: string, reason: string) => ({ stdout, stderr }: RunResult) => {
+  expect(stdout).toBe('');
+  expect(stderr).toContain(`Code: ${code}`);
+  expect(stderr).toContain(`"reason": "${reason}"`);
+};
 
-test('the walkthrough has every step, each with a check', () => {
+/** What each command of the addressing section must print; it runs after the walkthrough. */
+const ADDRESSING_CHECKS: Check[] = [
+  {
+    name: 'RegisterUnit ca/1',
+    match: /"name": "ca\/1"[\s\S]*RegistryService\/RegisterUnit$/,
+    check: (result) => {
+      expect(only(result).unit).toMatchObject({ name: 'ca/1', labels: { zone: 'b' } });
+    },
+  },
+  {
+    name: 'JoinRelation ca/1',
+    match: /"unit": "ca\/1"[\s\S]*RegistryService\/JoinRelation$/,
+    check: (result) => {
+      expect(only(result).relation.units.map((u: Json) => u.unit)).toEqual(['webapp/0', 'ca/0', 'ca/1']);
+    },
+  },
+  {
+    name: 'CreateRequest to any unit',
+    match: new RegExp(`"request_id": "${ANY_ID}"[\\s\\S]*RequesterService/CreateRequest$`),
+    check: (result) => {
+      const { request } = only(result);
+      expect(request).toMatchObject({ requestId: ANY_ID, delivery: { mode: 'DELIVERY_MODE_ANY' }, expectedCount: 1, state: 'REQUEST_STATE_PENDING' });
+      expect(Date.parse(request.expireTime) - Date.parse(request.createTime)).toBe(3600_000);
+    },
+  },
+  {
+    name: 'ClaimRequest',
+    match: /ResponderService\/ClaimRequest$/,
+    check: (result) => {
+      const { request } = only(result);
+      expect(request).toMatchObject({ requestId: ANY_ID, claim: { unit: 'ca/1' }, isNew: true });
+    },
+  },
+  {
+    name: 'Respond by the claimer',
+    match: new RegExp(`relgate-unit: ca/1' -d '\\{"request_id": "${ANY_ID}"[\\s\\S]*ResponderService/Respond$`),
+    check: (result) => {
+      expect(only(result).response).toMatchObject({ requestId: ANY_ID, responderUnit: 'ca/1' });
+    },
+  },
+  {
+    name: 'Respond too late',
+    match: new RegExp(`relgate-unit: ca/0' -d '\\{"request_id": "${ANY_ID}"[\\s\\S]*ResponderService/Respond$`),
+    exitCode: 64 + 9,
+    check: failure('FailedPrecondition', 'REQUEST_COMPLETED'),
+  },
+  {
+    name: 'CreateRequest to one unit',
+    match: new RegExp(`"request_id": "${UNIT_ID}"[\\s\\S]*RequesterService/CreateRequest$`),
+    check: (result) => {
+      expect(only(result).request).toMatchObject({ requestId: UNIT_ID, delivery: { mode: 'DELIVERY_MODE_UNIT', unit: 'ca/1' }, expectedUnits: ['ca/1'], expectedCount: 1 });
+    },
+  },
+  {
+    name: 'CreateRequest to a selector',
+    match: new RegExp(`"request_id": "${SELECTOR_ID}"[\\s\\S]*RequesterService/CreateRequest$`),
+    check: (result) => {
+      const { request } = only(result);
+      expect(request).toMatchObject({ requestId: SELECTOR_ID, expectedUnits: ['ca/0', 'ca/1'], expectedCount: 2, state: 'REQUEST_STATE_PENDING' });
+      expect(request.delivery).toEqual({ mode: 'DELIVERY_MODE_SELECTOR', selector: 'zone in (a,b),!canary' });
+    },
+  },
+  {
+    name: 'Respond to the selector request',
+    match: new RegExp(`relgate-unit: ca/0' -d '\\{"request_id": "${SELECTOR_ID}"[\\s\\S]*ResponderService/Respond$`),
+    check: (result) => {
+      expect(only(result).response).toMatchObject({ requestId: SELECTOR_ID, responderUnit: 'ca/0' });
+    },
+  },
+  {
+    name: 'Call without responders',
+    match: /now\.example\.com[\s\S]*RequesterService\/Call$/,
+    exitCode: 64 + 14,
+    check: failure('Unavailable', 'NO_RESPONDERS'),
+  },
+  {
+    name: 'Call past its deadline',
+    match: /-max-time 2[\s\S]*RequesterService\/Call$/,
+    exitCode: 64 + 4,
+    check: ({ stderr }) => {
+      expect(stderr).toContain('Code: DeadlineExceeded');
+    },
+  },
+  {
+    name: 'Respond late',
+    match: new RegExp(`relgate-unit: ca/0' -d '\\{"request_id": "${CALL_ID}"[\\s\\S]*ResponderService/Respond$`),
+    check: (result) => {
+      expect(only(result).response).toMatchObject({ requestId: CALL_ID, responderUnit: 'ca/0' });
+    },
+  },
+  {
+    name: 'Call again',
+    match: new RegExp(`^grpcurl -plaintext -H 'relgate-unit: webapp/0'[\\s\\S]*"request_id": "${CALL_ID}"[\\s\\S]*RequesterService/Call$`),
+    check: (result) => {
+      const { request, response } = only(result);
+      expect(request).toMatchObject({ requestId: CALL_ID, state: 'REQUEST_STATE_ANSWERED', responseCount: 1 });
+      expect(response).toMatchObject({ requestId: CALL_ID, responderUnit: 'ca/0' });
+    },
+  },
+  {
+    name: 'CallAll',
+    match: /RequesterService\/CallAll$/,
+    check: ({ stdout }) => {
+      const messages = parseMessages(stdout) as Json[];
+      expect(messages.map((m) => Object.keys(m)[0])).toEqual(['started', 'response', 'finished']);
+      expect(messages[0]?.started).toMatchObject({ expectedCount: 2, expectedUnits: ['ca/0', 'ca/1'], request: { requestId: SELECTOR_ID } });
+      expect(messages[1]?.response).toMatchObject({ requestId: SELECTOR_ID, responderUnit: 'ca/0' });
+      expect(messages[2]?.finished).toEqual({ missingUnits: ['ca/1'] });
+    },
+  },
+  {
+    name: 'Session',
+    match: /SessionService\/Open <<'EOF'\n/,
+    check: ({ stdout }) => {
+      const messages = parseMessages(stdout) as Json[];
+      const acks = messages.filter((m) => m.ack).map((m) => m.ack);
+      expect(acks).toHaveLength(1);
+      expect(acks[0]).toMatchObject({ correlationId: 'answer-1', respond: { response: { requestId: SELECTOR_ID, responderUnit: 'ca/1' } } });
+      const events = messages.filter((m) => m.events).flatMap((m) => m.events.batch.events.map((e: Json) => ({ watch: m.events.watch, ...e })));
+      expect(events.every((e) => e.watch === 'incoming_requests')).toBe(true);
+      const changes = events.filter((e) => e.request).map((e) => [e.type, e.request.requestId, e.request.state]);
+      expect(changes).toEqual([
+        ['EVENT_TYPE_ADDED', UNIT_ID, 'REQUEST_STATE_PENDING'],
+        ['EVENT_TYPE_ADDED', SELECTOR_ID, 'REQUEST_STATE_PENDING'],
+        // Answered, it is no longer new: it leaves the watch's NEW filter.
+        ['EVENT_TYPE_DELETED', SELECTOR_ID, 'REQUEST_STATE_ANSWERED'],
+      ]);
+      expect(events.some((e) => e.type === 'EVENT_TYPE_SNAPSHOT_COMPLETE')).toBe(true);
+    },
+  },
+];
+
+const readme = readFileSync(path.join(PROJECT_DIR, 'README.md'), 'utf8');
+const sections = [
+  { heading: WALKTHROUGH_HEADING, commands: sectionCommands(readme, WALKTHROUGH_HEADING), checks: CHECKS },
+  { heading: ADDRESSING_HEADING, commands: sectionCommands(readme, ADDRESSING_HEADING), checks: ADDRESSING_CHECKS },
+];
+
+test.each(sections)('$heading has every step, each with a check', ({ commands, checks }) => {
   expect(commands.length).toBeGreaterThan(0);
-  for (const { name, match } of CHECKS) {
-    expect(commands.some((command) => match.test(command)), `README walkthrough has a "${name}" command`).toBe(true);
+  for (const { name, match } of checks) {
+    expect(commands.some((command) => match.test(command)), `README section has a "${name}" command`).toBe(true);
   }
   for (const command of commands) {
-    expect(CHECKS.filter(({ match }) => match.test(command)), `exactly one check for:\n${command}`).toHaveLength(1);
-    expect(command, 'every walkthrough command talks to the README address').toContain(README_ADDRESS);
+    expect(checks.filter(({ match }) => match.test(command)), `exactly one check for:\n${command}`).toHaveLength(1);
+    expect(command, 'every README command talks to the README address').toContain(README_ADDRESS);
   }
+});
+
+test('the walkthrough starts a fresh in-memory gateway and names its request', () => {
   expect(readme).toContain(REQUEST_ID);
   expect(readme).toContain('npm start -- --db :memory:');
 });
 
-describe('README walkthrough', () => {
+describe('README walkthrough, then addressing, calls and sessions', () => {
   let serve: ServeProcess;
 
   beforeAll(async () => {
@@ -221,13 +373,17 @@ describe('README walkthrough', () => {
     await serve?.stop();
   });
 
-  commands.forEach((command, index) => {
-    const check = CHECKS.find(({ match }) => match.test(command));
-    test(`step ${index + 1}: ${check?.name ?? command.split('\n')[0]}`, async () => {
-      const result = await shell(command.replaceAll(README_ADDRESS, serve.address), 20_000);
-      const expectedCode = check?.exitCode ?? 0;
-      expect(result.code, `exit status of:\n${command}\nstdout:\n${result.stdout}\nstderr:\n${result.stderr}`).toBe(expectedCode);
-      check?.check(result, command);
-    });
-  });
+  let step = 0;
+  for (const { commands, checks } of sections) {
+    for (const command of commands) {
+      step += 1;
+      const check = checks.find(({ match }) => match.test(command));
+      test(`step ${step}: ${check?.name ?? command.split('\n')[0]}`, async () => {
+        const result = await shell(command.replaceAll(README_ADDRESS, serve.address), 20_000);
+        const expectedCode = check?.exitCode ?? 0;
+        expect(result.code, `exit status of:\n${command}\nstdout:\n${result.stdout}\nstderr:\n${result.stderr}`).toBe(expectedCode);
+        check?.check(result, command);
+      });
+    }
+  }
 });

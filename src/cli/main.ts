@@ -4,6 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { DEFAULT_CONFIG, startServer } from '../server.ts';
+import { addOperatorCommands } from './operator.ts';
 
 const program = new Command()
   .name('relgate')
@@ -22,10 +23,17 @@ program
   .description('Start the gateway.')
   .addOption(new Option('--listen <host:port>', 'address to listen on').env('RELGATE_LISTEN').default(DEFAULT_CONFIG.listen))
   .addOption(new Option('--db <path>', 'SQLite database file, or :memory:').env('RELGATE_DB').default(DEFAULT_CONFIG.db))
+  .addOption(new Option('--store <url>', 'postgres:// connection string: replicas on one PostgreSQL instead of the SQLite file').env('RELGATE_STORE'))
   .addOption(new Option('--durability <level>', 'full: fsync every commit; normal: survive a process kill only').choices(['full', 'normal']).env('RELGATE_DURABILITY').default(DEFAULT_CONFIG.durability))
   .addOption(new Option('--interfaces <dir>', 'directory of interface .proto files (repeatable; RELGATE_INTERFACES takes a colon-separated list)').argParser(collect).env('RELGATE_INTERFACES'))
   .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).env('RELGATE_LOG_LEVEL').default(DEFAULT_CONFIG.logLevel))
   .addOption(new Option('--max-message-bytes <n>', 'largest message accepted').argParser(integer).env('RELGATE_MAX_MESSAGE_BYTES').default(DEFAULT_CONFIG.maxReceiveBytes))
+  .addOption(new Option('--max-send-bytes <n>', 'largest message sent; a larger response fails its call with RESOURCE_EXHAUSTED').argParser(integer).env('RELGATE_MAX_SEND_BYTES').default(DEFAULT_CONFIG.maxSendBytes))
+  .addOption(new Option('--max-streams-per-unit <n>', 'watch and session streams one unit may hold open at once (0: no cap)').argParser(integer).env('RELGATE_MAX_STREAMS_PER_UNIT').default(DEFAULT_CONFIG.maxStreamsPerUnit))
+  .addOption(new Option('--keepalive-time <ms>', 'milliseconds between keepalive pings on a connection').argParser(integer).env('RELGATE_KEEPALIVE_TIME').default(DEFAULT_CONFIG.keepaliveTimeMs))
+  .addOption(new Option('--keepalive-timeout <ms>', 'milliseconds a ping may go unanswered before the connection is dropped').argParser(integer).env('RELGATE_KEEPALIVE_TIMEOUT').default(DEFAULT_CONFIG.keepaliveTimeoutMs))
+  .addOption(new Option('--max-connection-age <ms>', 'age after which a connection is asked to go away (0: never)').argParser(integer).env('RELGATE_MAX_CONNECTION_AGE').default(DEFAULT_CONFIG.maxConnectionAgeMs))
+  .addOption(new Option('--max-connection-age-grace <ms>', 'how long calls continue on an aged connection before they are cut').argParser(integer).env('RELGATE_MAX_CONNECTION_AGE_GRACE').default(DEFAULT_CONFIG.maxConnectionAgeGraceMs))
   .addOption(new Option('--watch-buffer <events>', 'events queued for one watcher before it is cut off').argParser(integer).env('RELGATE_WATCH_BUFFER').default(DEFAULT_CONFIG.watchBuffer))
   .addOption(new Option('--progress-interval <ms>', 'milliseconds between watch progress events').argParser(integer).env('RELGATE_PROGRESS_INTERVAL').default(DEFAULT_CONFIG.progressIntervalMs))
   .addOption(new Option('--history-revisions <n>', 'change-log revisions kept for resuming watches').argParser(integer).env('RELGATE_HISTORY_REVISIONS').default(DEFAULT_CONFIG.historyRevisions))
@@ -36,6 +44,7 @@ program
   .addOption(new Option('--tls-cert <path>', 'PEM certificate chain of the server').env('RELGATE_TLS_CERT'))
   .addOption(new Option('--tls-key <path>', 'PEM private key of the server').env('RELGATE_TLS_KEY'))
   .addOption(new Option('--tls-client-ca <path>', 'PEM CA that client certificates must chain to (mutual TLS; required)').env('RELGATE_TLS_CLIENT_CA'))
+  .addOption(new Option('--metrics-listen <host:port>', 'HTTP address for /metrics, /healthz and the dashboard (off when unset; no authentication)').env('RELGATE_METRICS_LISTEN'))
   .action(async (options: Record<string, unknown>) => {
     const interfaces = options.interfaces;
     const tokenFile = options.adminTokenFile as string | undefined;
@@ -43,10 +52,17 @@ program
     const server = await startServer({
       listen: options.listen as string,
       db: options.db as string,
+      store: (options.store as string | undefined) ?? '',
       durability: options.durability as 'full' | 'normal',
       interfaces: typeof interfaces === 'string' ? interfaces.split(':').filter(Boolean) : ((interfaces as string[] | undefined) ?? []),
       logLevel: options.logLevel as string,
       maxReceiveBytes: options.maxMessageBytes as number,
+      maxSendBytes: options.maxSendBytes as number,
+      maxStreamsPerUnit: options.maxStreamsPerUnit as number,
+      keepaliveTimeMs: options.keepaliveTime as number,
+      keepaliveTimeoutMs: options.keepaliveTimeout as number,
+      maxConnectionAgeMs: options.maxConnectionAge as number,
+      maxConnectionAgeGraceMs: options.maxConnectionAgeGrace as number,
       watchBuffer: options.watchBuffer as number,
       progressIntervalMs: options.progressInterval as number,
       historyRevisions: options.historyRevisions as number,
@@ -57,10 +73,13 @@ program
       tlsCert: options.tlsCert as string | undefined,
       tlsKey: options.tlsKey as string | undefined,
       tlsClientCa: options.tlsClientCa as string | undefined,
+      metricsListen: options.metricsListen as string | undefined,
     });
     const shutdown = () => void server.stop().then(() => process.exit(0));
     process.once('SIGTERM', shutdown);
     process.once('SIGINT', shutdown);
   });
+
+addOperatorCommands(program);
 
 await program.parseAsync();

@@ -3,7 +3,11 @@
 // turn share one transaction and one fsync (group commit), each inside its own
 // savepoint so a failing write leaves the others intact. Callers hear back
 // only after COMMIT, so an acknowledged write is on disk and no reader ever
-// sees a write that might still be rolled back.
+// sees a write that might still be rolled back. At full durability the WAL is
+// fsynced on the thread pool rather than inside COMMIT, so the event loop keeps
+// serving while the disk works; callers, readers and watchers still hear of a
+// commit only once it is on disk.
+import { closeSync, fdatasync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { RelgateError, Code } from '../errors.ts';
 import { compactedError } from './compaction.ts';
@@ -115,13 +119,23 @@ export class SqliteStore implements Store {
   #compacted: number;
   #closed = false;
   readonly #stmts: Statements;
+  /** The WAL, when the store fsyncs it itself (full durability). */
+  readonly #walFd: number | undefined;
+  #syncing = false;
+  /** A batch waits for the running fsync: it commits next, so one fsync covers all of it. */
+  #commitAfterSync = false;
+  /** What waits for the running fsync of the WAL, in commit order. */
+  #afterSync: (() => void)[] = [];
 
   constructor(options: SqliteStoreOptions) {
     this.#db = new Database(options.path);
-    this.#db.pragma('journal_mode = WAL');
-    this.#db.pragma(`synchronous = ${options.durability === 'normal' ? 'NORMAL' : 'FULL'}`);
+    const wal = this.#db.pragma('journal_mode = WAL', { simple: true }) === 'wal';
+    // NORMAL in WAL mode writes commits without fsync; at full durability the store then fsyncs the WAL before anyone hears of the commit.
+    const syncWal = wal && options.durability !== 'normal';
+    this.#db.pragma(`synchronous = ${syncWal || options.durability === 'normal' ? 'NORMAL' : 'FULL'}`);
     this.#db.pragma('busy_timeout = 5000');
     this.#db.exec(SCHEMA);
+    this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
     this.#stmts = prepareStatements(this.#db);
     this.#revision = this.#stmts.meta.get('revision')?.value ?? 0;
     this.#compacted = this.#stmts.meta.get('compacted')?.value ?? 0;
@@ -130,6 +144,12 @@ export class SqliteStore implements Store {
   onCommit(listener: CommitListener): void {
     this.#listeners.push(listener);
   }
+
+  onCommitTime(listener: (seconds: number) => void): void {
+    this.#commitTimeListeners.push(listener);
+  }
+
+  readonly #commitTimeListeners: ((seconds: number) => void)[] = [];
 
   currentRevision(): number {
     return this.#batchOpen ? this.#committedRevision : this.#revision;
@@ -200,6 +220,7 @@ export class SqliteStore implements Store {
     await this.read(async () => undefined);
     this.#closed = true;
     this.#db.close();
+    if (this.#walFd !== undefined) closeSync(this.#walFd);
   }
 
   /** The revision that reads see (the open batch included: they settle after it commits). */
@@ -220,7 +241,7 @@ export class SqliteStore implements Store {
         try {
           const { result, afterCommit } = await task();
           if (afterCommit) this.#waiting.push({ resolve: () => resolve(result), reject });
-          else resolve(result);
+          else this.#whenDurable(() => resolve(result), false);
         } catch (error) {
           reject(error);
         }
@@ -249,6 +270,7 @@ export class SqliteStore implements Store {
   #commitWhenIdle(): void {
     // A task still awaiting something joins this batch; commit after it.
     if (this.#running) return void setImmediate(() => this.#commitWhenIdle());
+    if (this.#syncing) return void (this.#commitAfterSync = true);
     this.#commitScheduled = false;
     this.#commit();
   }
@@ -258,6 +280,7 @@ export class SqliteStore implements Store {
     const changes = this.#batchChanges;
     this.#waiting = [];
     this.#batchChanges = [];
+    const started = performance.now();
     try {
       if (this.#revision !== this.#committedRevision) this.#stmts.setMeta.run(this.#revision, 'revision');
       this.#db.exec('COMMIT');
@@ -270,8 +293,38 @@ export class SqliteStore implements Store {
       return;
     }
     this.#batchOpen = false;
-    if (changes.length > 0) for (const listener of this.#listeners) listener(changes);
-    for (const waiter of waiting) waiter.resolve();
+    this.#whenDurable(() => {
+      for (const listener of this.#commitTimeListeners) listener((performance.now() - started) / 1000);
+      if (changes.length > 0) for (const listener of this.#listeners) listener(changes);
+      for (const waiter of waiting) waiter.resolve();
+    }, true);
+  }
+
+  /**
+   * Runs `done` once everything committed so far is on disk: after an fsync
+   * of the WAL when `committed` (a commit just wrote to it) or while one is
+   * under way (it covers every commit: none starts during it), else at once.
+   */
+  #whenDurable(done: () => void, committed: boolean): void {
+    if (this.#walFd === undefined || (!committed && !this.#syncing)) return done();
+    this.#afterSync.push(done);
+    if (committed) this.#syncWal();
+  }
+
+  #syncWal(): void {
+    this.#syncing = true;
+    fdatasync(this.#walFd as number, (error) => {
+      // Committed, but perhaps never on disk: acknowledging anything now could lose it.
+      if (error) throw new Error('fsync of the SQLite WAL failed; restart to recover from the database file', { cause: error });
+      const waiting = this.#afterSync;
+      this.#afterSync = [];
+      this.#syncing = false;
+      for (const done of waiting) done();
+      if (this.#commitAfterSync) {
+        this.#commitAfterSync = false;
+        this.#commitWhenIdle();
+      }
+    });
   }
 }
 

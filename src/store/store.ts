@@ -182,5 +182,7 @@ export interface Store {
   revisionAt(time: number): Promise<number>;
   /** Called in revision order after every commit. */
   onCommit(listener: CommitListener): void;
+  /** Called with the seconds each commit took to become durable (for metrics). */
+  onCommitTime?(listener: (seconds: number) => void): void;
   close(): Promise<void>;
 }

@@ -1,0 +1,325 @@
+// Watch guarantees against a real server and SQLite file, each with its own
+// test: revision order, no gap, no duplicate, whole revisions per message,
+// progress events, the three start modes, relation events and flags in one
+// stream, and resuming at and below the compaction boundary.
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { Code } from '../src/errors.ts';
+import type { Change } from '../src/store/store.ts';
+import { startHarness, struct, type Harness } from './helpers/harness.ts';
+import { ANY, CERT, CSR, create, expectError, relate, respond, type Relation } from './helpers/fixture.ts';
+import { changeEvents, expectWellFormed, revisionsOf } from './helpers/watch-log.ts';
+import { isType, requestEvent, snapshotComplete, watch, watchReady, type Event, type Watch } from './helpers/streams.ts';
+import { eventually } from './helpers/world.ts';
+
+let h: Harness;
+beforeAll(async () => {
+  h = await startHarness({ durability: 'normal' });
+});
+afterAll(() => h.close());
+
+const NOW = { start: 'WATCH_START_NOW' };
+const after = (revision: number | string) => ({ start: 'WATCH_START_AFTER_REVISION', after_revision: String(revision) });
+
+/** Every change-log entry after the revision, read from the server's store. */
+async function changeLog(afterRevision: number): Promise<Change[]> {
+  const all: Change[] = [];
+  for (let cursor = afterRevision; ; ) {
+    const { changes, upTo } = await h.server.store.changesSince(cursor, 10_000);
+    all.push(...changes);
+    if (upTo === cursor) return all;
+    cursor = upTo;
+  }
+}
+
+/** Waits until the watch has delivered a batch at or beyond the revision. */
+async function reached(w: Watch, revision: number, timeoutMs = 10_000): Promise<void> {
+  if (w.batches.some((batch) => Number(batch.revision) >= revision)) return;
+  await w.events.next((event) => Number(event.batchRevision) >= revision, timeoutMs);
+}
+
+/** Request ids of request events of the type, in stream order. */
+const requestIds = (events: readonly Event[], type = 'ADDED') => events.filter(requestEvent(type)).map((event) => event.request.request_id as string);
+
+/** The current revision, as the hub has published it. */
+const currentRevision = () => h.server.hub.revision;
+
+describe('stream guarantees', () => {
+  test('events arrive in revision order, without gap, against the change log', async () => {
+    const r = await relate(h);
+    const from = currentRevision();
+    const w = watch(r.res(), { relation_id: r.id, ...after(from) });
+    // Concurrent writers: commits interleave and share group commits.
+    const created = await Promise.all(Array.from({ length: 60 }, (_, i) => create(r, { fields: struct({ common_name: `o${i}.example` }) })));
+    const answered = await Promise.all(created.slice(0, 30).map((request) => respond(r, request.request_id)));
+    const last = Math.max(...answered.map((response) => Number(response.revision)));
+    await reached(w, last);
+    w.cancel();
+    const expected = (await changeLog(from)).filter((change) => change.relation_id === r.id && change.data.kind === 'request' && change.revision <= last);
+    const seen = w.events.items.filter((event) => event.object === 'request' && Number(event.revision) <= last);
+    expect(seen.map((event) => Number(event.revision))).toEqual(expected.map((change) => change.revision));
+    expect(revisionsOf(seen)).toEqual([...revisionsOf(seen)].sort((a, b) => a - b));
+    expectWellFormed(w.batches);
+  });
+
+  test('no event is delivered twice within a stream, across snapshot and live changes', async () => {
+    const r = await relate(h);
+    const before = await Promise.all(Array.from({ length: 20 }, () => create(r)));
+    const w = watch(r.req(), { relation_id: r.id });
+    // Writes race the snapshot read: each object is ADDED once, by the snapshot or live.
+    const during = await Promise.all(Array.from({ length: 20 }, () => create(r)));
+    await w.events.next(snapshotComplete);
+    const ids = [...before, ...during].map((request) => request.request_id as string);
+    await eventually(async () => expect(new Set(requestIds(w.events.items))).toEqual(new Set(ids)));
+    expect(requestIds(w.events.items)).toHaveLength(ids.length);
+    w.cancel();
+    expectWellFormed(w.batches);
+  });
+
+  test("a write touching many objects arrives in one message, live and from the change log", async () => {
+    const r = await relate(h, { responders: 2 });
+    const many = 520; // more than one message's worth of events in one revision
+    const requests = await Promise.all(Array.from({ length: many }, () => create(r, { delivery: ANY })));
+    for (const request of requests) await r.res(0).call('ClaimRequest', { request_id: request.request_id });
+    const w = watch(r.res(1), { relation_id: r.id, ...NOW });
+    await eventually(async () => expect(h.server.hub.isWatched(r.id, 'responder', r.responders[1])).toBe(true));
+    const start = currentRevision();
+    // Leaving releases every claim of the unit: one revision touching every request.
+    const left = await h.registry.call('LeaveRelation', { relation_id: r.id, unit: r.responders[0] });
+    const leaveRevision = Number(left.relation.revision);
+    const created = await create(r);
+    await reached(w, Number(created.revision));
+    const ofLeave = w.batches.filter((batch) => batch.events.some((event: Event) => Number(event.revision) === leaveRevision));
+    expect(ofLeave).toHaveLength(1);
+    const leaveEvents = ofLeave[0]?.events as Event[];
+    expect(leaveEvents.filter((event) => event.type === 'EVENT_TYPE_MODIFIED')).toHaveLength(many);
+    expect(leaveEvents.map((event) => event.type)).toEqual(expect.arrayContaining(['EVENT_TYPE_UNIT_DEPARTED', 'EVENT_TYPE_FLAGS']));
+    expectWellFormed(w.batches);
+    // The same revision replayed from the change log is also one message.
+    const replay = watch(r.res(1), { relation_id: r.id, ...after(start) });
+    await reached(replay, Number(created.revision));
+    replay.cancel();
+    w.cancel();
+    expect(replay.batches.filter((batch) => batch.events.some((event: Event) => Number(event.revision) === leaveRevision))).toHaveLength(1);
+    expectWellFormed(replay.batches);
+  });
+
+  test("a request's events and the flags it changes arrive in one message", async () => {
+    const r = await relate(h);
+    const w = watch(r.res(), { relation_id: r.id, ...NOW });
+    await eventually(async () => expect(h.server.hub.isWatched(r.id, 'responder', r.responders[0])).toBe(true));
+    const created = await create(r);
+    const answered = await respond(r, created.request_id);
+    await reached(w, Number(answered.revision));
+    w.cancel();
+    const types = (revision: string) => w.batches.filter((batch) => batch.events.some((event: Event) => event.revision === revision)).map((batch) => batch.events.map((event: Event) => event.type));
+    expect(types(created.revision)).toEqual([['EVENT_TYPE_ADDED', 'EVENT_TYPE_FLAGS']]);
+    expect(types(answered.revision)).toEqual([['EVENT_TYPE_MODIFIED', 'EVENT_TYPE_FLAGS']]);
+  });
+
+  test('progress events carry the current revision at the configured interval while nothing matches', async () => {
+    const r = await relate(h);
+    const other = await relate(h);
+    const interval = 100;
+    const w = watch(r.res(), { relation_id: r.id, ...NOW, progress_interval_ms: interval });
+    const first = await w.events.next(isType('BOOKMARK'));
+    expect(Number(first.revision)).toBe(currentRevision());
+    // Writes elsewhere move the revision; the next bookmarks say so.
+    const elsewhere = await create(other);
+    const moved = await w.events.next((event) => event.type === 'EVENT_TYPE_BOOKMARK' && event.revision === elsewhere.revision);
+    expect(moved.batchRevision).toBe(elsewhere.revision);
+    const arrivals: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      await w.events.next(isType('BOOKMARK'));
+      arrivals.push(performance.now());
+    }
+    w.cancel();
+    const gaps = arrivals.slice(1).map((time, i) => time - (arrivals[i] as number));
+    // Timers never fire early; a busy machine may fire them late.
+    for (const gap of gaps) expect(gap).toBeGreaterThanOrEqual(interval * 0.8);
+    expect(Math.min(...gaps)).toBeLessThan(interval * 10);
+    expect(changeEvents(w.events.items)).toEqual([]);
+  });
+});
+
+describe('start modes', () => {
+  test('now: only changes after the start', async () => {
+    const r = await relate(h);
+    const old = await create(r);
+    const w = watch(r.res(), { relation_id: r.id, ...NOW });
+    await eventually(async () => expect(h.server.hub.isWatched(r.id, 'responder', r.responders[0])).toBe(true));
+    const fresh = await create(r);
+    const first = await w.events.next(requestEvent('ADDED'));
+    w.cancel();
+    expect(first.request.request_id).toBe(fresh.request_id);
+    expect(w.events.items.some((event) => event.request?.request_id === old.request_id)).toBe(false);
+  });
+
+  test('snapshot: ADDED per current object, flags, the completion marker, then live changes', async () => {
+    const r = await relate(h);
+    const existing = await Promise.all([create(r), create(r), create(r)]);
+    await respond(r, existing[0]?.request_id);
+    const snapshotAt = currentRevision();
+    const w = await watchReady(r.req(), { relation_id: r.id, start: 'WATCH_START_SNAPSHOT' });
+    const snapshot = [...w.events.items];
+    const marker = snapshot.at(-1) as Event;
+    expect(marker).toMatchObject({ type: 'EVENT_TYPE_SNAPSHOT_COMPLETE', revision: String(snapshotAt), batchRevision: String(snapshotAt) });
+    const added = snapshot.filter(isType('ADDED'));
+    expect(new Set(requestIds(added))).toEqual(new Set(existing.map((request) => request.request_id)));
+    expect(added.filter((event) => event.object === 'response').map((event) => event.response.request_id)).toEqual([existing[0]?.request_id]);
+    expect(snapshot.filter(isType('FLAGS'))).toHaveLength(1);
+    for (const event of snapshot) expect(event.revision).toBe(String(snapshotAt));
+    const live = await create(r);
+    const next = await w.events.next(requestEvent('ADDED'));
+    w.cancel();
+    expect([next.request.request_id, next.revision]).toEqual([live.request_id, live.revision]);
+    expectWellFormed(w.batches);
+  });
+
+  test('after a revision: the change log, then live changes, without gap while writes race the catch-up', async () => {
+    const r = await relate(h);
+    const from = currentRevision();
+    // Enough history that catch-up takes several change-log pages.
+    for (let i = 0; i < 6; i++) await Promise.all(Array.from({ length: 100 }, () => create(r)));
+    const w = watch(r.res(), { relation_id: r.id, ...after(from) });
+    const racing = await Promise.all(Array.from({ length: 200 }, () => create(r)));
+    const last = Math.max(...racing.map((request) => Number(request.revision)));
+    await reached(w, last, 20_000);
+    w.cancel();
+    const expected = (await changeLog(from)).filter((change) => change.relation_id === r.id && change.revision <= last && change.data.kind === 'request');
+    const seen = w.events.items.filter((event) => event.object === 'request' && Number(event.revision) <= last);
+    expect(seen.map((event) => `${event.revision}/${event.request.request_id}`)).toEqual(
+      expected.map((change) => `${change.revision}/${change.data.kind === 'request' ? change.data.after?.request_id : ''}`),
+    );
+    expect(seen).toHaveLength(800);
+    expectWellFormed(w.batches);
+  });
+
+  test('a revision in the future is refused', async () => {
+    const r = await relate(h);
+    const w = watch(r.res(), { relation_id: r.id, ...after(currentRevision() + 1000) });
+    const status = await w.status;
+    expect(status?.code).toBe(Code.OUT_OF_RANGE);
+    expect(status?.reason).toBe('FUTURE_REVISION');
+  });
+});
+
+describe('relation events and flags', () => {
+  test('joins, departures, relation removal and flags travel in one ordered stream', async () => {
+    const r = await relate(h, { requesters: 2 });
+    const w = watch(r.res(), { relation_id: r.id, ...NOW });
+    await eventually(async () => expect(h.server.hub.isWatched(r.id, 'responder', r.responders[0])).toBe(true));
+    const request = await create(r);
+    const left = await h.registry.call('LeaveRelation', { relation_id: r.id, unit: r.requesters[1] });
+    const joined = await h.registry.call('JoinRelation', { relation_id: r.id, unit: r.requesters[1] });
+    const answered = await respond(r, request.request_id);
+    const removed = await h.registry.call('DeleteRelation', { relation_id: r.id });
+    // A watch of one relation ends cleanly once the relation is gone.
+    expect(await w.status).toBeNull();
+    const log = w.events.items.map((event) => [event.type.replace('EVENT_TYPE_', ''), Number(event.revision), event.unit?.unit ?? event.request?.request_id ?? '']);
+    expect(log).toEqual([
+      ['ADDED', Number(request.revision), request.request_id],
+      ['FLAGS', Number(request.revision), ''],
+      ['UNIT_DEPARTED', Number(left.relation.revision), r.requesters[1]],
+      ['UNIT_JOINED', Number(joined.relation.revision), r.requesters[1]],
+      ['MODIFIED', Number(answered.revision), request.request_id],
+      ['FLAGS', Number(answered.revision), ''],
+      ['RELATION_REMOVED', Number(removed.revision), ''],
+    ]);
+    const flags = w.events.items.filter(isType('FLAGS')).map((event) => event.responder_flags);
+    expect(flags).toEqual([
+      { available: true, has_requests: true, new_requests: true },
+      { available: true, has_requests: true, new_requests: false },
+    ]);
+    expectWellFormed(w.batches);
+  });
+
+  test('a watch of every relation of the unit follows its joins; a watch of one relation does not', async () => {
+    const r = await relate(h);
+    const responderApp = r.responders[0]?.split('/')[0] as string;
+    const { relation: second } = await h.registry.call('CreateRelation', {
+      interface: 'tls-certificates',
+      requester_application: r.requesters[0]?.split('/')[0],
+      requester_endpoint: 'certificates',
+      responder_application: responderApp,
+      responder_endpoint: 'more',
+    });
+    const every = await watchReady(r.res(), { relation_id: '' });
+    const one = await watchReady(r.res(), { relation_id: r.id });
+    await h.registry.call('JoinRelation', { relation_id: second.id, unit: r.responders[0] });
+    await h.registry.call('JoinRelation', { relation_id: second.id, unit: r.requesters[0] });
+    const inSecond = (await r.req().call('CreateRequest', { relation_id: second.id, fields: struct(CSR) })).request;
+    const inFirst = await create(r);
+    await every.events.next(requestEvent('ADDED', inFirst.request_id));
+    await one.events.next(requestEvent('ADDED', inFirst.request_id));
+    every.cancel();
+    one.cancel();
+    const joins = every.events.items.filter(isType('UNIT_JOINED')).map((event) => [event.relation_id, event.unit.unit]);
+    expect(joins).toEqual([
+      [second.id, r.responders[0]],
+      [second.id, r.requesters[0]],
+    ]);
+    expect(requestIds(every.events.items)).toEqual([inSecond.request_id, inFirst.request_id]);
+    expect(requestIds(one.events.items)).toEqual([inFirst.request_id]);
+    expect(one.events.items.some((event) => event.relation_id === second.id)).toBe(false);
+    expectWellFormed(every.batches);
+  });
+
+  test('new-only watches see a request leave when it is answered; all-request watches see it change', async () => {
+    const r = await relate(h);
+    const all = watch(r.res(), { relation_id: r.id, ...NOW, filter: 'REQUEST_FILTER_ALL' });
+    const fresh = watch(r.res(), { relation_id: r.id, ...NOW, filter: 'REQUEST_FILTER_NEW' });
+    await eventually(async () => expect(h.server.hub.watcherCount).toBeGreaterThanOrEqual(2));
+    await eventually(async () => expect(h.server.hub.isWatched(r.id, 'responder', r.responders[0])).toBe(true));
+    const request = await create(r);
+    await r.res().call('Respond', { request_id: request.request_id, fields: struct(CERT) });
+    const again = await create(r);
+    for (const w of [all, fresh]) await w.events.next(requestEvent('ADDED', again.request_id));
+    all.cancel();
+    fresh.cancel();
+    const kinds = (w: Watch) => w.events.items.filter((event) => event.object === 'request').map((event) => [event.type.replace('EVENT_TYPE_', ''), event.request.request_id]);
+    expect(kinds(all)).toEqual([
+      ['ADDED', request.request_id],
+      ['MODIFIED', request.request_id],
+      ['ADDED', again.request_id],
+    ]);
+    expect(kinds(fresh)).toEqual([
+      ['ADDED', request.request_id],
+      ['DELETED', request.request_id],
+      ['ADDED', again.request_id],
+    ]);
+  });
+});
+
+describe('history compaction', () => {
+  let small: Harness;
+  let r: Relation;
+  beforeAll(async () => {
+    small = await startHarness({ durability: 'normal', historyRevisions: 20 });
+    r = await relate(small);
+    for (let i = 0; i < 40; i++) await create(r);
+    // The compactor runs on a timer; there is no event to await.
+    await eventually(async () => expect(small.server.store.compactedRevision()).toBeGreaterThan(0), 15_000);
+  }, 30_000);
+  afterAll(() => small.close());
+
+  test('resuming below the window fails with REVISION_COMPACTED naming the oldest retained revision', async () => {
+    const compacted = small.server.store.compactedRevision();
+    const w = watch(r.res(), { relation_id: r.id, ...after(compacted - 1) });
+    const status = await w.status;
+    expect(status).not.toBeNull();
+    expectError(status!, Code.OUT_OF_RANGE, 'REVISION_COMPACTED');
+    expect(status?.metadata).toMatchObject({ requested_revision: String(compacted - 1), oldest_retained_revision: String(compacted + 1) });
+    expect(w.events.items).toEqual([]);
+  });
+
+  test('resuming exactly at the boundary replays every retained change', async () => {
+    const compacted = small.server.store.compactedRevision();
+    const current = small.server.hub.revision;
+    const w = watch(r.res(), { relation_id: r.id, ...after(compacted) });
+    await w.events.next((event) => Number(event.batchRevision) >= current);
+    w.cancel();
+    const revisions = revisionsOf(w.events.items.filter((event) => event.object === 'request'));
+    expect(revisions[0]).toBe(compacted + 1);
+    expect(revisions).toEqual(Array.from({ length: current - compacted }, (_, i) => compacted + 1 + i));
+  });
+});
