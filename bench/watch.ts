@@ -3,31 +3,28 @@
 //   fan-out   one change to 1,000 watchers, deliveries/s
 //   memory    server RSS per idle watch, at 10,000 watches
 //   catch-up  a watcher 100,000 changes behind: time until it is live
-// Usage: node bench/watch.ts [--quick]
+// Usage: node bench/watch.ts [--quick]; `npm run bench` runs the same
+// scenarios through runWatchScenarios.
 import * as grpc from '@grpc/grpc-js';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { spawnBareWatchServer, type BareWatchServer } from './lib/bare-watch-server.ts';
 import { spawnRelgate, tempDir, type ServerProcess } from './lib/processes.ts';
 import { REQUEST_FIELDS, REQUESTER_UNIT, RESPONDER_UNIT, relgateClient, setUpRelation, unary, unitMetadata, type RelgateClient } from './lib/relgate.ts';
+import { markdownFigures, type FigureRow } from './lib/report.ts';
 import { spawnWatchClients, type WatchClientsConfig } from './lib/watch-clients.ts';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Message = Record<string, any>;
 
-const quick = process.argv.includes('--quick');
 const FANOUT_WATCHERS = 1_000;
-const FANOUT_ROUNDS = quick ? 30 : 200;
-const IDLE_WATCHES = quick ? 2_000 : 10_000;
-const CATCH_UP_CHANGES = quick ? 10_000 : 100_000;
 
-interface Row {
-  scenario: string;
-  relgate: string;
-  baseline: string;
-  ratio: string;
-  target: string;
+/** How much each scenario does: a quick run does less. */
+function sizes(quick: boolean) {
+  return { fanOutRounds: quick ? 30 : 200, idleWatches: quick ? 2_000 : 10_000, catchUpChanges: quick ? 10_000 : 100_000 };
 }
+
+type Row = FigureRow;
 
 /** A relgate server in its own process with one relation, and a requester client. */
 interface RelgateUnderTest {
@@ -96,7 +93,7 @@ interface FanOutTarget {
  * take turns in blocks of rounds, so that a busy machine weighs on both
  * alike. The figure is the median block's rate; the spread goes to stderr.
  */
-async function fanOut(request: Message, targets: FanOutTarget[]): Promise<number[]> {
+async function fanOut(request: Message, targets: FanOutTarget[], fanOutRounds: number): Promise<number[]> {
   const clients = await Promise.all(targets.map((target) => spawnWatchClients(watchers(target.address, request, FANOUT_WATCHERS, 10))));
   const block = 10;
   const rates: number[][] = targets.map(() => []);
@@ -107,7 +104,7 @@ async function fanOut(request: Message, targets: FanOutTarget[]): Promise<number
     return (count * FANOUT_WATCHERS) / ((performance.now() - started) / 1000);
   };
   for (let i = 0; i < targets.length; i++) await rounds(i, 5);
-  for (let done = 0; done < FANOUT_ROUNDS; done += block) {
+  for (let done = 0; done < fanOutRounds; done += block) {
     for (let i = 0; i < targets.length; i++) rates[i]?.push(await rounds(i, block));
   }
   await Promise.all(clients.map((client) => client.close()));
@@ -120,17 +117,17 @@ async function fanOut(request: Message, targets: FanOutTarget[]): Promise<number
 
 const median = (sorted: number[]) => sorted[Math.floor(sorted.length / 2)] ?? 0;
 
-/** Server RSS growth per idle watch, in KB, over IDLE_WATCHES streams on 100 connections. */
-async function memoryPerWatch(pid: number, address: string, request: Message): Promise<number> {
+/** Server RSS growth per idle watch, in KB, over `idleWatches` streams on 100 connections. */
+async function memoryPerWatch(pid: number, address: string, request: Message, idleWatches: number): Promise<number> {
   const warm = await spawnWatchClients(watchers(address, request, 100, 10));
   await settle();
   const before = rssKb(pid);
-  const idle = await spawnWatchClients(watchers(address, request, IDLE_WATCHES, 100));
+  const idle = await spawnWatchClients(watchers(address, request, idleWatches, 100));
   await settle();
   const after = rssKb(pid);
   await idle.close();
   await warm.close();
-  return (after - before) / IDLE_WATCHES;
+  return (after - before) / idleWatches;
 }
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 2_000));

@@ -12,6 +12,18 @@ export interface SystemResult {
   error?: string;
 }
 
+/** A scenario measured as its own figures (memory, seconds, latency) against a target. */
+export interface FigureRow {
+  scenario: string;
+  relgate: string;
+  /** The same measurement of the baseline, '' where there is none. */
+  baseline: string;
+  ratio: string;
+  target: string;
+  /** Undefined where the row has no target. */
+  met: boolean | undefined;
+}
+
 export type P50Target =
   /** relgate's p50 at 1 in flight at most this many milliseconds. */
   | { atMostMs: number }
@@ -109,14 +121,33 @@ function cells(row: Row): string[] {
 }
 
 export function markdownTable(rows: readonly Row[]): string {
-  const lines = [HEADER, HEADER.map(() => '---'), ...rows.map(cells)];
-  return lines.map((line) => `| ${line.join(' | ')} |`).join('\n');
+  return markdown(HEADER, rows.map(cells));
 }
 
 /** The same table aligned for a terminal. */
 export function textTable(rows: readonly Row[]): string {
-  const lines = [HEADER, ...rows.map(cells)];
-  const widths = HEADER.map((_, i) => Math.max(...lines.map((line) => (line[i] ?? '').length)));
+  return text(HEADER, rows.map(cells));
+}
+
+const FIGURE_HEADER = ['Scenario', 'relgate', 'Baseline', 'Ratio', 'Target', ''];
+const figureCells = (row: FigureRow) => [row.scenario, row.relgate, row.baseline, row.ratio, row.target, verdict(row.met)];
+
+export function markdownFigures(rows: readonly FigureRow[]): string {
+  return markdown(FIGURE_HEADER, rows.map(figureCells));
+}
+
+export function textFigures(rows: readonly FigureRow[]): string {
+  return text(FIGURE_HEADER, rows.map(figureCells));
+}
+
+function markdown(header: string[], body: string[][]): string {
+  const lines = [header, header.map(() => '---'), ...body];
+  return lines.map((line) => `| ${line.join(' | ')} |`).join('\n');
+}
+
+function text(header: string[], body: string[][]): string {
+  const lines = [header, ...body];
+  const widths = header.map((_, i) => Math.max(...lines.map((line) => (line[i] ?? '').length)));
   return lines.map((line) => line.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
 }
 

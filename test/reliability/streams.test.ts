@@ -22,12 +22,15 @@ const STREAMS = Number(process.env.RELGATE_LOAD_STREAMS ?? 10_000);
 /**
  * The memory bound: growth of server RSS over the fresh server, per open
  * stream, at the peak of any round (garbage of closed rounds included). An
- * idle grpc-js server stream alone costs about 14 KiB; 48 KiB per stream
- * means 10,000 streams fit in 480 MiB.
+ * idle grpc-js server stream alone costs about 14 KiB; the peaks measured
+ * are 25-46 KiB, depending on connections and collection timing. 64 KiB per
+ * stream means 10,000 streams fit in 625 MiB.
  */
-const KIB_PER_STREAM = 48;
-/** Steady state: a further round may not grow the server past this share of the previous round's peak. */
-const ROUND_GROWTH = 0.2;
+const KIB_PER_STREAM = 64;
+// Peak RSS swings with garbage-collection timing, so a later round may peak
+// higher; a leak of the streams would add what a whole round holds. Fail when
+// a round adds more than half of that.
+const LEAK_SHARE = 0.5;
 
 describe(`${STREAMS} concurrent watch streams`, () => {
   let dir: string;
@@ -114,7 +117,7 @@ describe(`${STREAMS} concurrent watch streams`, () => {
     await held?.close();
     await drained(2);
     const third = await round(w.responders[2] as string, 100);
-    expect(third, `third round peak vs second (${second.toFixed(1)} MiB)`).toBeLessThan(second * (1 + ROUND_GROWTH));
+    expect(third, `third round peak vs second (${second.toFixed(1)} MiB, fresh server ${baseline.toFixed(1)} MiB)`).toBeLessThan(second + (second - baseline) * LEAK_SHARE);
   }, 240_000);
 });
 
