@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vit
 import { spawnServe, type ServeProcess } from './helpers/grpcurl.ts';
 import { Rpc, v1 } from './helpers/harness.ts';
 import { makeCertificates } from './helpers/tls.ts';
-import { go, preparePolyglot, python, run, runOne, startClient, type ClientProcess, type Line } from './helpers/polyglot.ts';
+import { go, preparePolyglot, python, runOne, startClient, type ClientProcess, type Line } from './helpers/polyglot.ts';
 
 const ADMIN_TOKEN = 'rga_interop-admin-token';
 const INVALID_ARGUMENT = 3;

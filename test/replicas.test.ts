@@ -7,7 +7,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code, fromServiceError } from '../src/errors.ts';
-import { startHarness, struct, v1, Rpc, type Harness } from './helpers/harness.ts';
+import { clientsOf, startHarness, struct, Rpc, type Harness } from './helpers/harness.ts';
 import { PROJECT_DIR } from '../src/protos.ts';
 import { findGrpcurl, parseMessages, shell, spawnServe, type ServeProcess } from './helpers/grpcurl.ts';
 import { sql, startPostgres, type PostgresCluster } from './helpers/postgres.ts';
@@ -33,23 +33,6 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-/** Clients of a gateway at an address (a replica in its own process). */
-function clientsOf(address: string): Clients & { close(): void } {
-  const made: grpc.Client[] = [];
-  const make = (service: string, unit?: string) => {
-    const Client = v1[service];
-    if (!Client) throw new Error(`no ${service}`);
-    const client = new Client(address, grpc.credentials.createInsecure());
-    made.push(client);
-    return new Rpc(client, unit);
-  };
-  return {
-    registry: make('RegistryService'),
-    requester: (unit) => make('RequesterService', unit),
-    responder: (unit) => make('ResponderService', unit),
-    close: () => made.forEach((client) => client.close()),
-  };
-}
 
 /** The world's units as clients of another replica. */
 function on(replica: Clients, world: World) {

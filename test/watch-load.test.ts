@@ -12,7 +12,7 @@ import { afterAll, describe, expect, test } from 'vitest';
 import { Code } from '../src/errors.ts';
 import { PROJECT_DIR } from '../src/protos.ts';
 import { startServer, type RunningServer } from '../src/server.ts';
-import { Rpc, json, startHarness, struct, v1, type Harness } from './helpers/harness.ts';
+import { Rpc, clientsOf, json, startHarness, struct, v1, type Harness } from './helpers/harness.ts';
 import { requestEvent, watch, type Event, type Msg, type Watch } from './helpers/streams.ts';
 import { expectWellFormed } from './helpers/watch-log.ts';
 import { eventually, makeWorld, type Clients } from './helpers/world.ts';
@@ -33,23 +33,6 @@ const RSS_BOUND_MB = 48;
 const after = (revision: number | string) => ({ start: 'WATCH_START_AFTER_REVISION', after_revision: String(revision) });
 const NOW = { start: 'WATCH_START_NOW' };
 
-/** Clients of a server at the address; close() closes them all. */
-function clientsOf(address: string): Clients & { close(): void } {
-  const made: grpc.Client[] = [];
-  const make = (service: string, unit?: string) => {
-    const Client = v1[service];
-    if (!Client) throw new Error(`no ${service}`);
-    const client = new Client(address, grpc.credentials.createInsecure());
-    made.push(client);
-    return new Rpc(client, unit);
-  };
-  return {
-    registry: make('RegistryService'),
-    requester: (unit) => make('RequesterService', unit),
-    responder: (unit) => make('ResponderService', unit),
-    close: () => made.forEach((client) => client.close()),
-  };
-}
 
 /** Runs `work` on every item with at most `inFlight` at a time; results in item order. */
 async function pool<T, R>(items: readonly T[], inFlight: number, work: (item: T) => Promise<R>): Promise<R[]> {

@@ -86,6 +86,24 @@ export async function startHarness(config: Partial<ServerConfig> = {}): Promise<
   };
 }
 
+/** Clients of a server at an address (e.g. one in another process); close() closes them all. */
+export function clientsOf(address: string): { registry: Rpc; requester(unit: string): Rpc; responder(unit: string): Rpc; close(): void } {
+  const made: grpc.Client[] = [];
+  const make = (service: string, unit?: string) => {
+    const Client = v1[service];
+    if (!Client) throw new Error(`no ${service}`);
+    const client = new Client(address, grpc.credentials.createInsecure());
+    made.push(client);
+    return new Rpc(client, unit);
+  };
+  return {
+    registry: make('RegistryService'),
+    requester: (unit) => make('RequesterService', unit),
+    responder: (unit) => make('ResponderService', unit),
+    close: () => made.forEach((client) => client.close()),
+  };
+}
+
 /** Registers a requester app with units, a responder app with units, relates and joins them. */
 export async function setupRelation(h: Pick<Harness, 'registry'>, options: { iface?: string; requesters?: string[]; responders?: string[]; labels?: Record<string, Record<string, string>> } = {}) {
   const requesters = options.requesters ?? ['webapp/0'];

@@ -1,27 +1,7 @@
-// Shared by the reliability tests: clients of a server in another process,
-// that process's resident memory, and polling for state without an event.
+// Shared by the reliability tests: clients of a server in another process
+// (re-exported), that process's resident memory, and polling for state without an event.
 import { readFileSync } from 'node:fs';
-import * as grpc from '@grpc/grpc-js';
-import { Rpc, v1 } from '../helpers/harness.ts';
-import type { Clients } from '../helpers/world.ts';
-
-/** Clients of a server at the address; close() closes them all. */
-export function clientsOf(address: string): Clients & { close(): void } {
-  const made: grpc.Client[] = [];
-  const make = (service: string, unit?: string) => {
-    const Client = v1[service];
-    if (!Client) throw new Error(`no ${service}`);
-    const client = new Client(address, grpc.credentials.createInsecure());
-    made.push(client);
-    return new Rpc(client, unit);
-  };
-  return {
-    registry: make('RegistryService'),
-    requester: (unit) => make('RequesterService', unit),
-    responder: (unit) => make('ResponderService', unit),
-    close: () => made.forEach((client) => client.close()),
-  };
-}
+export { clientsOf } from '../helpers/harness.ts';
 
 /** Resident memory of a process, in MiB. */
 export function rssMb(pid: number | undefined): number {
