@@ -6,6 +6,7 @@
 //   npm run bench                       full run (about 8 minutes)
 //   npm run bench -- --quick            short run, for development
 //   npm run bench -- --only echo,relgate-session
+//   npm run bench -- --only scale,watch    the scenarios measured as figures
 //   npm run bench -- --cpu-prof         CPU profiles of relgate's processes
 //   npm run bench -- --docs             also put the results into docs/benchmarks.md
 import { execFileSync } from 'node:child_process';
@@ -20,8 +21,10 @@ import { findGhz, GHZ_VERSION, runGhz } from './lib/ghz.ts';
 import type { LoadOptions, LoadResult } from './lib/load.ts';
 import { spawnEtcd, spawnNats, spawnRelgate, tempDir, type ServerProcess } from './lib/processes.ts';
 import { REQUESTER_UNIT, setUpRelation } from './lib/relgate.ts';
-import { compare, markdownTable, systemsTable, textTable, type Comparison, type SystemResult } from './lib/report.ts';
+import { compare, markdownFigures, markdownTable, systemsTable, textFigures, textTable, type Comparison, type FigureRow, type Row, type SystemResult } from './lib/report.ts';
 import { startRole, type RoleHandle } from './lib/role.ts';
+import { runScale } from './scale.ts';
+import { runWatchScenarios } from './watch.ts';
 
 const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 const PROJECT_DIR = path.dirname(BENCH_DIR);
@@ -236,6 +239,35 @@ const SYSTEMS: SystemSpec[] = [
   { name: 'ghz-call', label: 'ghz on relgate Call', settings: `ghz ${GHZ_VERSION}, one connection; the responder answers over its session`, measure: measureGhz('relgate-call') },
 ];
 
+/** Scenarios that are not round trips: each yields its own rows of figures. */
+interface ScenarioSpec {
+  name: string;
+  label: string;
+  settings: string;
+  run: () => Promise<FigureRow[]>;
+}
+
+const SCALE = flags.quick ? { requests: 100_000, relations: 1_000 } : { requests: 1_000_000, relations: 10_000 };
+
+const SCENARIOS: ScenarioSpec[] = [
+  {
+    name: 'scale',
+    label: `Scale (${SCALE.requests.toLocaleString('en-US')} requests, ${SCALE.relations.toLocaleString('en-US')} relations${flags.quick ? ', quick: the full run has 1,000,000 and 10,000' : ''})`,
+    settings:
+      'relgate serve (synchronous=FULL) on a database seeded through relgate\'s own store and service code: 100 requests per relation created round-robin, all but the newest 10 of each answered, the change log compacted; ' +
+      'RSS from /proc a second after start-up, start-up as the median of 3 spawns until the "relgate serving" line, both also on an empty database; ' +
+      'the responder\'s ListIncomingRequests and the requester\'s ListRequests, NEW filter, on a random relation, 1 in flight, from a client in its own process, ' +
+      'against a raw grpc-js unary echo at 1 in flight measured in the same scenario; delete bench/results/scale-*.db to seed afresh',
+    run: () => runScale({ ...SCALE, timing, execArgv: relgateExecArgv, cacheDir: RESULTS_DIR }),
+  },
+  {
+    name: 'watch',
+    label: 'Watch fan-out, idle-watch memory and catch-up',
+    settings: 'relgate against a bare grpc-js server sending the same watch messages, each server and the watch clients in their own processes (bench/watch.ts)',
+    run: () => runWatchScenarios({ quick: flags.quick }),
+  },
+];
+
 const COMPARISONS: Comparison[] = [
   { scenario: 'Session round trip vs echo', relgate: 'relgate-session', baseline: 'echo', throughput: { inFlight: 64, atLeast: 1.5 }, p50: { atMostMs: 1.0 } },
   { scenario: 'Unary create + watches + respond vs echo', relgate: 'relgate-unary', baseline: 'echo', throughput: { inFlight: 64, atLeast: 0.5 } },
@@ -276,19 +308,16 @@ function describeMachine(): Record<string, string> {
   };
 }
 
-function markdownReport(started: Date, machine: Record<string, string>, systems: SystemResult[], specs: SystemSpec[], table: string, missing: string[]): string {
+function markdownReport(started: Date, machine: Record<string, string>, systems: SystemResult[], specs: (SystemSpec | ScenarioSpec)[], rows: Row[], figures: FigureRow[], missing: string[]): string {
   const mode = flags.quick ? 'quick' : 'full';
   return [
     `Run of ${started.toISOString()} (${mode}: ${timing.warmupMs / 1000} s warm-up and ${timing.durationMs / 1000} s measured per level), \`npm run bench${flags.quick ? ' -- --quick' : ''}\`.`,
     '',
     `Machine: ${Object.entries(machine).map(([key, value]) => `${key} ${value}`).join('; ')}.`,
-    '',
-    table,
+    ...(rows.length > 0 ? ['', markdownTable(rows)] : []),
+    ...(figures.length > 0 ? ['', markdownFigures(figures)] : []),
     ...(missing.length > 0 ? ['', 'Not compared in this run:', '', ...missing.map((line) => `- ${line.split('\n')[0]}`)] : []),
-    '',
-    'Every system on its own:',
-    '',
-    systemsTable(systems),
+    ...(systems.length > 0 ? ['', 'Every system on its own:', '', systemsTable(systems)] : []),
     '',
     'Settings:',
     '',
@@ -311,6 +340,9 @@ function updateDocs(markdown: string): void {
 async function main(): Promise<void> {
   const only = flags.only?.split(',').map((name) => name.trim());
   const specs = SYSTEMS.filter((spec) => !only || only.includes(spec.name));
+  const scenarios = SCENARIOS.filter((scenario) => !only || only.includes(scenario.name));
+  const unknown = only?.filter((name) => ![...SYSTEMS, ...SCENARIOS].some((spec) => spec.name === name)) ?? [];
+  if (unknown.length > 0) throw new Error(`--only: no system or scenario named ${unknown.join(', ')}`);
   const started = new Date();
   const machine = describeMachine();
   const systems = new Map<string, SystemResult>();
@@ -324,15 +356,28 @@ async function main(): Promise<void> {
       systems.set(spec.name, { name: spec.name, label: spec.label, levels: [], error: message });
     }
   }
+  const figures: FigureRow[] = [];
+  for (const scenario of scenarios) {
+    process.stdout.write(`${scenario.label}\n`);
+    try {
+      figures.push(...(await scenario.run()));
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      process.stdout.write(`    failed: ${message}\n`);
+      figures.push({ scenario: scenario.label, relgate: `failed: ${message.split('\n')[0]}`, baseline: '', ratio: '', target: '', met: false });
+      process.exitCode = 1;
+    }
+  }
   const selected = COMPARISONS.filter((comparison) => systems.has(comparison.relgate) && systems.has(comparison.baseline));
   const { rows, missing } = compare(selected, systems);
-  process.stdout.write(`\n${textTable(rows)}\n`);
+  if (rows.length > 0) process.stdout.write(`\n${textTable(rows)}\n`);
+  if (figures.length > 0) process.stdout.write(`\n${textFigures(figures)}\n`);
   for (const line of missing) process.stdout.write(`not compared: ${line.split('\n')[0]}\n`);
 
-  const markdown = markdownReport(started, machine, [...systems.values()], specs, markdownTable(rows), missing);
+  const markdown = markdownReport(started, machine, [...systems.values()], [...specs, ...scenarios], rows, figures, missing);
   mkdirSync(RESULTS_DIR, { recursive: true });
   const stamp = started.toISOString().replace(/[:.]/g, '-');
-  const json = JSON.stringify({ started: started.toISOString(), quick: flags.quick, timing, machine, systems: [...systems.values()], rows }, null, 2);
+  const json = JSON.stringify({ started: started.toISOString(), quick: flags.quick, timing, machine, systems: [...systems.values()], rows, figures }, null, 2);
   for (const name of [stamp, 'latest']) {
     writeFileSync(path.join(RESULTS_DIR, `${name}.json`), `${json}\n`);
     writeFileSync(path.join(RESULTS_DIR, `${name}.md`), `${markdown}\n`);

@@ -53,6 +53,7 @@ CREATE INDEX IF NOT EXISTS requests_by_due ON requests (due) WHERE due IS NOT NU
 CREATE TABLE IF NOT EXISTS responses (request_id TEXT NOT NULL, responder_unit TEXT NOT NULL, revision INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (request_id, responder_unit)) STRICT;
 CREATE TABLE IF NOT EXISTS flags (relation_id TEXT NOT NULL, unit TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (relation_id, unit)) STRICT;
 CREATE TABLE IF NOT EXISTS changes (revision INTEGER NOT NULL, idx INTEGER NOT NULL, relation_id TEXT NOT NULL, time INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (revision, idx)) STRICT;
+CREATE INDEX IF NOT EXISTS changes_by_time ON changes (time);
 `;
 
 function prepareStatements(db: Database.Database) {
@@ -97,7 +98,10 @@ function prepareStatements(db: Database.Database) {
       'SELECT revision, idx, relation_id, time, doc FROM changes WHERE revision > ? AND revision <= ? ORDER BY revision, idx',
     ),
     compact: db.prepare('DELETE FROM changes WHERE revision <= ?'),
-    revisionAt: db.prepare<[number], { revision: number | null }>('SELECT max(revision) AS revision FROM changes WHERE time <= ?'),
+    // Times grow with revisions, so the newest change by time is a B-tree seek (max(revision) scanned the log).
+    revisionAt: db.prepare<[number], { revision: number | null }>(
+      'SELECT revision FROM changes INDEXED BY changes_by_time WHERE time <= ? ORDER BY time DESC, revision DESC LIMIT 1',
+    ),
   };
 }
 
