@@ -65,7 +65,7 @@ export async function runGhz(ghz: string, options: GhzOptions): Promise<LoadResu
   const ok = report.statusCodeDistribution.OK ?? 0;
   const failed = report.count - ok;
   // When the duration ends ghz closes its connection under the calls still in flight.
-  const cutAtEnd = Object.entries(report.errorDistribution ?? {}).every(([message]) => /closed network connection|transport is closing|context canceled/.test(message));
+  const cutAtEnd = Object.entries(report.errorDistribution ?? {}).every(([message]) => /closed network connection|transport is closing|context canceled|client connection is closing/.test(message));
   if (failed > (cutAtEnd ? options.concurrency : 0)) throw new Error(`ghz saw failed calls: ${JSON.stringify(report.statusCodeDistribution)} ${JSON.stringify(report.errorDistribution ?? {})}`);
   const at = (percentage: number) => (report.latencyDistribution?.find((entry) => entry.percentage === percentage)?.latency ?? Number.NaN) / 1e6;
   const seconds = report.total / 1e9;
