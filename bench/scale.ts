@@ -20,7 +20,7 @@ import { RequestService } from '../src/request-service.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
 import { jsonToStruct } from '../src/struct.ts';
 import type { LoadOptions, LoadResult } from './lib/load.ts';
-import { spawnRelgate, tempDir } from './lib/processes.ts';
+import { procStatusKb, spawnRelgate, tempDir } from './lib/processes.ts';
 import { RESPONSE_FIELDS, relgateClient, unary, unitMetadata } from './lib/relgate.ts';
 import type { FigureRow } from './lib/report.ts';
 import { serveRoles, startRole, type Config } from './lib/role.ts';
@@ -162,11 +162,6 @@ async function seededDatabase(options: ScaleOptions): Promise<{ db: string; layo
   return { db, layout };
 }
 
-function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
-  const match = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!match) throw new Error(`no ${field} for process ${pid}`);
-  return Number(match[1]);
-}
 
 const settle = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -6,10 +6,9 @@
 // Usage: node bench/watch.ts [--quick]; `npm run bench` runs the same
 // scenarios through runWatchScenarios.
 import * as grpc from '@grpc/grpc-js';
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { spawnBareWatchServer, type BareWatchServer } from './lib/bare-watch-server.ts';
-import { spawnRelgate, tempDir, type ServerProcess } from './lib/processes.ts';
+import { procStatusKb, spawnRelgate, tempDir, type ServerProcess } from './lib/processes.ts';
 import { REQUEST_FIELDS, REQUESTER_UNIT, RESPONDER_UNIT, relgateClient, setUpRelation, unary, unitMetadata, type RelgateClient } from './lib/relgate.ts';
 import { markdownFigures, type FigureRow } from './lib/report.ts';
 import { spawnWatchClients, type WatchClientsConfig } from './lib/watch-clients.ts';
@@ -121,10 +120,10 @@ const median = (sorted: number[]) => sorted[Math.floor(sorted.length / 2)] ?? 0;
 async function memoryPerWatch(pid: number, address: string, request: Message, idleWatches: number): Promise<number> {
   const warm = await spawnWatchClients(watchers(address, request, 100, 10));
   await settle();
-  const before = rssKb(pid);
+  const before = procStatusKb(pid, 'VmRSS');
   const idle = await spawnWatchClients(watchers(address, request, idleWatches, 100));
   await settle();
-  const after = rssKb(pid);
+  const after = procStatusKb(pid, 'VmRSS');
   await idle.close();
   await warm.close();
   return (after - before) / idleWatches;
@@ -132,10 +131,6 @@ async function memoryPerWatch(pid: number, address: string, request: Message, id
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 2_000));
 
-function rssKb(pid: number): number {
-  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return Number(match?.[1]);
-}
 
 /** Seconds from opening a watch after `afterRevision` until it has delivered `until`. */
 async function catchUp(address: string, relationId: string, afterRevision: number, until: number): Promise<{ seconds: number; events: number }> {

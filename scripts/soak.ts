@@ -10,13 +10,13 @@
 //
 //   node scripts/soak.ts [--duration 600] [--interval 10] [--concurrency 16] [--out DIR]
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { PNG } from 'pngjs';
+import { freePort, rssMb } from '../bench/lib/processes.ts';
 import { PROJECT_DIR, loadApi } from '../src/protos.ts';
 import { jsonToStruct, structToJson } from '../src/struct.ts';
 
@@ -61,14 +61,6 @@ interface Sample {
 
 // ---- the server ----
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const address = probe.address();
-      probe.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
-}
 
 async function startGateway(dir: string) {
   const address = `127.0.0.1:${await freePort()}`;
@@ -82,10 +74,6 @@ async function startGateway(dir: string) {
   return { address, child, stop: async () => (child.kill('SIGTERM'), await exited) };
 }
 
-function rssMib(pid: number): number {
-  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return Number(match?.[1]) / 1024;
-}
 
 // ---- clients ----
 
@@ -402,7 +390,7 @@ async function main(): Promise<void> {
   const sampler = setInterval(() => {
     const { latencies, errors } = load.window();
     const sorted = latencies.sort((a, b) => a - b);
-    const sample = { elapsedS: Math.round((performance.now() - started) / 1000), rssMib: rssMib(pid), roundTrips: sorted.length, p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99), errors };
+    const sample = { elapsedS: Math.round((performance.now() - started) / 1000), rssMib: rssMb(pid), roundTrips: sorted.length, p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99), errors };
     samples.push(sample);
     rows.push([sample.elapsedS, sample.rssMib.toFixed(1), sample.roundTrips, sample.p50Ms.toFixed(2), sample.p99Ms.toFixed(2), sample.errors].join(','));
     writeFileSync(csv, `${rows.join('\n')}\n`);

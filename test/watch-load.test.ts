@@ -3,8 +3,7 @@
 // memory bounded, a healthy watcher unaffected), a thousand watchers on one
 // server, and shutdown and restart with open watches.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -16,6 +15,7 @@ import { Rpc, clientsOf, json, startHarness, struct, v1, type Harness } from './
 import { requestEvent, watch, type Event, type Msg, type Watch } from './helpers/streams.ts';
 import { expectWellFormed } from './helpers/watch-log.ts';
 import { eventually, makeWorld, type Clients } from './helpers/world.ts';
+import { freePort, rssMb } from '../bench/lib/processes.ts';
 import { spawnWatchClients, type WatchClients } from '../bench/lib/watch-clients.ts';
 
 /**
@@ -194,21 +194,10 @@ async function probeLatency(healthy: Watch, createOne: () => Promise<Msg>): Prom
   return percentile(times, 0.5);
 }
 
-/** The process's resident set size in MB, from /proc. */
-function rssMb(pid: number | undefined): number {
-  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return Number(match?.[1]) / 1024;
-}
 
 /** `relgate serve` as its own process on a free loopback port. */
 async function serveInChild(db: string, args: string[]): Promise<{ child: ChildProcess; address: string }> {
-  const port = await new Promise<number>((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const address = probe.address();
-      probe.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
-  const address = `127.0.0.1:${port}`;
+  const address = `127.0.0.1:${await freePort()}`;
   const child = spawn(process.execPath, [path.join(PROJECT_DIR, 'src', 'cli', 'main.ts'), 'serve', '--listen', address, '--db', db, '--log-level', 'warn', ...args], { stdio: 'inherit' });
   const probe = new v1.RegistryService!(address, grpc.credentials.createInsecure());
   await new Promise<void>((resolve, reject) => probe.waitForReady(Date.now() + 20_000, (error) => (error ? reject(error) : resolve())));

@@ -1,6 +1,6 @@
 // Servers under test as their own processes: relgate, etcd, nats-server.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -11,6 +11,18 @@ export interface ServerProcess {
   /** The line that said the server is ready. */
   readyLine: string;
   stop(): Promise<void>;
+}
+
+/** A field of /proc/PID/status in kB, e.g. VmRSS (resident now) or VmHWM (its peak). */
+export function procStatusKb(pid: number | undefined, field: 'VmRSS' | 'VmHWM'): number {
+  const match = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!match) throw new Error(`no ${field} for process ${pid}`);
+  return Number(match[1]);
+}
+
+/** Resident memory of a process, in MiB. */
+export function rssMb(pid: number | undefined): number {
+  return procStatusKb(pid, 'VmRSS') / 1024;
 }
 
 /** A free TCP port on loopback (closed again before returning). */

@@ -4,10 +4,10 @@
 // run as root, so as root the cluster runs as the `postgres` system user.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
+import { freePort } from '../../bench/lib/processes.ts';
 
 export interface PostgresCluster {
   /** Connection string of the `postgres` maintenance database. */
@@ -41,16 +41,6 @@ function runAsOwner(binary: string, args: string[]): void {
   execFileSync(command, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 export interface ClusterOptions {
   /** Keep PostgreSQL's default durability (fsync, synchronous commit), as benchmarks need. */
