@@ -6,7 +6,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import { CallService, serverDeadline } from './call.ts';
 import { readFile } from 'node:fs/promises';
 import { Authenticator, type AuthMode } from './auth.ts';
-import { Code, RelgateError, asRelgateError, toServiceError } from './errors.ts';
+import { Code, RelgateError, asRelgateError, invalidArgument, toServiceError } from './errors.ts';
 import { InterfaceRegistry } from './interfaces.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { startOpsServer } from './http-server.ts';
@@ -430,8 +430,7 @@ class Handlers {
     const deadline = serverDeadline(call.getDeadline() as Date | number, DEFAULT_CALL_MS);
     const options = callOptions(q);
     if (options.delivery.mode === 'selector') {
-      const violation = { field: 'delivery.mode', description: 'Call takes ANY or UNIT delivery; use CallAll for a selector' };
-      throw new RelgateError(Code.INVALID_ARGUMENT, `${violation.field}: ${violation.description}`, { reason: 'INVALID_ARGUMENT', fieldViolations: [violation] });
+      throw invalidArgument([{ field: 'delivery.mode', description: 'Call takes ANY or UNIT delivery; use CallAll for a selector' }]);
     }
     let response: unknown;
     const outcome = await this.#calls.run(unit, options, deadline, () => undefined, (r) => (response ??= r), aborted);
