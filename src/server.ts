@@ -7,6 +7,7 @@ import { CallService, serverDeadline } from './call.ts';
 import { readFile } from 'node:fs/promises';
 import { Authenticator, type AuthMode } from './auth.ts';
 import { Code, RelgateError, asRelgateError, invalidArgument, toServiceError } from './errors.ts';
+import { Violations } from './validate.ts';
 import { InterfaceRegistry } from './interfaces.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { startOpsServer } from './http-server.ts';
@@ -635,13 +636,13 @@ function watchSpec(unit: string, side: SideName, options: Req | null | undefined
   const filter = FILTER[options?.filter as string] ?? 'all';
   const start = START[options?.start as string] ?? 'snapshot';
   const afterRevision = Number(options?.after_revision ?? 0);
-  const violations: { field: string; description: string }[] = [];
-  if (filter === 'answered') violations.push({ field: 'options.filter', description: 'watches take ALL or NEW' });
-  if (start === 'after' && !(afterRevision >= 0)) violations.push({ field: 'options.after_revision', description: 'must not be negative' });
-  if (start !== 'after' && afterRevision !== 0) violations.push({ field: 'options.after_revision', description: 'is only for WATCH_START_AFTER_REVISION' });
+  const violations = new Violations();
+  if (filter === 'answered') violations.add('options.filter', 'watches take ALL or NEW');
+  if (start === 'after' && !(afterRevision >= 0)) violations.add('options.after_revision', 'must not be negative');
+  if (start !== 'after' && afterRevision !== 0) violations.add('options.after_revision', 'is only for WATCH_START_AFTER_REVISION');
   const progress = Number(options?.progress_interval_ms ?? 0);
-  if (progress !== 0 && progress < 50) violations.push({ field: 'options.progress_interval_ms', description: 'must be 0 (server default) or at least 50' });
-  if (violations.length > 0) throw new RelgateError(Code.INVALID_ARGUMENT, `${violations[0]?.field}: ${violations[0]?.description}`, { reason: 'INVALID_ARGUMENT', fieldViolations: violations });
+  if (progress !== 0 && progress < 50) violations.add('options.progress_interval_ms', 'must be 0 (server default) or at least 50');
+  violations.throwIfAny();
   return { unit, side, relationId: options?.relation_id ?? '', filter: filter === 'new' ? 'new' : 'all', start, afterRevision, progressIntervalMs: progress };
 }
 
