@@ -27,7 +27,7 @@ import { serveRoles, startRole, type Config } from './lib/role.ts';
 
 const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 /** Bumped whenever the seeded data changes shape, so that stale cached files are not reused. */
-const SEED_FORMAT = 1;
+const SEED_FORMAT = 2;
 /** Of each relation's requests, the newest this many are left unanswered: the rest have one response. */
 const NEW_PER_RELATION = 10;
 /** Relations served by one responder application. */

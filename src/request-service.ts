@@ -153,7 +153,7 @@ export class RequestService {
       const view = { unit: caller.name, side };
       const keep = (request: RequestRecord) =>
         fieldsMatch(request.fields, match) && (side === 'requester' ? requesterFilter(request, input.filter) : responderFilter(request, caller.name, input.filter));
-      const { items, last, more } = await scan(tx, relationIds, after, size, keep);
+      const { items, last, more } = await scan(tx, relationIds, after, size, keep, input.filter === 'new');
       return { requests: items.map((request) => requestMessage(request, view)), next_page_token: more ? encodePageToken(last, query) : '' };
     });
   }
@@ -470,13 +470,13 @@ async function firstMatch(tx: StoreTx, relationIds: string[], match: JsonObject)
  * looks for one match beyond the page so that the last page carries no
  * token (a page that merely ends at the last match is still the last page).
  */
-async function scan(tx: StoreTx, relationIds: string[], after: number, size: number, keep: (request: RequestRecord) => boolean) {
+async function scan(tx: StoreTx, relationIds: string[], after: number, size: number, keep: (request: RequestRecord) => boolean, pendingOnly = false) {
   const items: RequestRecord[] = [];
   let scanned = after;
   if (relationIds.length === 0) return { items, last: after, more: false };
   const limit = Math.max(SCAN_CHUNK, size + 1);
   for (;;) {
-    const chunk = await tx.listRequests({ relationIds, afterCreateRevision: scanned, limit });
+    const chunk = await tx.listRequests({ relationIds, afterCreateRevision: scanned, limit, pendingOnly });
     for (const request of chunk) {
       scanned = request.create_revision;
       if (!keep(request)) continue;

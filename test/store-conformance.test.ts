@@ -346,6 +346,22 @@ describe.each(BACKENDS)('$name store', (backend) => {
       expect(await store.read((tx) => tx.getRequest('q1'))).toBeUndefined();
     });
 
+    it('requests: a pending-only page skips answered and expired requests, and follows updates', async () => {
+      const states = ['pending', 'answered', 'pending', 'expired', 'pending'] as const;
+      await store.write(async (tx) => {
+        for (const [i, state] of states.entries()) await tx.putRequest(request(`p${i}`, 'r', 10 + i, { state }));
+        await tx.putRequest(request('elsewhere', 'other', 20));
+      });
+      const pending = (after: number, limit: number) =>
+        store.read(async (tx) => (await tx.listRequests({ relationIds: ['r'], afterCreateRevision: after, limit, pendingOnly: true })).map((r) => r.request_id));
+      expect(await pending(0, 10)).toEqual(['p0', 'p2', 'p4']);
+      expect(await pending(10, 1)).toEqual(['p2']);
+      await store.write((tx) => tx.putRequest(request('p2', 'r', 12, { state: 'answered' })));
+      await store.write((tx) => tx.putRequest(request('p1', 'r', 11, { state: 'pending' })));
+      expect(await pending(0, 10)).toEqual(['p0', 'p1', 'p4']);
+      expect(await store.read((tx) => tx.getRequest('p2'))).toEqual(request('p2', 'r', 12, { state: 'answered' }));
+    });
+
     it('requests: the due list holds pending requests whose expiry or claim lease ended', async () => {
       await store.write(async (tx) => {
         await tx.putRequest(request('ttl', 'r', 1, { expire_time: 100 }));

@@ -49,6 +49,15 @@ CREATE TABLE watchers (
 CREATE INDEX watchers_by_relation ON watchers (relation_id, side);
 `,
   },
+  {
+    version: 3,
+    description: 'pending requests apart, so that NEW listings do not read a relation\'s history',
+    sql: `
+ALTER TABLE requests ADD COLUMN pending BOOLEAN NOT NULL DEFAULT FALSE;
+UPDATE requests SET pending = (doc::jsonb ->> 'state') = 'pending';
+CREATE INDEX requests_pending ON requests (relation_id, create_revision) WHERE pending;
+`,
+  },
 ];
 
 /** An arbitrary constant naming relgate's migration lock. */

@@ -656,8 +656,8 @@ class PgTx implements StoreTx {
   }
   async putRequest(record: RequestRecord) {
     await this.#run(
-      'INSERT INTO requests (id, relation_id, create_revision, due, doc) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET relation_id = excluded.relation_id, create_revision = excluded.create_revision, due = excluded.due, doc = excluded.doc',
-      [record.request_id, record.relation_id, record.create_revision, dueTime(record), JSON.stringify(record)],
+      'INSERT INTO requests (id, relation_id, create_revision, due, pending, doc) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET relation_id = excluded.relation_id, create_revision = excluded.create_revision, due = excluded.due, pending = excluded.pending, doc = excluded.doc',
+      [record.request_id, record.relation_id, record.create_revision, dueTime(record), record.state === 'pending', JSON.stringify(record)],
     );
   }
   async deleteRequest(requestId: string) {
@@ -665,7 +665,7 @@ class PgTx implements StoreTx {
   }
   async listRequests(page: RequestPage) {
     return parseAll<RequestRecord>(
-      await this.#rows('SELECT doc FROM requests WHERE relation_id = ANY($1::text[]) AND create_revision > $2 ORDER BY create_revision LIMIT $3', [
+      await this.#rows(`SELECT doc FROM requests WHERE relation_id = ANY($1::text[]) AND create_revision > $2${page.pendingOnly ? ' AND pending' : ''} ORDER BY create_revision LIMIT $3`, [
         page.relationIds,
         page.afterCreateRevision,
         page.limit,

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS relation_units (relation_id TEXT NOT NULL, unit TEXT 
 CREATE INDEX IF NOT EXISTS relation_units_by_unit ON relation_units (unit);
 CREATE TABLE IF NOT EXISTS requests (
   id TEXT PRIMARY KEY, relation_id TEXT NOT NULL, create_revision INTEGER NOT NULL,
-  due INTEGER, doc TEXT NOT NULL) STRICT;
+  due INTEGER, doc TEXT NOT NULL, pending INTEGER NOT NULL DEFAULT 0) STRICT;
 CREATE INDEX IF NOT EXISTS requests_by_relation ON requests (relation_id, create_revision);
 CREATE INDEX IF NOT EXISTS requests_by_due ON requests (due) WHERE due IS NOT NULL;
 CREATE TABLE IF NOT EXISTS responses (request_id TEXT NOT NULL, responder_unit TEXT NOT NULL, revision INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (request_id, responder_unit)) STRICT;
@@ -55,6 +55,35 @@ CREATE TABLE IF NOT EXISTS flags (relation_id TEXT NOT NULL, unit TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS changes (revision INTEGER NOT NULL, idx INTEGER NOT NULL, relation_id TEXT NOT NULL, time INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (revision, idx)) STRICT;
 CREATE INDEX IF NOT EXISTS changes_by_time ON changes (time);
 `;
+
+/** Steps from older schemas, by the user_version they bring the database to. */
+const MIGRATIONS: readonly { version: number; sql: string }[] = [
+  {
+    // Pending requests apart, so that NEW listings do not read a relation's history.
+    version: 1,
+    sql: `
+CREATE INDEX IF NOT EXISTS requests_pending ON requests (relation_id, create_revision) WHERE pending = 1;
+`,
+  },
+];
+
+/** Creates the schema, or brings an older database up to date, in one transaction. */
+function migrate(db: Database.Database): void {
+  db.transaction(() => {
+    const columns = db.pragma('table_info(requests)') as { name: string }[];
+    // Databases from before the pending column: add and fill it before the index on it.
+    if (columns.length > 0 && !columns.some((column) => column.name === 'pending')) {
+      db.exec("ALTER TABLE requests ADD COLUMN pending INTEGER NOT NULL DEFAULT 0; UPDATE requests SET pending = json_extract(doc, '$.state') = 'pending';");
+    }
+    db.exec(SCHEMA);
+    const current = db.pragma('user_version', { simple: true }) as number;
+    for (const migration of MIGRATIONS) {
+      if (migration.version <= current) continue;
+      db.exec(migration.sql);
+      db.pragma(`user_version = ${migration.version}`);
+    }
+  }).immediate();
+}
 
 function prepareStatements(db: Database.Database) {
   return {
@@ -78,11 +107,17 @@ function prepareStatements(db: Database.Database) {
     deleteRelationUnit: db.prepare('DELETE FROM relation_units WHERE relation_id = ? AND unit = ?'),
     deleteRelationUnits: db.prepare('DELETE FROM relation_units WHERE relation_id = ?'),
     getRequest: db.prepare<[string], { doc: string }>('SELECT doc FROM requests WHERE id = ?'),
-    putRequest: db.prepare('INSERT OR REPLACE INTO requests (id, relation_id, create_revision, due, doc) VALUES (?, ?, ?, ?, ?)'),
+    putRequest: db.prepare(
+      'INSERT INTO requests (id, relation_id, create_revision, due, pending, doc) VALUES (?, ?, ?, ?, ?, ?) ' +
+        'ON CONFLICT (id) DO UPDATE SET due = excluded.due, pending = excluded.pending, doc = excluded.doc',
+    ),
     deleteRequest: db.prepare('DELETE FROM requests WHERE id = ?'),
     deleteRelationRequests: db.prepare('DELETE FROM requests WHERE relation_id = ?'),
     listRequests: db.prepare<[string, number, number], { doc: string }>(
       'SELECT doc FROM requests WHERE relation_id IN (SELECT value FROM json_each(?)) AND create_revision > ? ORDER BY create_revision LIMIT ?',
+    ),
+    listPendingRequests: db.prepare<[string, number, number], { doc: string }>(
+      'SELECT doc FROM requests WHERE relation_id IN (SELECT value FROM json_each(?)) AND create_revision > ? AND pending = 1 ORDER BY create_revision LIMIT ?',
     ),
     listDue: db.prepare<[number, number], { doc: string }>('SELECT doc FROM requests WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?'),
     listResponses: db.prepare<[string], { doc: string }>('SELECT doc FROM responses WHERE request_id = ? ORDER BY revision'),
@@ -138,7 +173,7 @@ export class SqliteStore implements Store {
     const syncWal = wal && options.durability !== 'normal';
     this.#db.pragma(`synchronous = ${syncWal || options.durability === 'normal' ? 'NORMAL' : 'FULL'}`);
     this.#db.pragma('busy_timeout = 5000');
-    this.#db.exec(SCHEMA);
+    migrate(this.#db);
     this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
     this.#stmts = prepareStatements(this.#db);
     this.#revision = this.#stmts.meta.get('revision')?.value ?? 0;
@@ -415,13 +450,14 @@ class SqliteTx implements StoreTx {
     return parse<RequestRecord>(this.#s.getRequest.get(requestId));
   }
   async putRequest(record: RequestRecord) {
-    this.#s.putRequest.run(record.request_id, record.relation_id, record.create_revision, dueTime(record), JSON.stringify(record));
+    this.#s.putRequest.run(record.request_id, record.relation_id, record.create_revision, dueTime(record), record.state === 'pending' ? 1 : 0, JSON.stringify(record));
   }
   async deleteRequest(requestId: string) {
     this.#s.deleteRequest.run(requestId);
   }
   async listRequests(page: RequestPage) {
-    return parseAll<RequestRecord>(this.#s.listRequests.all(JSON.stringify(page.relationIds), page.afterCreateRevision, page.limit));
+    const statement = page.pendingOnly ? this.#s.listPendingRequests : this.#s.listRequests;
+    return parseAll<RequestRecord>(statement.all(JSON.stringify(page.relationIds), page.afterCreateRevision, page.limit));
   }
   async listDue(now: number, limit: number) {
     return parseAll<RequestRecord>(this.#s.listDue.all(now, limit));

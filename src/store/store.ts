@@ -108,6 +108,8 @@ export interface RequestPage {
   /** Return requests created after this revision. */
   afterCreateRevision: number;
   limit: number;
+  /** Only pending requests (an index keeps them apart, so history costs nothing). */
+  pendingOnly?: boolean;
 }
 
 export interface StoreTx {
