@@ -11,7 +11,7 @@
 // bench/results/ under a name holding the counts, so later runs skip the
 // seeding; delete it to seed afresh.
 import { randomUUID } from 'node:crypto';
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InterfaceRegistry } from '../src/interfaces.ts';
@@ -144,6 +144,7 @@ async function seededDatabase(options: ScaleOptions): Promise<{ db: string; layo
     process.stdout.write(`    using the seeded database ${path.relative(path.dirname(BENCH_DIR), db)}\n`);
     return { db, layout };
   }
+  mkdirSync(options.cacheDir, { recursive: true });
   const partial = `${base}.partial.db`;
   for (const file of [partial, `${partial}-wal`, `${partial}-shm`]) rmSync(file, { force: true });
   const started = performance.now();
