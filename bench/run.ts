@@ -88,6 +88,15 @@ const measureInserts = async () => {
   }
 };
 
+const measureCore = async () => {
+  const dir = tempDir('relgate-core-');
+  try {
+    return await withRoles([{ file: 'core.ts', name: 'core', config: { dir: dir.dir }, execArgv: relgateExecArgv }]);
+  } finally {
+    dir.remove();
+  }
+};
+
 const measureEcho = async () => {
   const server = await startRole(path.join(BENCH_DIR, 'echo.ts'), 'server', {});
   try {
@@ -206,6 +215,12 @@ const SYSTEMS: SystemSpec[] = [
     measure: measureRelgate('responder-session', 'requester-call'),
   },
   {
+    name: 'relgate-core',
+    label: 'relgate without gRPC',
+    settings: 'service logic, SQLite store and watch hub in one process, hub watchers in place of sessions (bench/core.ts); synchronous=FULL',
+    measure: measureCore,
+  },
+  {
     name: 'etcd',
     label: 'etcd put + watches',
     settings: 'etcd single member, throw-away data dir, default durability (WAL fsync before every acknowledged put); etcd3 npm client',
@@ -278,6 +293,7 @@ const COMPARISONS: Comparison[] = [
   { scenario: 'Session vs NATS request-reply (stores nothing)', relgate: 'relgate-session', baseline: 'nats', throughput: { inFlight: 64, atLeast: 0.5 }, p50: { atMostTimes: 2 } },
   { scenario: 'Call vs NATS request-reply (stores nothing)', relgate: 'relgate-call', baseline: 'nats' },
   { scenario: 'Durable creates vs raw SQLite inserts', relgate: 'relgate-ingest', baseline: 'sqlite-insert' },
+  { scenario: 'Round trip without gRPC (ceiling) vs echo', relgate: 'relgate-core', baseline: 'echo' },
 ];
 
 function version(command: string, args: string[], pattern: RegExp): string {

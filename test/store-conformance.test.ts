@@ -173,6 +173,57 @@ describe.each(BACKENDS)('$name store', (backend) => {
       expect((await store.changesSince(0, 10)).changes.map((c) => c.revision)).toEqual([1, 2]);
     });
 
+    it('a write that throws leaves units, relations, memberships and flags as they were, read before and after it', async () => {
+      const ru = (unitName: string, side: 'requester' | 'responder', revision: number) => ({ relation_id: 'r1', unit: unitName, side, revision });
+      await store.write(async (tx) => {
+        await tx.putUnit(unit('web/0', { labels: { zone: 'a' } }));
+        await tx.putRelation(relation('r1', 1));
+        await tx.putRelationUnit(ru('web/0', 'requester', 1));
+        await tx.putFlags('r1', 'web/0', { available: false });
+      });
+      const snapshot = () =>
+        store.read(async (tx) => ({
+          unit: await tx.getUnit('web/0'),
+          relation: await tx.getRelation('r1'),
+          units: await tx.listRelationUnits('r1'),
+          flags: await tx.getFlags('r1', 'web/0'),
+        }));
+      const before = await snapshot();
+      const failed = store.write(async (tx) => {
+        await tx.putUnit(unit('web/0', { labels: { zone: 'b' } }));
+        const read = await tx.getRelation('r1');
+        if (read) read.counters.requests = 99; // changing what was read stores nothing
+        await tx.putRelation({ ...relation('r1', 1), revision: 5 });
+        await tx.putRelationUnit(ru('ca/0', 'responder', 5));
+        await tx.putFlags('r1', 'web/0', { available: true });
+        expect((await tx.getUnit('web/0'))?.labels).toEqual({ zone: 'b' });
+        expect((await tx.listRelationUnits('r1')).map((u) => u.unit)).toEqual(['web/0', 'ca/0']);
+        await tx.deleteRelation('r1');
+        expect(await tx.getRelation('r1')).toBeUndefined();
+        expect(await tx.getFlags('r1', 'web/0')).toBeUndefined();
+        throw new Planned('no');
+      });
+      await expect(failed).rejects.toBeInstanceOf(Planned);
+      expect(await snapshot()).toEqual(before);
+      expect(before.relation?.counters).toEqual({ requests: 0 });
+      expect(before.units.map((u) => u.unit)).toEqual(['web/0']);
+    });
+
+    it('records put and got are copies: changing them afterwards changes nothing stored', async () => {
+      const stored = relation('r1', 1);
+      const labels = { zone: 'a' };
+      await store.write(async (tx) => {
+        await tx.putRelation(stored);
+        await tx.putUnit(unit('web/0', { labels }));
+      });
+      stored.counters.requests = 7;
+      labels.zone = 'z';
+      const got = await store.read((tx) => tx.getRelation('r1'));
+      if (got) got.counters.requests = 8;
+      expect((await store.read((tx) => tx.getRelation('r1')))?.counters).toEqual({ requests: 0 });
+      expect((await store.read((tx) => tx.getUnit('web/0')))?.labels).toEqual({ zone: 'a' });
+    });
+
     it('writes in flight together commit together, and a failing one leaves the others intact', async () => {
       const commits = recordCommits(store);
       const fail = () =>

@@ -6,11 +6,13 @@
 // sees a write that might still be rolled back. At full durability the WAL is
 // fsynced on the thread pool rather than inside COMMIT, so the event loop keeps
 // serving while the disk works; callers, readers and watchers still hear of a
-// commit only once it is on disk.
+// commit only once it is on disk. The small records every write reads come
+// from a write-through cache (record-cache.ts): this store is their only writer.
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { RelgateError, Code } from '../errors.ts';
 import { compactedError } from './compaction.ts';
+import { RecordCache, UndoLog } from './record-cache.ts';
 import type {
   ApplicationRecord,
   Change,
@@ -87,6 +89,11 @@ function migrate(db: Database.Database): void {
 
 function prepareStatements(db: Database.Database) {
   return {
+    begin: db.prepare('BEGIN IMMEDIATE'),
+    commit: db.prepare('COMMIT'),
+    savepoint: db.prepare('SAVEPOINT w'),
+    release: db.prepare('RELEASE w'),
+    rollbackTo: db.prepare('ROLLBACK TO w'),
     meta: db.prepare<[string], { value: number }>('SELECT value FROM meta WHERE key = ?'),
     setMeta: db.prepare('UPDATE meta SET value = ? WHERE key = ?'),
     getApplication: db.prepare<[string], { doc: string }>('SELECT doc FROM applications WHERE name = ?'),
@@ -142,6 +149,20 @@ function prepareStatements(db: Database.Database) {
 
 type Statements = ReturnType<typeof prepareStatements>;
 
+type Caches = ReturnType<typeof newCaches>;
+
+/** The records every write reads, by key; flags by relation id and unit joined with a newline. */
+function newCaches() {
+  return {
+    units: new RecordCache<UnitRecord>((unit) => ({ ...unit, egress_subnets: [...unit.egress_subnets], labels: { ...unit.labels } })),
+    relations: new RecordCache<RelationRecord>((relation) => ({ ...relation, counters: { ...relation.counters } })),
+    relationUnits: new RecordCache<RelationUnitRecord[]>((units) => units.map((unit) => ({ ...unit }))),
+    flags: new RecordCache<FlagsRecord>((flags) => ({ ...flags })),
+  };
+}
+
+const flagsKey = (relationId: string, unit: string) => `${relationId}\n${unit}`;
+
 type Task = () => Promise<void>;
 
 export class SqliteStore implements Store {
@@ -158,6 +179,7 @@ export class SqliteStore implements Store {
   #compacted: number;
   #closed = false;
   readonly #stmts: Statements;
+  readonly #caches: Caches = newCaches();
   /** The WAL, when the store fsyncs it itself (full durability). */
   readonly #walFd: number | undefined;
   #syncing = false;
@@ -173,6 +195,8 @@ export class SqliteStore implements Store {
     const syncWal = wal && options.durability !== 'normal';
     this.#db.pragma(`synchronous = ${syncWal || options.durability === 'normal' ? 'NORMAL' : 'FULL'}`);
     this.#db.pragma('busy_timeout = 5000');
+    // Checkpoints run inside a COMMIT on the event loop; fewer, larger ones copy a page rewritten by many commits once.
+    this.#db.pragma('wal_autocheckpoint = 10000');
     migrate(this.#db);
     this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
     this.#stmts = prepareStatements(this.#db);
@@ -205,16 +229,17 @@ export class SqliteStore implements Store {
     return this.#enqueue(async () => {
       this.#openBatch();
       const revisionBefore = this.#revision;
-      const tx = new SqliteTx(this, this.#stmts, Date.now());
-      this.#db.exec('SAVEPOINT w');
+      const tx = new SqliteTx(this, this.#stmts, this.#caches, Date.now());
+      this.#stmts.savepoint.run();
       try {
         const result = await fn(tx);
-        this.#db.exec('RELEASE w');
+        this.#stmts.release.run();
         this.#batchChanges.push(...tx.changes);
         return { result, afterCommit: true };
       } catch (error) {
-        this.#db.exec('ROLLBACK TO w');
-        this.#db.exec('RELEASE w');
+        this.#stmts.rollbackTo.run();
+        this.#stmts.release.run();
+        tx.undo.undo();
         this.#revision = revisionBefore;
         throw error;
       }
@@ -222,7 +247,7 @@ export class SqliteStore implements Store {
   }
 
   read<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
-    return this.#enqueue(async () => ({ result: await fn(new SqliteTx(this, this.#stmts, Date.now())), afterCommit: this.#batchOpen }));
+    return this.#enqueue(async () => ({ result: await fn(new SqliteTx(this, this.#stmts, this.#caches, Date.now())), afterCommit: this.#batchOpen }));
   }
 
   async changesSince(after: number, limit: number): Promise<{ changes: Change[]; upTo: number }> {
@@ -297,7 +322,7 @@ export class SqliteStore implements Store {
 
   #openBatch(): void {
     if (this.#batchOpen) return;
-    this.#db.exec('BEGIN IMMEDIATE');
+    this.#stmts.begin.run();
     this.#batchOpen = true;
     this.#committedRevision = this.#revision;
     if (!this.#commitScheduled) {
@@ -322,9 +347,10 @@ export class SqliteStore implements Store {
     const started = performance.now();
     try {
       if (this.#revision !== this.#committedRevision) this.#stmts.setMeta.run(this.#revision, 'revision');
-      this.#db.exec('COMMIT');
+      this.#stmts.commit.run();
     } catch (error) {
       this.#db.exec('ROLLBACK');
+      for (const cache of Object.values(this.#caches)) cache.clear();
       this.#revision = this.#committedRevision;
       this.#batchOpen = false;
       const failure = new RelgateError(Code.UNAVAILABLE, 'the store could not commit', { reason: 'STORE_UNAVAILABLE', cause: error });
@@ -372,14 +398,18 @@ const parseAll = <T>(rows: { doc: string }[]): T[] => rows.map((row) => JSON.par
 
 class SqliteTx implements StoreTx {
   readonly changes: Change[] = [];
+  /** Undoes this write's cache changes when its savepoint rolls back. */
+  readonly undo = new UndoLog();
   #revision = 0;
   readonly #store: SqliteStore;
   readonly #s: Statements;
+  readonly #c: Caches;
   readonly now: number;
 
-  constructor(store: SqliteStore, statements: Statements, now: number) {
+  constructor(store: SqliteStore, statements: Statements, caches: Caches, now: number) {
     this.#store = store;
     this.#s = statements;
+    this.#c = caches;
     this.now = now;
   }
 
@@ -402,10 +432,11 @@ class SqliteTx implements StoreTx {
     return parseAll<ApplicationRecord>(this.#s.listApplications.all());
   }
   async getUnit(name: string) {
-    return parse<UnitRecord>(this.#s.getUnit.get(name));
+    return this.#c.units.get(name) ?? this.#c.units.fill(name, parse<UnitRecord>(this.#s.getUnit.get(name)));
   }
   async putUnit(record: UnitRecord) {
     this.#s.putUnit.run(record.name, record.application, JSON.stringify(record));
+    this.#c.units.set(record.name, record, this.undo);
   }
   async listUnits(application?: string) {
     return parseAll<UnitRecord>(application ? this.#s.listUnitsOf.all(application) : this.#s.listUnits.all());
@@ -419,32 +450,40 @@ class SqliteTx implements StoreTx {
     return next;
   }
   async getRelation(id: string) {
-    return parse<RelationRecord>(this.#s.getRelation.get(id));
+    return this.#c.relations.get(id) ?? this.#c.relations.fill(id, parse<RelationRecord>(this.#s.getRelation.get(id)));
   }
   async putRelation(record: RelationRecord) {
     this.#s.putRelation.run(record.id, record.create_revision, JSON.stringify(record));
+    this.#c.relations.set(record.id, record, this.undo);
   }
   async deleteRelation(id: string) {
     this.#s.deleteRelationResponses.run(id);
     this.#s.deleteRelationRequests.run(id);
     this.#s.deleteRelationUnits.run(id);
-    this.#s.deleteRelationFlags.run(id);
+    await this.deleteFlags(id);
     this.#s.deleteRelation.run(id);
+    this.#c.relations.delete(id, this.undo);
+    this.#c.relationUnits.delete(id, this.undo);
   }
   async listRelations() {
     return parseAll<RelationRecord>(this.#s.listRelations.all());
   }
   async listRelationUnits(relationId: string) {
-    return parseAll<RelationUnitRecord>(this.#s.listRelationUnits.all(relationId)).sort((a, b) => a.revision - b.revision);
+    const cached = this.#c.relationUnits.get(relationId);
+    if (cached) return cached;
+    const units = parseAll<RelationUnitRecord>(this.#s.listRelationUnits.all(relationId)).sort((a, b) => a.revision - b.revision);
+    return this.#c.relationUnits.fill(relationId, units) ?? units;
   }
   async listUnitRelations(unit: string) {
     return parseAll<RelationUnitRecord>(this.#s.listUnitRelations.all(unit));
   }
   async putRelationUnit(record: RelationUnitRecord) {
     this.#s.putRelationUnit.run(record.relation_id, record.unit, JSON.stringify(record));
+    this.#c.relationUnits.delete(record.relation_id, this.undo);
   }
   async deleteRelationUnit(relationId: string, unit: string) {
     this.#s.deleteRelationUnit.run(relationId, unit);
+    this.#c.relationUnits.delete(relationId, this.undo);
   }
   async getRequest(requestId: string) {
     return parse<RequestRecord>(this.#s.getRequest.get(requestId));
@@ -472,14 +511,22 @@ class SqliteTx implements StoreTx {
     this.#s.deleteResponses.run(requestId);
   }
   async getFlags(relationId: string, unit: string) {
-    return parse<FlagsRecord>(this.#s.getFlags.get(relationId, unit));
+    const key = flagsKey(relationId, unit);
+    return this.#c.flags.get(key) ?? this.#c.flags.fill(key, parse<FlagsRecord>(this.#s.getFlags.get(relationId, unit)));
   }
   async putFlags(relationId: string, unit: string, flags: FlagsRecord) {
     this.#s.putFlags.run(relationId, unit, JSON.stringify(flags));
+    this.#c.flags.set(flagsKey(relationId, unit), flags, this.undo);
   }
   async deleteFlags(relationId: string, unit?: string) {
-    if (unit === undefined) this.#s.deleteRelationFlags.run(relationId);
-    else this.#s.deleteFlags.run(relationId, unit);
+    if (unit === undefined) {
+      this.#s.deleteRelationFlags.run(relationId);
+      const prefix = flagsKey(relationId, '');
+      this.#c.flags.deleteWhere((key) => key.startsWith(prefix), this.undo);
+    } else {
+      this.#s.deleteFlags.run(relationId, unit);
+      this.#c.flags.delete(flagsKey(relationId, unit), this.undo);
+    }
   }
   async appendChange(relationId: string, data: ChangeData) {
     const revision = await this.revision();
