@@ -4,7 +4,8 @@
 // creates a request, the responder's watcher answers it when the hub hands it
 // the new request, and it ends when the requester's watcher receives the
 // response. What this reaches bounds what the gateway can reach over gRPC.
-import { randomUUID } from 'node:crypto';
+// Request ids as the SDK makes them: time-ordered UUIDv7.
+import { v7 as uuidv7 } from 'uuid';
 import path from 'node:path';
 import { InterfaceRegistry } from '../src/interfaces.ts';
 import { RegistryService } from '../src/registry-service.ts';
@@ -63,7 +64,7 @@ async function core(config: Config) {
 
   const delivery = { mode: 'any' as const, unit: '', selector: '' };
   const roundTrip = () => {
-    const requestId = randomUUID();
+    const requestId = uuidv7();
     const done = pending.begin(requestId);
     requests.create(REQUESTER_UNIT, { relation_id: relation.id, request_id: requestId, fields: REQUEST_FIELDS, delivery, ttl: null }).catch((error: Error) => pending.fail(requestId, error));
     return done;

@@ -193,7 +193,7 @@ function readmeExamples(heading: string): { command: string; output: string | un
 const WALKTHROUGH_REQUEST = '6f1c2a4e-8b3d-4f5a-9c7e-2d1b0a9f8e7d';
 const README_METRICS = '127.0.0.1:9464';
 /** What differs from run to run: times and generated request ids. */
-const normalize = (text: string) => text.replace(/\d{4}-\d\d-\d\dT[\d:.]+Z/g, '<time>').replace(/[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}/g, (id) => (id === WALKTHROUGH_REQUEST ? id : '<id>'));
+const normalize = (text: string) => text.replace(/\d{4}-\d\d-\d\dT[\d:.]+Z/g, '<time>').replace(/[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}/g, (id) => (id === WALKTHROUGH_REQUEST ? id : '<id>'));
 
 describe('README "Operating relgate", verbatim', () => {
   let serve: ServeProcess;

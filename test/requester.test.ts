@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Code } from '../src/errors.ts';
 import { json, startHarness, struct, type Harness } from './helpers/harness.ts';
-import { UUID_V4, ids, listAll, makeWorld, millis, type World } from './helpers/world.ts';
+import { UUID_V7, ids, listAll, makeWorld, millis, type World } from './helpers/world.ts';
 
 let h: Harness;
 beforeAll(async () => {
@@ -31,7 +31,7 @@ describe('CreateRequest', () => {
     const w = await makeWorld(h);
     const before = Date.now();
     const request = await create(w, { common_name: 'web.example', sans: ['a.example', '10.0.0.5'] });
-    expect(request.request_id).toMatch(UUID_V4);
+    expect(request.request_id).toMatch(UUID_V7);
     expect(request).toMatchObject({
       relation_id: w.relationId,
       interface: 'tls-certificates',
@@ -58,6 +58,9 @@ describe('CreateRequest', () => {
     expect(millis(request.create_time)).toBeLessThanOrEqual(Date.now());
     expect(request.update_time).toEqual(request.create_time);
     expect((await w.req().call('GetRequest', { request_id: request.request_id })).request).toEqual(request);
+    // Time-ordered: a later request's id sorts after it.
+    const next = await create(w, { common_name: 'later.example' });
+    expect(next.request_id > request.request_id).toBe(true);
   });
 
   test('the source properties are those of the creating unit when it was created', async () => {
@@ -147,7 +150,7 @@ describe('CreateOrUpdateRequest', () => {
     const w = await makeWorld(h);
     const created = await cou(w, ['common_name'], { common_name: 'a.example', sans: ['x'] });
     expect([created.created, created.updated]).toEqual([true, false]);
-    expect(created.request.request_id).toMatch(UUID_V4);
+    expect(created.request.request_id).toMatch(UUID_V7);
     expect(json(created.request.fields)).toEqual({ common_name: 'a.example', sans: ['x'] });
     const revision = h.server.store.currentRevision();
     const same = await cou(w, ['common_name'], { sans: ['x'], common_name: 'a.example' });

@@ -11,7 +11,7 @@ export interface CallAllRequest {
    */
   'relation_id'?: (string);
   /**
-   * UUID for idempotency; generated when empty.
+   * UUID for idempotency; generated (a UUIDv7) when empty.
    */
   'request_id'?: (string);
   /**
@@ -38,7 +38,7 @@ export interface CallAllRequest__Output {
    */
   'relation_id': (string);
   /**
-   * UUID for idempotency; generated when empty.
+   * UUID for idempotency; generated (a UUIDv7) when empty.
    */
   'request_id': (string);
   /**

@@ -11,7 +11,7 @@ export interface CallRequest {
    */
   'relation_id'?: (string);
   /**
-   * UUID for idempotency; generated when empty.
+   * UUID for idempotency; generated (a UUIDv7) when empty.
    */
   'request_id'?: (string);
   /**
@@ -39,7 +39,7 @@ export interface CallRequest__Output {
    */
   'relation_id': (string);
   /**
-   * UUID for idempotency; generated when empty.
+   * UUID for idempotency; generated (a UUIDv7) when empty.
    */
   'request_id': (string);
   /**

@@ -11,7 +11,8 @@ export interface CreateRequestRequest {
    */
   'relation_id'?: (string);
   /**
-   * UUID chosen by the client for idempotency; generated when empty.
+   * UUID chosen by the client for idempotency; generated (a UUIDv7) when empty.
+   * Time-ordered UUIDv7 ids store faster than random ones.
    */
   'request_id'?: (string);
   /**
@@ -34,7 +35,8 @@ export interface CreateRequestRequest__Output {
    */
   'relation_id': (string);
   /**
-   * UUID chosen by the client for idempotency; generated when empty.
+   * UUID chosen by the client for idempotency; generated (a UUIDv7) when empty.
+   * Time-ordered UUIDv7 ids store faster than random ones.
    */
   'request_id': (string);
   /**
