@@ -407,6 +407,8 @@ describe.each(BACKENDS)('$name store', (backend) => {
         store.read(async (tx) => (await tx.listRequests({ relationIds: ['r'], afterCreateRevision: after, limit, pendingOnly: true })).map((r) => r.request_id));
       expect(await pending(0, 10)).toEqual(['p0', 'p2', 'p4']);
       expect(await pending(10, 1)).toEqual(['p2']);
+      const both = await store.read((tx) => tx.listRequests({ relationIds: ['other', 'r'], afterCreateRevision: 11, limit: 10, pendingOnly: true }));
+      expect(both.map((r) => r.request_id)).toEqual(['p2', 'p4', 'elsewhere']);
       await store.write((tx) => tx.putRequest(request('p2', 'r', 12, { state: 'answered' })));
       await store.write((tx) => tx.putRequest(request('p1', 'r', 11, { state: 'pending' })));
       expect(await pending(0, 10)).toEqual(['p0', 'p1', 'p4']);

@@ -123,6 +123,13 @@ function prepareStatements(db: Database.Database) {
     listRequests: db.prepare<[string, number, number], { doc: string }>(
       'SELECT doc FROM requests WHERE relation_id IN (SELECT value FROM json_each(?)) AND create_revision > ? ORDER BY create_revision LIMIT ?',
     ),
+    // One relation, the common case: the index gives the order, with no list to expand and no sort.
+    listRelationRequests: db.prepare<[string, number, number], { doc: string }>(
+      'SELECT doc FROM requests WHERE relation_id = ? AND create_revision > ? ORDER BY create_revision LIMIT ?',
+    ),
+    listRelationPendingRequests: db.prepare<[string, number, number], { doc: string }>(
+      'SELECT doc FROM requests WHERE relation_id = ? AND create_revision > ? AND pending = 1 ORDER BY create_revision LIMIT ?',
+    ),
     listPendingRequests: db.prepare<[string, number, number], { doc: string }>(
       'SELECT doc FROM requests WHERE relation_id IN (SELECT value FROM json_each(?)) AND create_revision > ? AND pending = 1 ORDER BY create_revision LIMIT ?',
     ),
@@ -495,6 +502,11 @@ class SqliteTx implements StoreTx {
     this.#s.deleteRequest.run(requestId);
   }
   async listRequests(page: RequestPage) {
+    const [only, ...others] = page.relationIds;
+    if (only !== undefined && others.length === 0) {
+      const statement = page.pendingOnly ? this.#s.listRelationPendingRequests : this.#s.listRelationRequests;
+      return parseAll<RequestRecord>(statement.all(only, page.afterCreateRevision, page.limit));
+    }
     const statement = page.pendingOnly ? this.#s.listPendingRequests : this.#s.listRequests;
     return parseAll<RequestRecord>(statement.all(JSON.stringify(page.relationIds), page.afterCreateRevision, page.limit));
   }
