@@ -1,5 +1,6 @@
 // Synchronous calls on top of the durable model: the request is stored like
 // any other, then the call waits on the hub for its responses.
+import { v7 as uuidv7 } from 'uuid';
 import { Code, RelgateError } from './errors.ts';
 import { responseMessage } from './present.ts';
 import type { CreateInput, RequestService } from './request-service.ts';
@@ -27,15 +28,25 @@ export interface RemoteWatchers {
   isWatched(relationId: string, side: 'responder', unit?: string): Promise<boolean>;
 }
 
+/** A running call's view of the commits that concern its request. */
+interface CallWaiter {
+  arrivals: ResponseMessage[];
+  expired: boolean;
+  wake?: (() => void) | undefined;
+}
+
 export class CallService {
   readonly #requests: RequestService;
   readonly #hub: WatchHub;
   readonly #elsewhere: RemoteWatchers | undefined;
+  /** Running calls by request id; one listener serves them all. */
+  readonly #waiting = new Map<string, Set<CallWaiter>>();
 
   constructor(requests: RequestService, hub: WatchHub, elsewhere?: RemoteWatchers) {
     this.#requests = requests;
     this.#hub = hub;
     this.#elsewhere = elsewhere;
+    hub.onCommit((changes) => this.#route(changes));
   }
 
   /**
@@ -50,57 +61,80 @@ export class CallService {
     onResponse: (response: ResponseMessage) => void,
     cancelled: AbortSignal,
   ): Promise<CallOutcome> {
-    // Bad input and membership errors come before NO_RESPONDERS, and nothing is stored for any of them.
-    // A replay skips the check: the stored request may already be answered.
-    const { replay } = await this.#requests.checkCreate(caller, options);
-    if (!replay) await this.#checkResponders(options);
+    await this.#checkResponders(caller, options);
+    // The id is known before the request is stored, so no response can slip past the waiter.
+    const input = { ...options, request_id: options.request_id || uuidv7() };
+    const requestId = input.request_id.toLowerCase();
+    const waiter: CallWaiter = { arrivals: [], expired: false };
+    const unregister = this.#register(requestId, waiter);
     const seen = new Set<string>();
-    const arrivals: ResponseMessage[] = [];
-    let expired = false;
-    let wake: (() => void) | undefined;
-    const unsubscribe = this.#hub.onCommit((changes: readonly Change[]) => {
-      for (const change of changes) {
-        if (change.data.kind === 'response' && change.data.response.request_id === requestId) {
-          arrivals.push(responseMessage(change.data.response));
-          wake?.();
-        } else if (change.data.kind === 'request' && change.data.after?.request_id === requestId && change.data.after.state === 'expired') {
-          expired = true;
-          wake?.();
-        }
-      }
-    });
-    let requestId = options.request_id.toLowerCase();
     try {
-      const { request } = await this.#requests.create(caller, options);
-      requestId = request.request_id;
+      const { request, replayed } = await this.#requests.create(caller, input);
       // A replayed request may already have answers; live ones dedupe by unit.
-      arrivals.unshift(...(await this.#requests.listResponses(caller, requestId)).responses);
+      if (replayed) waiter.arrivals.unshift(...(await this.#requests.listResponses(caller, requestId)).responses);
       onStart(request);
-      expired ||= request.state === 'REQUEST_STATE_EXPIRED';
+      waiter.expired ||= request.state === 'REQUEST_STATE_EXPIRED';
       const expected = request.expected_count;
       const missing = () => (request.delivery.mode === 'DELIVERY_MODE_ANY' ? [] : request.expected_units.filter((unit) => !seen.has(unit)));
       for (;;) {
-        for (const response of arrivals.splice(0)) {
+        for (const response of waiter.arrivals.splice(0)) {
           if (seen.has(response.responder_unit)) continue;
           seen.add(response.responder_unit);
           onResponse(response);
         }
         if (seen.size >= expected) return { complete: true, expired: false, missing: [], request };
         // An expired request takes no more answers: waiting on would only run out the deadline.
-        if (expired) return { complete: false, expired: true, missing: missing(), request };
-        const timedOut = await waitFor(deadline, cancelled, (resolve) => (wake = resolve));
-        wake = undefined;
-        if (timedOut && arrivals.length === 0) return { complete: false, expired: false, missing: missing(), request };
+        if (waiter.expired) return { complete: false, expired: true, missing: missing(), request };
+        const timedOut = await waitFor(deadline, cancelled, (resolve) => (waiter.wake = resolve));
+        waiter.wake = undefined;
+        if (timedOut && waiter.arrivals.length === 0) return { complete: false, expired: false, missing: missing(), request };
       }
     } finally {
-      unsubscribe();
+      unregister();
     }
   }
 
-  async #checkResponders(options: CallOptions): Promise<void> {
+  #register(requestId: string, waiter: CallWaiter): () => void {
+    let waiters = this.#waiting.get(requestId);
+    if (!waiters) this.#waiting.set(requestId, (waiters = new Set()));
+    waiters.add(waiter);
+    return () => {
+      waiters.delete(waiter);
+      if (waiters.size === 0) this.#waiting.delete(requestId);
+    };
+  }
+
+  /** Hands each response, and each expiry, to the calls waiting for that request. */
+  #route(changes: readonly Change[]): void {
+    if (this.#waiting.size === 0) return;
+    for (const change of changes) {
+      const data = change.data;
+      if (data.kind === 'response') {
+        for (const waiter of this.#waiting.get(data.response.request_id) ?? []) {
+          waiter.arrivals.push(responseMessage(data.response));
+          waiter.wake?.();
+        }
+      } else if (data.kind === 'request' && data.after?.state === 'expired') {
+        for (const waiter of this.#waiting.get(data.after.request_id) ?? []) {
+          waiter.expired = true;
+          waiter.wake?.();
+        }
+      }
+    }
+  }
+
+  /**
+   * NO_RESPONDERS unless a responder watches (here or on another replica) or
+   * the caller asked to wait. Bad input and membership errors come first and
+   * a replay skips it (the stored request may already be answered): both are
+   * known only from a dry run of the create, needed only when nobody watches here.
+   */
+  async #checkResponders(caller: string, options: CallOptions): Promise<void> {
     if (options.wait_for_responders) return;
     const unit = options.delivery.mode === 'unit' ? options.delivery.unit : undefined;
     if (this.#hub.isWatched(options.relation_id, 'responder', unit)) return;
+    const { replay } = await this.#requests.checkCreate(caller, options);
+    if (replay) return;
     if (await this.#elsewhere?.isWatched(options.relation_id, 'responder', unit)) return;
     throw new RelgateError(Code.UNAVAILABLE, `no responder unit${unit ? ` ${unit}` : ''} is watching relation ${options.relation_id}; set wait_for_responders to store the request anyway`, {
       reason: 'NO_RESPONDERS',
