@@ -3,7 +3,7 @@
 // on text its sender never wrote. The raw bytes of each request are checked
 // against its type as they are decoded; a request with invalid UTF-8 is
 // marked, and the handler refuses it with INVALID_ARGUMENT naming the fields.
-import { isUtf8 } from 'node:buffer';
+import { isAscii, isUtf8 } from 'node:buffer';
 import type * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs';
 import { invalidArgument, type RelgateError } from './errors.ts';
@@ -84,6 +84,8 @@ export function checkingUtf8(service: grpc.ServiceDefinition, serviceName: strin
       ...method,
       requestDeserialize: (bytes: Buffer) => {
         const message = decode(bytes) as object;
+        // Bytes all below 0x80 hold only ASCII text: nothing to walk.
+        if (isAscii(bytes)) return message;
         const paths = invalidUtf8Paths(type, bytes);
         if (paths.length > 0) Object.defineProperty(message, INVALID_UTF8, { value: paths });
         return message;
