@@ -2,9 +2,9 @@
 // any other, then the call waits on the hub for its responses.
 import { v7 as uuidv7 } from 'uuid';
 import { Code, RelgateError } from './errors.ts';
-import { responseMessage } from './present.ts';
+import { requestMessage, responseMessage } from './present.ts';
 import type { CreateInput, RequestService } from './request-service.ts';
-import type { Change } from './store/store.ts';
+import type { Change, RequestRecord } from './store/store.ts';
 import type { WatchHub } from './watch-hub.ts';
 
 export interface CallOptions extends CreateInput {
@@ -20,7 +20,10 @@ export interface CallOutcome {
   expired: boolean;
   /** Expected units that did not answer (none for any-delivery). */
   missing: string[];
+  /** The request as stored by the call. */
   request: Record<string, unknown>;
+  /** The request as the last response left it, when the call saw that change (not for a replay answered before). */
+  answered?: Record<string, unknown> | undefined;
 }
 
 /** Responders watching through other replicas that share the store. */
@@ -32,6 +35,8 @@ export interface RemoteWatchers {
 interface CallWaiter {
   arrivals: ResponseMessage[];
   expired: boolean;
+  /** The request after the latest change to it. */
+  latest?: RequestRecord | undefined;
   wake?: (() => void) | undefined;
 }
 
@@ -82,7 +87,10 @@ export class CallService {
           seen.add(response.responder_unit);
           onResponse(response);
         }
-        if (seen.size >= expected) return { complete: true, expired: false, missing: [], request };
+        if (seen.size >= expected) {
+          const answered = waiter.latest && requestMessage(waiter.latest, { unit: caller, side: 'requester' });
+          return { complete: true, expired: false, missing: [], request, answered };
+        }
         // An expired request takes no more answers: waiting on would only run out the deadline.
         if (waiter.expired) return { complete: false, expired: true, missing: missing(), request };
         const timedOut = await waitFor(deadline, cancelled, (resolve) => (waiter.wake = resolve));
@@ -114,8 +122,11 @@ export class CallService {
           waiter.arrivals.push(responseMessage(data.response));
           waiter.wake?.();
         }
-      } else if (data.kind === 'request' && data.after?.state === 'expired') {
+      } else if (data.kind === 'request' && data.after) {
+        const expired = data.after.state === 'expired';
         for (const waiter of this.#waiting.get(data.after.request_id) ?? []) {
+          waiter.latest = data.after;
+          if (!expired) continue;
           waiter.expired = true;
           waiter.wake?.();
         }

@@ -447,7 +447,8 @@ class Handlers {
         metadata: { request_id: String(outcome.request.request_id) },
       });
     }
-    const { request } = await this.#requests.getRequest(unit, String(outcome.request.request_id), 'requester');
+    // The change that brought the response holds the request as it left it: no read needed (and none to wait for).
+    const request = outcome.answered ?? (await this.#requests.getRequest(unit, String(outcome.request.request_id), 'requester')).request;
     return { request, response };
   }
 
@@ -612,9 +613,12 @@ const DEFAULT_CALL_MS = 60_000;
 
 function abortOnCancel(call: { on(event: 'cancelled', listener: () => void): unknown }): AbortSignal {
   const controller = new AbortController();
-  call.on('cancelled', () => controller.abort());
+  // A reason of our own: abort() without one builds a DOMException with a stack, on every cancelled call.
+  call.on('cancelled', () => controller.abort(CALL_CANCELLED));
   return controller.signal;
 }
+
+const CALL_CANCELLED = new Error('the client cancelled the call');
 
 function callOptions(q: Req) {
   return { ...createInput(q), wait_for_responders: Boolean(q.wait_for_responders) };

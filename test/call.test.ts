@@ -83,9 +83,12 @@ describe('Call', () => {
     expect(result.response.responder_unit).toBe(r.responders[1]);
     expect(json(result.response.fields)).toEqual({ key: 'K1', cert: 'C1' });
     expect(result.request).toMatchObject({ request_id: requestId, state: 'REQUEST_STATE_ANSWERED', response_count: 1, is_created: true });
+    // The request returned is the request as stored once answered.
+    expect(result.request).toEqual((await r.req().call('GetRequest', { request_id: requestId })).request);
     // Replaying the call returns the stored answer at once.
     const replay = await call(r.req(), { relation_id: r.id, request_id: requestId, fields: struct(CSR) }, 10_000);
     expect(replay.response).toEqual(result.response);
+    expect(replay.request).toEqual(result.request);
     watch.cancel();
   });
 

@@ -62,14 +62,14 @@ export function spawnUntilReady(command: string, args: readonly string[], ready:
     }, timeoutMs);
     let done = false;
     const onData = (data: Buffer) => {
-      output += data.toString();
       if (done) return;
+      output += data.toString();
       // Only complete lines: the last element may still be being written.
       const line = output.split('\n').slice(0, -1).find(ready);
       if (line === undefined) return;
       done = true;
       clearTimeout(timer);
-      // Keep draining the pipes so that a chatty server never blocks on them.
+      // The listeners stay, draining the pipes so that a chatty server never blocks on them.
       output = '';
       resolve({ child, readyLine: line, stop });
     };
