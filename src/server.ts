@@ -21,7 +21,7 @@ import { PostgresStore } from './store/postgres-store.ts';
 import { SqliteStore, type Durability } from './store/sqlite-store.ts';
 import type { SideName, Store } from './store/store.ts';
 import { Session } from './session.ts';
-import { WatchHub, type WatchSink, type WatchSpec, type WatchStartName } from './watch-hub.ts';
+import { WatchHub, type WatchBatchMessage, type WatchSink, type WatchSpec, type WatchStartName, type Watcher } from './watch-hub.ts';
 import { checkingUtf8, invalidUtf8Error } from './utf8.ts';
 
 export interface ServerConfig {
@@ -532,54 +532,30 @@ class Handlers {
 
   #watch(method: string, side: SideName): grpc.handleServerStreamingCall<Req, unknown> {
     return (call) => {
-      const started = performance.now();
-      let finished = false;
-      let untrack = () => {};
-      let release = () => {};
-      call.on('cancelled', () => release());
-      const sink: WatchSink = {
-        write: (batch) => call.write({ batch }),
-        onDrain: (callback) => call.once('drain', callback),
-        end: (error) => {
-          release();
-          untrack();
-          if (finished) return;
-          finished = true;
-          if (error) {
-            const status = toServiceError(error);
-            this.#log(method, call, status.code, started, error);
-            call.emit('error', status);
-          } else {
-            this.#log(method, call, grpc.status.OK, started);
-            call.end();
-          }
-        },
-      };
-      const fail = (error: unknown) => sink.end(asRelgateError(error));
+      const stream = new WatchStream(call, method, this.#logCall);
       this.#auth
         .requireUnit(call)
         .then((unit) => {
           const invalid = invalidUtf8Error(call.request);
           if (invalid) throw invalid;
           const spec = watchSpec(unit, side, call.request.options);
-          release = this.#admit(unit);
-          return this.#startWatch(spec, sink);
+          stream.admitted(this.#admit(unit));
+          return this.#startWatch(spec, stream);
         })
-        .then((watcher) => {
-          untrack = this.#track(watcher.spec.unit, (error) => watcher.stop(error));
-          if (finished) untrack();
-          call.on('cancelled', () => {
-            finished = true;
-            this.#log(method, call, grpc.status.CANCELLED, started);
-            watcher.stop();
-          });
-        }, fail);
+        .then(
+          (watcher) => stream.watching(watcher, this.#track(watcher.spec.unit, (error) => watcher.stop(error))),
+          (error: unknown) => stream.end(asRelgateError(error)),
+        );
     };
   }
 
+  /** #log for objects outside this class. */
+  readonly #logCall: LogCall = (method, call, code, started, error) => this.#log(method, call, code, started, error);
+
   /** Starts a watch; with replicas, it is first recorded where every replica's calls see it. */
   async #startWatch(spec: WatchSpec, sink: WatchSink) {
-    const remove = (await this.#presence?.add(spec)) ?? (() => {});
+    if (!this.#presence) return this.#hub.watch(spec, sink, (tx) => this.#watchScope(tx, spec));
+    const remove = await this.#presence.add(spec);
     const tracked: WatchSink = {
       write: (batch) => sink.write(batch),
       onDrain: (callback) => sink.onDrain(callback),
@@ -651,3 +627,76 @@ function watchSpec(unit: string, side: SideName, options: Req | null | undefined
 }
 
 export { API_FILES };
+
+type LogCall = (method: string, call: { getPeer(): string }, code: number, started: number, error?: unknown) => void;
+
+const nothing = () => {};
+
+/**
+ * One server-streaming watch call: the hub's sink for it, its cancellation,
+ * its cap slot and its log line. A class rather than closures, as thousands
+ * of idle watches each hold one.
+ */
+class WatchStream implements WatchSink {
+  readonly #call: grpc.ServerWritableStream<Req, unknown>;
+  readonly #method: string;
+  readonly #log: LogCall;
+  readonly #started = performance.now();
+  #finished = false;
+  #release: () => void = nothing;
+  #untrack: () => void = nothing;
+  #watcher: Watcher | undefined;
+
+  constructor(call: grpc.ServerWritableStream<Req, unknown>, method: string, log: LogCall) {
+    this.#call = call;
+    this.#method = method;
+    this.#log = log;
+    call.on('cancelled', () => this.#cancelled());
+  }
+
+  /** The unit's stream cap counted this stream; released when it ends. */
+  admitted(release: () => void): void {
+    this.#release = release;
+  }
+
+  /** The watch runs; untrack stops the server's tracking of it. */
+  watching(watcher: Watcher, untrack: () => void): void {
+    this.#watcher = watcher;
+    this.#untrack = untrack;
+    // Ended or cancelled while the watch was starting: nobody will stop it later.
+    if (!this.#finished) return;
+    untrack();
+    watcher.stop();
+  }
+
+  write(batch: WatchBatchMessage): boolean {
+    return this.#call.write({ batch });
+  }
+
+  onDrain(callback: () => void): void {
+    this.#call.once('drain', callback);
+  }
+
+  end(error?: RelgateError): void {
+    this.#release();
+    this.#untrack();
+    if (this.#finished) return;
+    this.#finished = true;
+    if (error) {
+      const status = toServiceError(error);
+      this.#log(this.#method, this.#call, status.code, this.#started, error);
+      this.#call.emit('error', status);
+    } else {
+      this.#log(this.#method, this.#call, grpc.status.OK, this.#started);
+      this.#call.end();
+    }
+  }
+
+  #cancelled(): void {
+    this.#release();
+    if (this.#finished) return;
+    this.#finished = true;
+    this.#log(this.#method, this.#call, grpc.status.CANCELLED, this.#started);
+    this.#watcher?.stop();
+  }
+}
