@@ -3,6 +3,7 @@
 import { v7 as uuidv7 } from 'uuid';
 import { Code, RelgateError } from './errors.ts';
 import { requestMessage, responseMessage } from './present.ts';
+import { SetMap } from './set-map.ts';
 import type { CreateInput, RequestService } from './request-service.ts';
 import type { Change, RequestRecord } from './store/store.ts';
 import type { WatchHub } from './watch-hub.ts';
@@ -45,7 +46,7 @@ export class CallService {
   readonly #hub: WatchHub;
   readonly #elsewhere: RemoteWatchers | undefined;
   /** Running calls by request id; one listener serves them all. */
-  readonly #waiting = new Map<string, Set<CallWaiter>>();
+  readonly #waiting = new SetMap<CallWaiter>();
 
   constructor(requests: RequestService, hub: WatchHub, elsewhere?: RemoteWatchers) {
     this.#requests = requests;
@@ -71,7 +72,7 @@ export class CallService {
     const input = { ...options, request_id: options.request_id || uuidv7() };
     const requestId = input.request_id.toLowerCase();
     const waiter: CallWaiter = { arrivals: [], expired: false };
-    const unregister = this.#register(requestId, waiter);
+    this.#waiting.add(requestId, waiter);
     const seen = new Set<string>();
     try {
       const { request, replayed } = await this.#requests.create(caller, input);
@@ -98,33 +99,23 @@ export class CallService {
         if (timedOut && waiter.arrivals.length === 0) return { complete: false, expired: false, missing: missing(), request };
       }
     } finally {
-      unregister();
+      this.#waiting.delete(requestId, waiter);
     }
-  }
-
-  #register(requestId: string, waiter: CallWaiter): () => void {
-    let waiters = this.#waiting.get(requestId);
-    if (!waiters) this.#waiting.set(requestId, (waiters = new Set()));
-    waiters.add(waiter);
-    return () => {
-      waiters.delete(waiter);
-      if (waiters.size === 0) this.#waiting.delete(requestId);
-    };
   }
 
   /** Hands each response, and each expiry, to the calls waiting for that request. */
   #route(changes: readonly Change[]): void {
-    if (this.#waiting.size === 0) return;
+    if (this.#waiting.isEmpty) return;
     for (const change of changes) {
       const data = change.data;
       if (data.kind === 'response') {
-        for (const waiter of this.#waiting.get(data.response.request_id) ?? []) {
+        for (const waiter of this.#waiting.get(data.response.request_id)) {
           waiter.arrivals.push(responseMessage(data.response));
           waiter.wake?.();
         }
       } else if (data.kind === 'request' && data.after) {
         const expired = data.after.state === 'expired';
-        for (const waiter of this.#waiting.get(data.after.request_id) ?? []) {
+        for (const waiter of this.#waiting.get(data.after.request_id)) {
           waiter.latest = data.after;
           if (!expired) continue;
           waiter.expired = true;

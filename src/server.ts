@@ -21,6 +21,7 @@ import { PostgresStore } from './store/postgres-store.ts';
 import { SqliteStore, type Durability } from './store/sqlite-store.ts';
 import type { SideName, Store } from './store/store.ts';
 import { Session } from './session.ts';
+import { SetMap } from './set-map.ts';
 import { WatchHub, type WatchBatchMessage, type WatchSink, type WatchSpec, type WatchStartName, type Watcher } from './watch-hub.ts';
 import { checkingUtf8, invalidUtf8Error } from './utf8.ts';
 
@@ -271,7 +272,7 @@ class Handlers {
   readonly #calls: CallService;
   readonly #auth: Authenticator;
   /** Closers of each unit's open watches and sessions, for revocation. */
-  readonly #streams = new Map<string, Set<(error: RelgateError) => void>>();
+  readonly #streams = new SetMap<(error: RelgateError) => void>();
   /** Watch and session streams admitted per unit, counted from admission to end. */
   readonly #admitted = new Map<string, number>();
   readonly #maxStreamsPerUnit: number;
@@ -294,13 +295,8 @@ class Handlers {
 
   /** Tracks an open stream of a unit; returns its untracking function. */
   #track(unit: string, close: (error: RelgateError) => void): () => void {
-    let set = this.#streams.get(unit);
-    if (!set) this.#streams.set(unit, (set = new Set()));
-    set.add(close);
-    return () => {
-      set.delete(close);
-      if (set.size === 0) this.#streams.delete(unit);
-    };
+    this.#streams.add(unit, close);
+    return () => this.#streams.delete(unit, close);
   }
 
   /** Counts a new stream of the unit against its cap; returns the (idempotent) release. */
@@ -325,7 +321,7 @@ class Handlers {
 
   #endStreams(unit: string): void {
     const error = new RelgateError(Code.UNAUTHENTICATED, `the token of ${unit} was rotated or revoked`, { reason: 'TOKEN_REVOKED' });
-    for (const close of [...(this.#streams.get(unit) ?? [])]) close(error);
+    for (const close of [...this.#streams.get(unit)]) close(error);
   }
 
   /** A unary handler: runs fn, maps errors in one place, logs one line. */

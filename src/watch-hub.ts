@@ -6,6 +6,7 @@
 // tick, so no change is missed or delivered twice.
 import { Code, RelgateError, asRelgateError } from './errors.ts';
 import { isAddressedTo, isNewFor, relationUnitMessage, requestMessage, responseMessage, type Viewer } from './present.ts';
+import { SetMap } from './set-map.ts';
 import { compactedError } from './store/compaction.ts';
 import type { Change, RequestRecord, SideName, Store, StoreTx } from './store/store.ts';
 
@@ -70,9 +71,9 @@ export const DEFAULT_HUB_OPTIONS: HubOptions = { maxBufferedEvents: 10_000, prog
 export class WatchHub {
   readonly #store: Store;
   readonly #options: HubOptions;
-  readonly #byRelation = new Map<string, Set<Watcher>>();
+  readonly #byRelation = new SetMap<Watcher>();
   /** Watchers of every relation of a unit, by unit: they follow its joins. */
-  readonly #following = new Map<string, Set<Watcher>>();
+  readonly #following = new SetMap<Watcher>();
   readonly #watchers = new Set<Watcher>();
   /** Progress timers by interval, each shared by the watchers using that interval. */
   readonly #tickers = new Map<number, { timer: NodeJS.Timeout; watchers: Set<Watcher> }>();
@@ -111,7 +112,7 @@ export class WatchHub {
 
   /** Whether a unit on the side (or the given unit) currently watches the relation. */
   isWatched(relationId: string, side: SideName, unit?: string): boolean {
-    for (const watcher of this.#byRelation.get(relationId) ?? []) {
+    for (const watcher of this.#byRelation.get(relationId)) {
       if (watcher.spec.side === side && (unit === undefined || watcher.spec.unit === unit)) return true;
     }
     return false;
@@ -169,15 +170,11 @@ export class WatchHub {
   }
 
   follow(watcher: Watcher, relationId: string): void {
-    let set = this.#byRelation.get(relationId);
-    if (!set) this.#byRelation.set(relationId, (set = new Set()));
-    set.add(watcher);
+    this.#byRelation.add(relationId, watcher);
   }
 
   unfollow(watcher: Watcher, relationId: string): void {
-    const set = this.#byRelation.get(relationId);
-    set?.delete(watcher);
-    if (set?.size === 0) this.#byRelation.delete(relationId);
+    this.#byRelation.delete(relationId, watcher);
   }
 
   /** Ticks the watcher every interval; watchers of one interval share a timer. */
@@ -206,9 +203,7 @@ export class WatchHub {
   remove(watcher: Watcher): void {
     this.#watchers.delete(watcher);
     for (const relationId of watcher.relations.keys()) this.unfollow(watcher, relationId);
-    const following = this.#following.get(watcher.spec.unit);
-    following?.delete(watcher);
-    if (following?.size === 0) this.#following.delete(watcher.spec.unit);
+    this.#following.delete(watcher.spec.unit, watcher);
   }
 
   /**
@@ -268,11 +263,7 @@ export class WatchHub {
   #register(watcher: Watcher): void {
     this.#watchers.add(watcher);
     for (const relationId of watcher.relations.keys()) this.follow(watcher, relationId);
-    if (!watcher.spec.relationId) {
-      let set = this.#following.get(watcher.spec.unit);
-      if (!set) this.#following.set(watcher.spec.unit, (set = new Set()));
-      set.add(watcher);
-    }
+    if (!watcher.spec.relationId) this.#following.add(watcher.spec.unit, watcher);
   }
 
   #publish(changes: readonly Change[]): void {
@@ -297,9 +288,9 @@ export class WatchHub {
   }
 
   #candidates(change: Change): Watcher[] {
-    const found = [...(this.#byRelation.get(change.relation_id) ?? [])];
+    const found = [...this.#byRelation.get(change.relation_id)];
     if (change.data.kind === 'unit-joined') {
-      for (const watcher of this.#following.get(change.data.unit.unit) ?? []) {
+      for (const watcher of this.#following.get(change.data.unit.unit)) {
         if (!found.includes(watcher)) found.push(watcher);
       }
     }
