@@ -479,7 +479,8 @@ class SqliteTx implements StoreTx {
     const cached = this.#c.relationUnits.get(relationId);
     if (cached) return cached;
     const units = parseAll<RelationUnitRecord>(this.#s.listRelationUnits.all(relationId)).sort((a, b) => a.revision - b.revision);
-    return this.#c.relationUnits.fill(relationId, units) ?? units;
+    this.#c.relationUnits.fill(relationId, units);
+    return units;
   }
   async listUnitRelations(unit: string) {
     return parseAll<RelationUnitRecord>(this.#s.listUnitRelations.all(unit));
