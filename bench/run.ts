@@ -19,9 +19,9 @@ import Database from 'better-sqlite3';
 import { ECHO_METHOD, ECHO_PROTO, ECHO_TEXT } from './echo.ts';
 import { findGhz, GHZ_VERSION, runGhz } from './lib/ghz.ts';
 import type { LoadOptions, LoadResult } from './lib/load.ts';
-import { spawnEtcd, spawnNats, spawnRelgate, tempDir, type ServerProcess } from './lib/processes.ts';
+import { cpuMs, spawnEtcd, spawnNats, spawnRelgate, tempDir, type ServerProcess } from './lib/processes.ts';
 import { REQUESTER_UNIT, setUpRelation } from './lib/relgate.ts';
-import { compare, markdownFigures, markdownTable, systemsTable, textFigures, textTable, type Comparison, type FigureRow, type Row, type SystemResult } from './lib/report.ts';
+import { compare, cpuCell, markdownFigures, markdownTable, systemsTable, textFigures, textTable, type Comparison, type FigureRow, type Row, type SystemResult } from './lib/report.ts';
 import { startRole, type RoleHandle } from './lib/role.ts';
 import { runScale } from './scale.ts';
 import { runWatchScenarios } from './watch.ts';
@@ -45,26 +45,44 @@ const timing = flags.quick ? { warmupMs: 500, durationMs: 2_000 } : { warmupMs: 
 const profileDir = path.join(RESULTS_DIR, 'profiles');
 const relgateExecArgv = flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
 
-/** Measures one system at every level with the given requester role; the rest of the set-up is the caller's. */
-async function measureLevels(requester: RoleHandle): Promise<LoadResult[]> {
+/** A process taking part in a measurement, for its CPU time. */
+interface Participant {
+  process: string;
+  pid: number | undefined;
+}
+
+/**
+ * Measures one system at every level with the given requester role; the rest
+ * of the set-up is the caller's. Each participant's CPU time over the
+ * measured period is divided by the round trips it completed.
+ */
+async function measureLevels(requester: RoleHandle, participants: readonly Participant[]): Promise<LoadResult[]> {
   const results: LoadResult[] = [];
   for (const inFlight of LEVELS) {
     const options: LoadOptions = { inFlight, ...timing };
-    const result = await requester.measure(options);
-    process.stdout.write(`    ${String(inFlight).padStart(2)} in flight: ${Math.round(result.perSecond)} rt/s, p50 ${result.p50Ms.toFixed(2)} ms, p99 ${result.p99Ms.toFixed(2)} ms\n`);
+    let atStart: number[] = [];
+    let atEnd: number[] = [];
+    const sample = () => participants.map((participant) => cpuMs(participant.pid));
+    const measured = await requester.measure(options, (edge) => (edge === 'start' ? (atStart = sample()) : (atEnd = sample())));
+    const cpu = participants.map((participant, i) => ({
+      process: participant.process,
+      usPerRoundTrip: (((atEnd[i] ?? 0) - (atStart[i] ?? 0)) * 1000) / measured.roundTrips,
+    }));
+    const result = { ...measured, cpu };
+    process.stdout.write(`    ${String(inFlight).padStart(2)} in flight: ${Math.round(result.perSecond)} rt/s, p50 ${result.p50Ms.toFixed(2)} ms, p99 ${result.p99Ms.toFixed(2)} ms; CPU µs per round trip: ${cpuCell(result)}\n`);
     results.push(result);
   }
   return results;
 }
 
 /** Starts roles in order (responders before requesters), measures with the last one, stops them all. */
-async function withRoles(roles: { file: string; name: string; config: Record<string, unknown>; execArgv?: string[] }[]): Promise<LoadResult[]> {
+async function withRoles(roles: { file: string; name: string; config: Record<string, unknown>; execArgv?: string[] }[], servers: readonly Participant[] = []): Promise<LoadResult[]> {
   const started: RoleHandle[] = [];
   try {
     for (const role of roles) started.push(await startRole(path.join(BENCH_DIR, role.file), role.name, role.config, { execArgv: role.execArgv ?? [] }));
     const requester = started.at(-1);
     if (!requester) throw new Error('no roles');
-    return await measureLevels(requester);
+    return await measureLevels(requester, [...servers, ...started.map((handle, i) => ({ process: roles[i]?.name ?? '', pid: handle.pid }))]);
   } finally {
     for (const role of started.reverse()) await role.stop();
   }
@@ -100,7 +118,7 @@ const measureCore = async () => {
 const measureEcho = async () => {
   const server = await startRole(path.join(BENCH_DIR, 'echo.ts'), 'server', {});
   try {
-    return await withRoles([{ file: 'echo.ts', name: 'client', config: { address: server.info.address } }]);
+    return await withRoles([{ file: 'echo.ts', name: 'client', config: { address: server.info.address } }], [{ process: 'server', pid: server.pid }]);
   } finally {
     await server.stop();
   }
@@ -116,7 +134,7 @@ function measureRelgate(responder: string | undefined, requester: string) {
         async (server) => {
           const config = { address: server.address, relationId: await setUpRelation(server.address) };
           const roles = [responder, requester].filter((name) => name !== undefined);
-          return withRoles(roles.map((name) => ({ file: 'relgate.ts', name, config, execArgv: relgateExecArgv })));
+          return withRoles(roles.map((name) => ({ file: 'relgate.ts', name, config, execArgv: relgateExecArgv })), [{ process: 'server', pid: server.child.pid }]);
         },
       );
     } finally {
@@ -132,10 +150,13 @@ function measurePeer<S extends ServerProcess>(start: (dir: string) => Promise<S>
       return await withServer(
         () => start(dir.dir),
         (server) =>
-          withRoles([
-            { file: 'peers.ts', name: `${prefix}-responder`, config: config(server) },
-            { file: 'peers.ts', name: `${prefix}-requester`, config: config(server) },
-          ]),
+          withRoles(
+            [
+              { file: 'peers.ts', name: `${prefix}-responder`, config: config(server) },
+              { file: 'peers.ts', name: `${prefix}-requester`, config: config(server) },
+            ],
+            [{ process: 'server', pid: server.child.pid }],
+          ),
       );
     } finally {
       dir.remove();

@@ -15,15 +15,27 @@ export interface LoadResult {
   perSecond: number;
   p50Ms: number;
   p99Ms: number;
+  /** CPU time (user + system, all threads) per round trip of each process taking part, in microseconds. */
+  cpu?: ProcessCpu[];
 }
 
+export interface ProcessCpu {
+  process: string;
+  usPerRoundTrip: number;
+}
+
+/** Edges of the measured period, for whoever samples the processes' CPU time. */
+export type MeasureEdge = 'start' | 'end';
+
 /** Runs `roundTrip` with `inFlight` slots: a warm-up, then the measured period. */
-export async function runLoad(roundTrip: () => Promise<void>, options: LoadOptions): Promise<LoadResult> {
+export async function runLoad(roundTrip: () => Promise<void>, options: LoadOptions, onEdge: (edge: MeasureEdge) => Promise<void> = async () => {}): Promise<LoadResult> {
   await drive(roundTrip, options.inFlight, options.warmupMs, undefined);
   const latencies: number[] = [];
+  await onEdge('start');
   const started = performance.now();
   await drive(roundTrip, options.inFlight, options.durationMs, latencies);
   const seconds = (performance.now() - started) / 1000;
+  await onEdge('end');
   return summarize(options.inFlight, latencies, seconds);
 }
 

@@ -20,6 +20,17 @@ export function procStatusKb(pid: number | undefined, field: 'VmRSS' | 'VmHWM'):
   return Number(match[1]);
 }
 
+/** Linux reports CPU time in /proc in USER_HZ ticks, 100 per second on every architecture Node runs on. */
+const TICKS_PER_SECOND = 100;
+
+/** CPU time a process has used so far (user and system, all its threads), in milliseconds. */
+export function cpuMs(pid: number | undefined): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name, which is in parentheses and may hold spaces: state is field 3, utime 14, stime 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / TICKS_PER_SECOND;
+}
+
 /** Resident memory of a process, in MiB. */
 export function rssMb(pid: number | undefined): number {
   return procStatusKb(pid, 'VmRSS') / 1024;

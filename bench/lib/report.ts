@@ -153,10 +153,18 @@ function text(header: string[], body: string[][]): string {
 
 /** Every system's own figures, one line per level. */
 export function systemsTable(systems: Iterable<SystemResult>): string {
-  const lines = ['| System | In flight | rt/s | p50 / p99 ms | Round trips |', '| --- | --- | --- | --- | --- |'];
+  const lines = ['| System | In flight | rt/s | p50 / p99 ms | Round trips | CPU µs per round trip |', '| --- | --- | --- | --- | --- | --- |'];
   for (const system of systems) {
-    if (system.error) lines.push(`| ${system.label} | | failed: ${system.error.split('\n')[0]} | | |`);
-    for (const level of system.levels) lines.push(`| ${system.label} | ${level.inFlight} | ${rate(level.perSecond)} | ${latency(level)} | ${level.roundTrips} |`);
+    if (system.error) lines.push(`| ${system.label} | | failed: ${system.error.split('\n')[0]} | | | |`);
+    for (const level of system.levels) lines.push(`| ${system.label} | ${level.inFlight} | ${rate(level.perSecond)} | ${latency(level)} | ${level.roundTrips} | ${cpuCell(level)} |`);
   }
   return lines.join('\n');
+}
+
+/** Each process's CPU time per round trip and their sum, e.g. "server 310 + client 150 = 460". */
+export function cpuCell(level: LoadResult): string {
+  if (!level.cpu || level.cpu.length === 0) return '';
+  const parts = level.cpu.map((entry) => `${entry.process} ${Math.round(entry.usPerRoundTrip)}`);
+  const total = level.cpu.reduce((sum, entry) => sum + entry.usPerRoundTrip, 0);
+  return level.cpu.length === 1 ? parts.join('') : `${parts.join(' + ')} = ${Math.round(total)}`;
 }

@@ -3,7 +3,7 @@
 // what the runner needs, such as an address), runs measured loads on request
 // and closes on `stop`.
 import { fork, type ChildProcess } from 'node:child_process';
-import { runLoad, type LoadOptions, type LoadResult } from './load.ts';
+import { runLoad, type LoadOptions, type LoadResult, type MeasureEdge } from './load.ts';
 
 export type Config = Record<string, unknown>;
 
@@ -17,8 +17,8 @@ export interface Role {
 
 export type RoleFactory = (config: Config) => Promise<Role>;
 
-type ToRole = { type: 'measure'; options: LoadOptions } | { type: 'stop' };
-type FromRole = { type: 'ready'; info: Config } | { type: 'result'; result: LoadResult } | { type: 'failed'; message: string };
+type ToRole = { type: 'measure'; options: LoadOptions } | { type: 'edge-taken' } | { type: 'stop' };
+type FromRole = { type: 'ready'; info: Config } | { type: 'edge'; edge: MeasureEdge } | { type: 'result'; result: LoadResult } | { type: 'failed'; message: string };
 
 /** Serves the role named on the command line when this module runs forked. */
 export function serveRoles(roles: Record<string, RoleFactory>): void {
@@ -32,13 +32,21 @@ export function serveRoles(roles: Record<string, RoleFactory>): void {
   };
   if (!factory) return fail(new Error(`unknown role ${name}`));
   factory(JSON.parse(json) as Config).then((role) => {
+    let edgeTaken: (() => void) | undefined;
+    // The runner samples every process's CPU time at each edge of the measured period, while nothing is in flight.
+    const onEdge = (edge: MeasureEdge) =>
+      new Promise<void>((resolve) => {
+        edgeTaken = resolve;
+        send({ type: 'edge', edge } satisfies FromRole);
+      });
     process.on('message', (message: ToRole) => {
       if (message.type === 'stop') {
         void role.close().finally(() => process.exit(0));
         return;
       }
+      if (message.type === 'edge-taken') return edgeTaken?.();
       if (!role.roundTrip) return fail(new Error(`role ${name} drives no load`));
-      runLoad(role.roundTrip, message.options).then((result) => send({ type: 'result', result } satisfies FromRole), fail);
+      runLoad(role.roundTrip, message.options, onEdge).then((result) => send({ type: 'result', result } satisfies FromRole), fail);
     });
     send({ type: 'ready', info: role.info ?? {} } satisfies FromRole);
   }, fail);
@@ -46,7 +54,9 @@ export function serveRoles(roles: Record<string, RoleFactory>): void {
 
 export interface RoleHandle {
   info: Config;
-  measure(options: LoadOptions): Promise<LoadResult>;
+  pid: number | undefined;
+  /** Runs a load; `onEdge` is called at the start and the end of the measured period. */
+  measure(options: LoadOptions, onEdge?: (edge: MeasureEdge) => void): Promise<LoadResult>;
   stop(): Promise<void>;
 }
 
@@ -77,19 +87,22 @@ export function startRole(file: string, name: string, config: Config, options: F
       clearTimeout(timer);
       child.off('exit', onEarlyExit);
       if (message.type !== 'ready') return reject(new Error(`role ${name} failed: ${message.type === 'failed' ? message.message : message.type}\n${stderr}`));
-      resolve({ info: message.info, measure: (load) => measureOn(child, name, load, () => stderr), stop: () => stopRole(child, exited) });
+      resolve({ info: message.info, pid: child.pid, measure: (load, onEdge) => measureOn(child, name, load, onEdge, () => stderr), stop: () => stopRole(child, exited) });
     });
   });
 }
 
-function measureOn(child: ChildProcess, name: string, options: LoadOptions, stderr: () => string): Promise<LoadResult> {
+function measureOn(child: ChildProcess, name: string, options: LoadOptions, onEdge: ((edge: MeasureEdge) => void) | undefined, stderr: () => string): Promise<LoadResult> {
   return new Promise((resolve, reject) => {
     // A stuck round trip would hang the slot: bound the whole measurement.
     const limitMs = options.warmupMs + options.durationMs + 30_000;
     const timer = setTimeout(() => finish(new Error(`role ${name} did not finish its load within ${limitMs} ms\n${stderr()}`)), limitMs);
     const onExit = (code: number | null) => finish(new Error(`role ${name} exited (${code}) during its load\n${stderr()}`));
     const onMessage = (message: FromRole) => {
-      if (message.type === 'result') finish(undefined, message.result);
+      if (message.type === 'edge') {
+        onEdge?.(message.edge);
+        child.send({ type: 'edge-taken' } satisfies ToRole);
+      } else if (message.type === 'result') finish(undefined, message.result);
       else if (message.type === 'failed') finish(new Error(`role ${name} failed: ${message.message}`));
     };
     function finish(error: Error | undefined, result?: LoadResult) {
