@@ -391,6 +391,8 @@ export class Watcher {
       const last = i + MAX_BATCH_EVENTS >= snapshot.length;
       this.#enqueue({ events: snapshot.slice(i, i + MAX_BATCH_EVENTS), revision: last ? String(from) : '0' });
     }
+    // A watch from now says at once where it begins: a client whose stream breaks before the first change resumes from there.
+    if (this.spec.start === 'now') this.#enqueue({ events: [], revision: String(from) });
     this.#interval = this.spec.progressIntervalMs || this.#options.progressIntervalMs;
     this.#hub.tickEvery(this.#interval, this);
     void this.#catchUp(from);

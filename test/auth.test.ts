@@ -171,13 +171,13 @@ test('revocation mid-watch ends the stream and no event reaches it afterwards', 
   const { token } = await admin.call('RotateUnitToken', { name: 'webapp/0' });
   const watch = client('RequesterService', token).stream('WatchResponses', { options: { relation_id: r1, start: 'WATCH_START_NOW' } });
   let events = 0;
-  watch.on('data', () => (events += 1));
+  // A watch from now first says where it begins, in a batch without events.
+  const begun = new Promise<{ batch: { events: unknown[]; revision: string } }>((resolve) => watch.once('data', resolve));
+  watch.on('data', (message: { batch: { events: unknown[] } }) => (events += message.batch.events.length));
   const ended = new Promise<grpc.ServiceError>((resolve) => watch.on('error', resolve));
-  // The watch is registered once the hub knows of it.
-  await new Promise<void>((resolve) => {
-    const check = () => (h.server.hub.isWatched(r1, 'requester', 'webapp/0') ? resolve() : setImmediate(check));
-    check();
-  });
+  const first = await begun;
+  expect(first.batch.events).toEqual([]);
+  expect(Number(first.batch.revision)).toBeGreaterThan(0);
   await admin.call('RevokeUnitToken', { name: 'webapp/0' });
   const error = fromServiceError(await ended);
   expect(error.code).toBe(grpc.status.UNAUTHENTICATED);

@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, Code, hasCode, hasReason, isRelgateError, RelgateError, type Connection, type Watch, type WatchEvent } from '../src/client/index.ts';
+import { Watch as SdkWatch, type OpenWatch, type WatchOptionsMessage, type WatchSink } from '../src/client/watch.ts';
+import type { WatchBatch__Output } from '../gen/relgate/v1/WatchBatch.ts';
 import { InterfaceRegistry } from '../src/interfaces.ts';
 import { RegistryService } from '../src/registry-service.ts';
 import { startServer, type RunningServer } from '../src/server.ts';
@@ -265,6 +267,30 @@ describe('SDK watches across gateway restarts', () => {
     watch.close();
   });
 
+  it('resumes a watch from now that broke before its first change from where it began', async () => {
+    const w = await world();
+    const requester = w.requesters[0] as string;
+    const web = as(requester).requester('tls-certificates', { relation: w.relationId });
+    // Bookmarks (which carry a revision too) a minute apart, so that only the first batch can say where the watch begins.
+    const watch = web.watch({ start: 'now', progressIntervalMs: 60_000 });
+    await expect.poll(() => watch.revision, { timeout: 5_000 }).toBeGreaterThan(0);
+
+    await server.stop();
+    // While the watch cannot reconnect, a gateway on another port (same database) takes a request.
+    const elsewhere = await startServer({ listen: '127.0.0.1:0', db, logLevel: 'silent', shutdownGraceMs: 200 });
+    const other = connect(elsewhere.address, { unit: requester });
+    const meanwhile = await other.requester('tls-certificates', { relation: w.relationId }).create({ common_name: 'meanwhile.example' });
+    other.close();
+    await elsewhere.stop();
+    await start();
+
+    const seen = await readUntil(watch, (event) => event.request?.request_id === meanwhile.request_id);
+    expect(seen.filter(isChange).map((event) => [event.type, event.request?.fields])).toEqual([['ADDED', { common_name: 'meanwhile.example' }]]);
+    expect(watch.stats.resumes).toBeGreaterThanOrEqual(1);
+    expect(watch.stats.resyncs).toBe(0);
+    watch.close();
+  });
+
   it('carries session watches and commands across a restart', async () => {
     const w = await world();
     const web = as(w.requesters[0] as string);
@@ -358,6 +384,55 @@ describe('SDK watches across gateway restarts', () => {
     session.close();
     expect(await session.closed).toBeUndefined();
   }, 60_000);
+});
+
+// The resume rule on the wire the gateway speaks: a snapshot's messages before
+// its last carry revision 0. Breaking a stream exactly between two messages of
+// one snapshot cannot be timed against a real gateway, so these streams are
+// scripted batches of that shape.
+describe('SDK watch resume points', () => {
+  type Opened = { options: WatchOptionsMessage; sink: WatchSink };
+  const request = (id: string, revision: number) =>
+    ({ type: 'EVENT_TYPE_ADDED', revision: String(revision), relation_id: 'r', request: { request_id: id, fields: null } }) as unknown as WatchBatch__Output['events'][number];
+  const scripted = () => {
+    const opened: Opened[] = [];
+    const open: OpenWatch = (options, sink) => {
+      opened.push({ options, sink });
+      return { pause() {}, resume() {}, cancel() {} };
+    };
+    return { opened, open };
+  };
+  const unavailable = () => new RelgateError(Code.UNAVAILABLE, 'connection lost', { reason: 'CONNECTION_CLOSED' });
+
+  it('starts a snapshot over, announced by RESYNC, when it broke before its last message', async () => {
+    const { opened, open } = scripted();
+    const watch = new SdkWatch<unknown, unknown>(open, { base: {}, options: { start: 'snapshot' }, retryDelayMs: () => 0 });
+    const first = opened[0] as Opened;
+    expect(first.options.start).toBe('WATCH_START_SNAPSHOT');
+    first.sink.batch({ events: [request('a', 3), request('b', 5)], revision: '0' });
+    first.sink.end(unavailable());
+    await expect.poll(() => opened.length).toBe(2);
+    expect((opened[1] as Opened).options.start).toBe('WATCH_START_SNAPSHOT');
+    const types: string[] = [];
+    for (let i = 0; i < 3; i++) types.push((await watch.next()).value?.type ?? 'end');
+    expect(types).toEqual(['ADDED', 'ADDED', 'RESYNC']);
+    expect(watch.stats.resyncs).toBe(1);
+    watch.close();
+  });
+
+  it('resumes after the revision of the first batch of a watch from now, though it had no events', async () => {
+    const { opened, open } = scripted();
+    const watch = new SdkWatch<unknown, unknown>(open, { base: {}, options: { start: 'now' }, retryDelayMs: () => 0 });
+    const first = opened[0] as Opened;
+    expect(first.options.start).toBe('WATCH_START_NOW');
+    first.sink.batch({ events: [], revision: '42' });
+    expect(watch.revision).toBe(42);
+    first.sink.end(unavailable());
+    await expect.poll(() => opened.length).toBe(2);
+    expect((opened[1] as Opened).options).toMatchObject({ start: 'WATCH_START_AFTER_REVISION', after_revision: '42' });
+    expect(watch.stats.resyncs).toBe(0);
+    watch.close();
+  });
 });
 
 describe('SDK credentials', () => {

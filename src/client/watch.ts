@@ -5,7 +5,10 @@
 // gateway no longer has that history (OUT_OF_RANGE) it starts again from a
 // snapshot, announced by a RESYNC event. Batches never split a revision, so
 // dropping events at or below the last revision makes every event arrive
-// exactly once.
+// exactly once. A watch from now learns its first revision from the
+// gateway's first (empty) batch; a snapshot's messages before its last one
+// carry revision 0 and are no point to resume from, so a break in the middle
+// of a snapshot starts it over, announced by RESYNC like any other.
 import type { ClientReadableStream } from '@grpc/grpc-js';
 import type { WatchBatch__Output } from '../../gen/relgate/v1/WatchBatch.ts';
 import type { WatchEvent__Output } from '../../gen/relgate/v1/WatchEvent.ts';
@@ -64,6 +67,8 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
   #stream: WatchStream | undefined;
   #revision: number | undefined;
   #resync = false;
+  /** Events of a snapshot that has not reached its last message were delivered. */
+  #partialSnapshot = false;
   #attempt = 0;
   #retryTimer: NodeJS.Timeout | undefined;
   #paused = false;
@@ -162,7 +167,13 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
       if (last !== undefined && event.revision <= last) continue;
       this.#push(event);
     }
-    this.#revision = Math.max(last ?? 0, Number(batch.revision));
+    const revision = Number(batch.revision);
+    if (revision > 0) {
+      this.#revision = Math.max(last ?? 0, revision);
+      this.#partialSnapshot = false;
+    } else if (batch.events.length > 0) {
+      this.#partialSnapshot = true;
+    }
   }
 
   #onEnd(error: unknown): void {
@@ -170,14 +181,14 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
     if (this.#done) return;
     if (error === undefined) return this.#finish(undefined);
     const failure = toRelgateError(error);
-    if (failure.code === Code.OUT_OF_RANGE) {
-      // The history after our revision is gone: start over from a snapshot.
+    if (failure.code !== Code.OUT_OF_RANGE && !RETRIABLE.has(failure.code)) return this.#finish(failure);
+    // The history after our revision is gone, or a snapshot broke off half-way: start over from a snapshot.
+    if (failure.code === Code.OUT_OF_RANGE || (this.#revision === undefined && this.#partialSnapshot)) {
       this.#revision = undefined;
+      this.#partialSnapshot = false;
       this.#resync = true;
       this.stats.resyncs += 1;
       this.#push({ type: 'RESYNC', revision: 0, relationId: '' });
-    } else if (!RETRIABLE.has(failure.code)) {
-      return this.#finish(failure);
     }
     this.stats.resumes += 1;
     const delay = (this.#config.retryDelayMs ?? backoff)(this.#attempt);

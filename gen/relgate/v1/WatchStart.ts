@@ -14,7 +14,9 @@ export const WatchStart = {
    */
   WATCH_START_SNAPSHOT: 'WATCH_START_SNAPSHOT',
   /**
-   * Live changes only, from the current revision.
+   * Live changes only, from the current revision. The first message is a
+   * batch without events whose revision is where the watch begins: a client
+   * whose stream breaks before any change resumes after that revision.
    */
   WATCH_START_NOW: 'WATCH_START_NOW',
   /**
@@ -38,7 +40,9 @@ export type WatchStart =
   | 'WATCH_START_SNAPSHOT'
   | 1
   /**
-   * Live changes only, from the current revision.
+   * Live changes only, from the current revision. The first message is a
+   * batch without events whose revision is where the watch begins: a client
+   * whose stream breaks before any change resumes after that revision.
    */
   | 'WATCH_START_NOW'
   | 2
