@@ -5,10 +5,10 @@
 // the new request, and it ends when the requester's watcher receives the
 // response. What this reaches bounds what the gateway can reach over gRPC.
 // Request ids as the SDK makes them: time-ordered UUIDv7.
-import { v7 as uuidv7 } from 'uuid';
 import path from 'node:path';
 import { InterfaceRegistry } from '../src/interfaces.ts';
 import { RegistryService } from '../src/registry-service.ts';
+import { newRequestId } from '../src/request-id.ts';
 import { RequestService } from '../src/request-service.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
 import { WatchHub, type WatchBatchMessage, type WatchSink, type WatchSpec } from '../src/watch-hub.ts';
@@ -64,7 +64,7 @@ async function core(config: Config) {
 
   const delivery = { mode: 'any' as const, unit: '', selector: '' };
   const roundTrip = () => {
-    const requestId = uuidv7();
+    const requestId = newRequestId();
     const done = pending.begin(requestId);
     requests.create(REQUESTER_UNIT, { relation_id: relation.id, request_id: requestId, fields: REQUEST_FIELDS, delivery, ttl: null }).catch((error: Error) => pending.fail(requestId, error));
     return done;

@@ -4,8 +4,8 @@
 // (over a session, over unary CreateRequest plus a response watch, or with
 // one unary Call); a creator only creates requests, for the ingest rate.
 // Request ids as the SDK makes them: time-ordered UUIDv7.
-import { v7 as uuidv7 } from 'uuid';
 import type * as grpc from '@grpc/grpc-js';
+import { newRequestId } from '../src/request-id.ts';
 import { PendingRoundTrips } from './lib/load.ts';
 import { REQUEST_FIELDS, REQUESTER_UNIT, RESPONDER_UNIT, RESPONSE_FIELDS, relgateClient, unary, unitMetadata, type RelgateClient } from './lib/relgate.ts';
 import { serveRoles, type Config } from './lib/role.ts';
@@ -91,7 +91,7 @@ async function requesterSession(config: Config) {
   watchAcks(stream, (id, message) => pending.fail(id, new Error(`create ${id} failed: ${message}`)));
   await followEvents(stream, sessionBatch, (event) => isResponse(event) && pending.complete(event.response.request_id as string));
   const roundTrip = () => {
-    const requestId = uuidv7();
+    const requestId = newRequestId();
     const done = pending.begin(requestId);
     stream.write({ command: { correlation_id: requestId, create: { relation_id: relationId, request_id: requestId, fields: REQUEST_FIELDS } } });
     return done;
@@ -111,7 +111,7 @@ async function creatorSession(config: Config) {
     else pending.complete(id);
   });
   const roundTrip = () => {
-    const requestId = uuidv7();
+    const requestId = newRequestId();
     const done = pending.begin(requestId);
     stream.write({ command: { correlation_id: requestId, create: { relation_id: relationId, request_id: requestId, fields: REQUEST_FIELDS } } });
     return done;
@@ -127,7 +127,7 @@ async function requesterUnary(config: Config) {
   const stream = (client.WatchResponses as (req: Message, md: grpc.Metadata) => grpc.ClientReadableStream<Message>).call(client, { options: watchOptions(relationId) }, metadata);
   await followEvents(stream, watchBatch, (event) => isResponse(event) && pending.complete(event.response.request_id as string));
   const roundTrip = async () => {
-    const requestId = uuidv7();
+    const requestId = newRequestId();
     const done = pending.begin(requestId);
     await unary(client, 'CreateRequest', { relation_id: relationId, request_id: requestId, fields: REQUEST_FIELDS }, metadata);
     await done;

@@ -1,8 +1,8 @@
 // Synchronous calls on top of the durable model: the request is stored like
 // any other, then the call waits on the hub for its responses.
-import { v7 as uuidv7 } from 'uuid';
 import { Code, RelgateError } from './errors.ts';
 import { requestMessage, responseMessage } from './present.ts';
+import { newRequestId } from './request-id.ts';
 import { SetMap } from './set-map.ts';
 import type { CreateInput, RequestService } from './request-service.ts';
 import type { Change, RequestRecord } from './store/store.ts';
@@ -69,7 +69,7 @@ export class CallService {
   ): Promise<CallOutcome> {
     await this.#checkResponders(caller, options);
     // The id is known before the request is stored, so no response can slip past the waiter.
-    const input = { ...options, request_id: options.request_id || uuidv7() };
+    const input = { ...options, request_id: options.request_id || newRequestId() };
     const requestId = input.request_id.toLowerCase();
     const waiter: CallWaiter = { arrivals: [], expired: false };
     this.#waiting.add(requestId, waiter);

@@ -1,12 +1,12 @@
 // Requester and responder logic: requests, responses, claims, expiry and
 // flags. Every operation acts as one calling unit.
 // Time-ordered ids: a new request's index entries land next to the previous one's, not on a random page.
-import { v7 as uuidv7 } from 'uuid';
 import { Code, RelgateError, failedPrecondition, invalidArgument, notFound } from './errors.ts';
 import { mergeRequesterFlags, mergeResponderFlags, requesterFlags, responderFlags } from './flags.ts';
 import { validateFields, type InterfaceRegistry, type InterfaceDefinition } from './interfaces.ts';
 import { isAddressedTo, isNewFor, requestMessage, responseMessage, type Viewer } from './present.ts';
 import { joinedRelation, joinedRelationIds, recordRequestChange, requireCaller, requireUnit } from './relations.ts';
+import { newRequestId } from './request-id.ts';
 import { matches, parseSelector } from './selector.ts';
 import type { DeliveryModeName, RelationRecord, RequestRecord, SideName, Store, StoreTx, UnitRecord } from './store/store.ts';
 import { canonicalJson, jsonEqual, structToJson, type JsonObject, type StructMessage } from './struct.ts';
@@ -75,7 +75,7 @@ export class RequestService {
     const caller = await requireCaller(tx, callerName);
     const { relation, units } = await joinedRelation(tx, input.relation_id, caller, 'requester');
     invalidIfAny(validateFields(this.#definition(relation).requestType, parsed.fields, 'fields', { checkRequired: true }));
-    const requestId = input.request_id.toLowerCase() || uuidv7();
+    const requestId = input.request_id.toLowerCase() || newRequestId();
     const existing = await tx.getRequest(requestId);
     if (existing) {
       if (existing.body === requestBody(relation.id, parsed.fields, input.delivery, parsed.ttl)) return { caller, relation, requestId, existing };
@@ -108,7 +108,7 @@ export class RequestService {
       if (!existing) {
         const revision = await tx.revision();
         const expected = await resolveDelivery(tx, relation, units, input.delivery, selector);
-        const request = newRequest(caller, relation, uuidv7(), fields, input.delivery, expected, ttl, tx.now, revision);
+        const request = newRequest(caller, relation, newRequestId(), fields, input.delivery, expected, ttl, tx.now, revision);
         await recordRequestChange(tx, relation, null, request);
         return { request: requestMessage(request, requesterView(caller)), created: true, updated: false };
       }

@@ -1,11 +1,11 @@
 // What requester and responder endpoints share: the relation they act on,
 // and commands that go over the session when one is open, unary otherwise.
 // Time-ordered ids keep the gateway's index inserts local (see docs/benchmarks.md).
-import { v7 as uuidv7 } from 'uuid';
 import type * as grpc from '@grpc/grpc-js';
 import type { Delivery as DeliveryMessage } from '../../gen/relgate/v1/Delivery.ts';
 import type { Duration } from '../../gen/google/protobuf/Duration.ts';
 import type { Struct } from '../../gen/google/protobuf/Struct.ts';
+import { newRequestId } from '../request-id.ts';
 import { jsonToStruct, type JsonObject } from '../struct.ts';
 import { unary, type Connection } from './connect.ts';
 import type { CommandBody, CommandName, CommandResult } from './session.ts';
@@ -38,7 +38,7 @@ export class Endpoint<I extends InterfaceName> {
   protected createBody(fields: object, options: CreateOptions) {
     return {
       relation_id: options.relation ?? this.relation,
-      request_id: options.requestId ?? uuidv7(),
+      request_id: options.requestId ?? newRequestId(),
       fields: struct(fields),
       ...(options.delivery ? { delivery: deliveryMessage(options.delivery) } : {}),
       ...(options.ttlMs !== undefined ? { ttl: duration(options.ttlMs) } : {}),
