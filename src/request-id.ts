@@ -1,7 +1,7 @@
 // Request ids: UUIDv7, time-ordered so that new requests and responses sit
 // side by side in the store's indexes. The uuid package asks the operating
 // system for 16 random bytes per id; drawing them from a pool makes that one
-// call per 256 ids (about a tenth of a microsecond per id instead of two).
+// call per 256 ids (about a quarter of a microsecond per id instead of two).
 import { randomFillSync } from 'node:crypto';
 import { v7 } from 'uuid';
 
