@@ -5,7 +5,7 @@ import { requestMessage, responseMessage } from './present.ts';
 import { newRequestId } from './request-id.ts';
 import { SetMap } from './set-map.ts';
 import type { CreateInput, RequestService } from './request-service.ts';
-import type { Change, RequestRecord } from './store/store.ts';
+import type { Change, LoggedRequest } from './store/store.ts';
 import type { WatchHub } from './watch-hub.ts';
 
 export interface CallOptions extends CreateInput {
@@ -37,7 +37,7 @@ interface CallWaiter {
   arrivals: ResponseMessage[];
   expired: boolean;
   /** The request after the latest change to it. */
-  latest?: RequestRecord | undefined;
+  latest?: LoggedRequest | undefined;
   wake?: (() => void) | undefined;
 }
 

@@ -5,7 +5,7 @@
 // bounded: gRPC method names, status codes, interface names, watch sides.
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Change, RequestRecord, Store } from './store/store.ts';
+import type { Change, LoggedRequest, RequestState, Store } from './store/store.ts';
 import type { WatchHub } from './watch-hub.ts';
 
 /** gRPC status codes as go-grpc-prometheus spells them in grpc_code. */
@@ -212,14 +212,14 @@ export class Metrics {
   }
 
   #observe(changes: readonly Change[]): void {
-    const requests = new Map<string, RequestRecord>();
+    const requests = new Map<string, LoggedRequest>();
     for (const change of changes) {
       const data = change.data;
       if (data.kind !== 'request') continue;
       this.#countPending(data.before, -1, change.revision);
       this.#countPending(data.after, 1, change.revision);
-      const request = data.after ?? data.before;
-      if (request) requests.set(request.request_id, request);
+      const request = data.after === null ? data.before : data.after;
+      requests.set(request.request_id, request);
     }
     for (const change of changes) {
       if (change.data.kind !== 'response') continue;
@@ -234,7 +234,7 @@ export class Metrics {
     this.#publishWaiting();
   }
 
-  #countPending(request: RequestRecord | null, by: number, revision: number): void {
+  #countPending(request: RequestState | null, by: number, revision: number): void {
     if (request?.state !== 'pending') return;
     if (this.#early) this.#early.push({ revision, interface: request.interface, by });
     else this.#addPending(request.interface, by);

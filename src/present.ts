@@ -1,6 +1,6 @@
 // Stored records -> relgate.v1 messages (plain objects for grpc-js), as seen
 // by the calling unit.
-import type { RelationRecord, RelationUnitRecord, RequestRecord, ResponseRecord, UnitRecord } from './store/store.ts';
+import type { LoggedRequest, RelationRecord, RelationUnitRecord, RequestState, ResponseRecord, UnitRecord } from './store/store.ts';
 import { jsonToStruct } from './struct.ts';
 
 export interface TimestampMessage {
@@ -41,20 +41,20 @@ export function relationMessage(relation: Omit<RelationRecord, 'counters'>, unit
 }
 
 /** Whether a request still waits for the given responder unit's answer. */
-export function isNewFor(request: RequestRecord, unit: string): boolean {
+export function isNewFor(request: RequestState, unit: string): boolean {
   if (request.state !== 'pending') return false;
   if (request.delivery.mode === 'any') return !request.claim || request.claim.unit === unit;
   return request.expected_units.includes(unit) && !request.answered_units.includes(unit);
 }
 
 /** Whether a request is addressed to the given responder unit. */
-export function isAddressedTo(request: RequestRecord, unit: string): boolean {
+export function isAddressedTo(request: RequestState, unit: string): boolean {
   return request.delivery.mode === 'any' || request.expected_units.includes(unit);
 }
 
 export type Viewer = { unit: string; side: 'requester' | 'responder' };
 
-export function requestMessage(request: RequestRecord, viewer: Viewer) {
+export function requestMessage(request: LoggedRequest, viewer: Viewer) {
   const received = viewer.side === 'responder' && isAddressedTo(request, viewer.unit);
   return {
     request_id: request.request_id,

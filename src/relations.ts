@@ -2,7 +2,7 @@
 // bookkeeping a request change needs (counters, change log, flags).
 import { Code, RelgateError, failedPrecondition, notFound } from './errors.ts';
 import { applyChange, requesterFlags, responderFlags, sameFlags } from './flags.ts';
-import type { RelationRecord, RelationUnitRecord, RequestRecord, SideName, StoreTx, UnitRecord } from './store/store.ts';
+import type { LoggedRequest, RelationRecord, RelationUnitRecord, RequestChange, RequestRecord, RequestState, SideName, StoreTx, UnitRecord } from './store/store.ts';
 
 export interface Membership {
   relation: RelationRecord;
@@ -45,8 +45,24 @@ export async function recordRequestChange(tx: StoreTx, relation: RelationRecord,
   else if (before) await tx.deleteRequest(before.request_id);
   applyChange(relation.counters, before, after);
   await tx.putRelation({ ...relation, revision });
-  await tx.appendChange(relation.id, { kind: 'request', before, after });
+  await tx.appendChange(relation.id, requestChange(before, after));
   await refreshFlags(tx, relation);
+}
+
+/** The change-log entry of a request change: what watches need, and no more (fields are logged once, not twice). */
+function requestChange(before: RequestRecord | null, after: RequestRecord | null): RequestChange {
+  if (after) return { kind: 'request', before: before && requestState(before), after: logged(after) };
+  if (before) return { kind: 'request', before: logged(before), after: null };
+  throw new Error('a request change needs the request before or after it');
+}
+
+function requestState(request: RequestRecord): RequestState {
+  const { request_id, interface: name, state, delivery, expected_units, answered_units, claim } = request;
+  return { request_id, interface: name, state, delivery, expected_units, answered_units, claim };
+}
+
+function logged({ body: _body, ...request }: RequestRecord): LoggedRequest {
+  return request;
 }
 
 /** Recomputes every joined unit's flags and logs the ones that changed. */

@@ -8,7 +8,7 @@ import { Code, RelgateError, asRelgateError } from './errors.ts';
 import { isAddressedTo, isNewFor, relationUnitMessage, requestMessage, responseMessage, type Viewer } from './present.ts';
 import { SetMap } from './set-map.ts';
 import { compactedError } from './store/compaction.ts';
-import type { Change, RequestRecord, SideName, Store, StoreTx } from './store/store.ts';
+import type { Change, RequestState, SideName, Store, StoreTx } from './store/store.ts';
 
 export type WatchStartName = 'snapshot' | 'now' | 'after';
 
@@ -339,7 +339,7 @@ function flagsEvent(side: SideName, relationId: string, revision: string, flags:
   return { type: 'EVENT_TYPE_FLAGS', revision, relation_id: relationId, object, [object]: flags };
 }
 
-function inWatchedSet(spec: WatchSpec, request: RequestRecord | null): request is RequestRecord {
+function inWatchedSet(spec: WatchSpec, request: RequestState | null): boolean {
   if (!request) return false;
   if (spec.side === 'requester') return true;
   return isAddressedTo(request, spec.unit) && (spec.filter === 'all' || isNewFor(request, spec.unit));
@@ -475,7 +475,7 @@ export class Watcher {
         const inAfter = inWatchedSet(this.spec, data.after);
         if (!inBefore && !inAfter) return [];
         const type = !inBefore ? 'EVENT_TYPE_ADDED' : inAfter ? 'EVENT_TYPE_MODIFIED' : 'EVENT_TYPE_DELETED';
-        const request = (data.after ?? data.before) as RequestRecord;
+        const request = data.after === null ? data.before : data.after;
         const viewer: Viewer = { unit: this.spec.unit, side: this.spec.side };
         return [{ type, revision, relation_id: relationId, object: 'request', request: requestMessage(request, viewer) }];
       }

@@ -141,6 +141,33 @@ describe('stream guarantees', () => {
   });
 });
 
+describe('the change log', () => {
+  test('keeps a request once per change, without its body, and of the request before a change only its state', async () => {
+    const r = await relate(h);
+    const from = currentRevision();
+    const answered = await create(r, { fields: struct({ common_name: 'logged.example' }) });
+    await respond(r, answered.request_id);
+    const withdrawn = await create(r, { fields: struct({ common_name: 'withdrawn.example' }) });
+    await r.req().call('WithdrawRequest', { request_id: withdrawn.request_id });
+    const logged = (await changeLog(from)).flatMap((change) => (change.data.kind === 'request' && change.relation_id === r.id ? [change.data] : []));
+    expect(logged.map((change) => [change.before === null ? null : Object.keys(change.before).length > 7 ? 'request' : 'state', change.after?.state ?? null])).toEqual([
+      [null, 'pending'],
+      ['state', 'answered'],
+      [null, 'pending'],
+      ['request', null],
+    ]);
+    const [created, answer, , withdrawal] = logged;
+    expect(created?.after).toMatchObject({ request_id: answered.request_id, fields: { common_name: 'logged.example' } });
+    expect(answer?.before).toEqual({ request_id: answered.request_id, interface: 'tls-certificates', state: 'pending', delivery: { mode: 'any', unit: '', selector: '' }, expected_units: [], answered_units: [], claim: null });
+    // A deletion keeps the whole request as it was, for the DELETED event.
+    expect(withdrawal?.before).toMatchObject({ request_id: withdrawn.request_id, fields: { common_name: 'withdrawn.example' } });
+    for (const change of logged) {
+      expect(change.after ?? {}).not.toHaveProperty('body');
+      expect(change.before ?? {}).not.toHaveProperty('body');
+    }
+  });
+});
+
 describe('start modes', () => {
   test('now: only changes after the start', async () => {
     const r = await relate(h);

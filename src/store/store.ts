@@ -85,9 +85,24 @@ export interface ResponseRecord {
 
 export type FlagsRecord = Record<string, boolean>;
 
+/** What decides whether a responder unit is sent a request and sees it as new. */
+export type RequestState = Pick<RequestRecord, 'request_id' | 'interface' | 'state' | 'delivery' | 'expected_units' | 'answered_units' | 'claim'>;
+
+/** A request as the change log holds it: without the body kept for replay checks. */
+export type LoggedRequest = Omit<RequestRecord, 'body'>;
+
+/**
+ * A request change. Of the request before a change the log keeps only its
+ * state (what watches compare to tell ADDED, MODIFIED and DELETED apart);
+ * a deletion keeps the whole request as it was.
+ */
+export type RequestChange =
+  | { kind: 'request'; before: RequestState | null; after: LoggedRequest }
+  | { kind: 'request'; before: LoggedRequest; after: null };
+
 /** What a change-log entry records; watches are derived from these alone. */
 export type ChangeData =
-  | { kind: 'request'; before: RequestRecord | null; after: RequestRecord | null }
+  | RequestChange
   | { kind: 'response'; response: ResponseRecord }
   | { kind: 'unit-joined' | 'unit-departed'; unit: RelationUnitRecord }
   | { kind: 'relation-created' | 'relation-removed'; relation: Omit<RelationRecord, 'counters'> }
