@@ -52,38 +52,33 @@ CREATE TABLE IF NOT EXISTS requests (
   due INTEGER, doc TEXT NOT NULL, pending INTEGER NOT NULL DEFAULT 0) STRICT;
 CREATE INDEX IF NOT EXISTS requests_by_relation ON requests (relation_id, create_revision);
 CREATE INDEX IF NOT EXISTS requests_by_due ON requests (due) WHERE due IS NOT NULL;
+-- Pending requests apart, so that NEW listings do not read a relation's history.
+CREATE INDEX IF NOT EXISTS requests_pending ON requests (relation_id, create_revision) WHERE pending = 1;
 CREATE TABLE IF NOT EXISTS responses (request_id TEXT NOT NULL, responder_unit TEXT NOT NULL, revision INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (request_id, responder_unit)) STRICT;
 CREATE TABLE IF NOT EXISTS flags (relation_id TEXT NOT NULL, unit TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (relation_id, unit)) STRICT;
 CREATE TABLE IF NOT EXISTS changes (revision INTEGER NOT NULL, idx INTEGER NOT NULL, relation_id TEXT NOT NULL, time INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (revision, idx)) STRICT;
 CREATE INDEX IF NOT EXISTS changes_by_time ON changes (time);
 `;
 
-/** Steps from older schemas, by the user_version they bring the database to. */
+/** Steps from older schemas, by the user_version they bring the database to; SCHEMA then adds what is new. */
 const MIGRATIONS: readonly { version: number; sql: string }[] = [
   {
-    // Pending requests apart, so that NEW listings do not read a relation's history.
     version: 1,
-    sql: `
-CREATE INDEX IF NOT EXISTS requests_pending ON requests (relation_id, create_revision) WHERE pending = 1;
-`,
+    sql: "ALTER TABLE requests ADD COLUMN pending INTEGER NOT NULL DEFAULT 0; UPDATE requests SET pending = json_extract(doc, '$.state') = 'pending';",
   },
 ];
+
+const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;
 
 /** Creates the schema, or brings an older database up to date, in one transaction. */
 function migrate(db: Database.Database): void {
   db.transaction(() => {
-    const columns = db.pragma('table_info(requests)') as { name: string }[];
-    // Databases from before the pending column: add and fill it before the index on it.
-    if (columns.length > 0 && !columns.some((column) => column.name === 'pending')) {
-      db.exec("ALTER TABLE requests ADD COLUMN pending INTEGER NOT NULL DEFAULT 0; UPDATE requests SET pending = json_extract(doc, '$.state') = 'pending';");
-    }
-    db.exec(SCHEMA);
+    // A new database gets the whole schema at once; an older one first takes the steps it misses.
+    const existing = (db.pragma('table_info(requests)') as unknown[]).length > 0;
     const current = db.pragma('user_version', { simple: true }) as number;
-    for (const migration of MIGRATIONS) {
-      if (migration.version <= current) continue;
-      db.exec(migration.sql);
-      db.pragma(`user_version = ${migration.version}`);
-    }
+    if (existing) for (const migration of MIGRATIONS) if (migration.version > current) db.exec(migration.sql);
+    db.exec(SCHEMA);
+    if (current < SCHEMA_VERSION) db.pragma(`user_version = ${SCHEMA_VERSION}`);
   }).immediate();
 }
 
