@@ -1,6 +1,5 @@
 // Requester and responder logic: requests, responses, claims, expiry and
 // flags. Every operation acts as one calling unit.
-// Time-ordered ids: a new request's index entries land next to the previous one's, not on a random page.
 import { Code, RelgateError, failedPrecondition, invalidArgument, notFound } from './errors.ts';
 import { mergeRequesterFlags, mergeResponderFlags, requesterFlags, responderFlags } from './flags.ts';
 import { validateFields, type InterfaceRegistry, type InterfaceDefinition } from './interfaces.ts';

@@ -1,6 +1,5 @@
 // What requester and responder endpoints share: the relation they act on,
 // and commands that go over the session when one is open, unary otherwise.
-// Time-ordered ids keep the gateway's index inserts local (see docs/benchmarks.md).
 import type * as grpc from '@grpc/grpc-js';
 import type { Delivery as DeliveryMessage } from '../../gen/relgate/v1/Delivery.ts';
 import type { Duration } from '../../gen/google/protobuf/Duration.ts';
