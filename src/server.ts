@@ -582,6 +582,8 @@ class Handlers {
 
 /** Calls without a deadline wait at most this long. */
 const DEFAULT_CALL_MS = 60_000;
+const MIN_PROGRESS_MS = 50;
+const MAX_PROGRESS_MS = 86_400_000;
 
 function abortOnCancel(call: { on(event: 'cancelled', listener: () => void): unknown }): AbortSignal {
   const controller = new AbortController();
@@ -617,7 +619,9 @@ function watchSpec(unit: string, side: SideName, options: Req | null | undefined
   if (start === 'after' && !(afterRevision >= 0)) violations.add('options.after_revision', 'must not be negative');
   if (start !== 'after' && afterRevision !== 0) violations.add('options.after_revision', 'is only for WATCH_START_AFTER_REVISION');
   const progress = Number(options?.progress_interval_ms ?? 0);
-  if (progress !== 0 && progress < 50) violations.add('options.progress_interval_ms', 'must be 0 (server default) or at least 50');
+  if (progress !== 0 && (progress < MIN_PROGRESS_MS || progress > MAX_PROGRESS_MS)) {
+    violations.add('options.progress_interval_ms', `must be 0 (server default) or from ${MIN_PROGRESS_MS} to ${MAX_PROGRESS_MS} (a day)`);
+  }
   violations.throwIfAny();
   return { unit, side, relationId: options?.relation_id ?? '', filter: filter === 'new' ? 'new' : 'all', start, afterRevision, progressIntervalMs: progress };
 }

@@ -116,7 +116,9 @@ describe('replicas on one PostgreSQL', () => {
     expect([toZero.code, toZero.reason]).toEqual([Code.UNAVAILABLE, 'NO_RESPONDERS']);
     // A watch on every relation of the unit counts too.
     responderOnB.cancel();
-    await until(async () => (await requester.fail('Call', { relation_id: w.relationId, fields: struct(CSR) })).reason === 'NO_RESPONDERS', 'the ended watch stops counting');
+    // Until the other replica hears that the watch ended, a Call still waits for it: give each try a deadline.
+    const failsFast = () => callOn(requester, { relation_id: w.relationId, fields: struct(CSR) }, 2_000).then(() => false, (error: grpc.ServiceError) => fromServiceError(error).reason === 'NO_RESPONDERS');
+    await until(failsFast, 'the ended watch stops counting');
     const everyRelation = await watchReady(on(b, w).res(0));
     const viaAll = randomUUID();
     const answeredAll = (async () => {

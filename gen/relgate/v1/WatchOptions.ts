@@ -28,8 +28,8 @@ export interface WatchOptions {
    */
   'after_revision'?: (number | string | Long);
   /**
-   * Milliseconds between BOOKMARK events while nothing matches; 0 uses the
-   * server's default.
+   * Milliseconds between BOOKMARK events while nothing matches: 0 uses the
+   * server's default, otherwise from 50 to 86400000 (a day).
    */
   'progress_interval_ms'?: (number);
 }
@@ -57,8 +57,8 @@ export interface WatchOptions__Output {
    */
   'after_revision': (string);
   /**
-   * Milliseconds between BOOKMARK events while nothing matches; 0 uses the
-   * server's default.
+   * Milliseconds between BOOKMARK events while nothing matches: 0 uses the
+   * server's default, otherwise from 50 to 86400000 (a day).
    */
   'progress_interval_ms': (number);
 }
