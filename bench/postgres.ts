@@ -13,6 +13,7 @@ import type { LoadResult } from './lib/load.ts';
 import { spawnRelgate, spawnUntilReady, tempDir, type ServerProcess } from './lib/processes.ts';
 import { setUpRelation } from './lib/relgate.ts';
 import { startRole, type RoleHandle } from './lib/role.ts';
+import { serveArgv } from '../src/cli/serve-process.ts';
 
 const BENCH_DIR = import.meta.dirname;
 const LEVELS = [1, 64];
@@ -22,8 +23,7 @@ const { values: flags } = parseArgs({ options: { quick: { type: 'boolean', defau
 const timing = flags.quick ? { warmupMs: 500, durationMs: 3_000 } : { warmupMs: 2_000, durationMs: 10_000 };
 
 async function spawnReplica(store: string): Promise<ServerProcess & { address: string }> {
-  const main = path.join(BENCH_DIR, '..', 'src', 'cli', 'main.ts');
-  const server = await spawnUntilReady(process.execPath, [main, 'serve', '--listen', '127.0.0.1:0', '--store', store, '--log-level', 'info'], (line) => line.includes('"relgate serving"'));
+  const server = await spawnUntilReady(process.execPath, serveArgv(['--listen', '127.0.0.1:0', '--store', store, '--log-level', 'info']), (line) => line.includes('"relgate serving"'));
   return { ...server, address: (JSON.parse(server.readyLine) as { address: string }).address };
 }
 

@@ -17,8 +17,9 @@ import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { PNG } from 'pngjs';
 import { freePort, rssMb } from '../bench/lib/processes.ts';
-import { PROJECT_DIR, loadApi } from '../src/protos.ts';
+import { loadApi } from '../src/protos.ts';
 import { jsonToStruct, structToJson } from '../src/struct.ts';
+import { serveArgv } from '../src/cli/serve-process.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -64,7 +65,7 @@ interface Sample {
 
 async function startGateway(dir: string) {
   const address = `127.0.0.1:${await freePort()}`;
-  const child = spawn(process.execPath, [path.join(PROJECT_DIR, 'src', 'cli', 'main.ts'), 'serve', '--listen', address, '--db', path.join(dir, 'relgate.db'), '--log-level', 'warn', '--history-revisions', String(HISTORY_REVISIONS)], {
+  const child = spawn(process.execPath, serveArgv(['--listen', address, '--db', path.join(dir, 'relgate.db'), '--log-level', 'warn', '--history-revisions', String(HISTORY_REVISIONS)]), {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   const probe = new (v1.RegistryService as Ctor)(address, grpc.credentials.createInsecure());

@@ -9,7 +9,6 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, describe, expect, test } from 'vitest';
 import { Code } from '../src/errors.ts';
-import { PROJECT_DIR } from '../src/protos.ts';
 import { startServer, type RunningServer } from '../src/server.ts';
 import { Rpc, clientsOf, json, startHarness, struct, v1, type Harness } from './helpers/harness.ts';
 import { requestEvent, watch, type Event, type Msg, type Watch } from './helpers/streams.ts';
@@ -17,6 +16,7 @@ import { expectWellFormed } from './helpers/watch-log.ts';
 import { eventually, makeWorld, type Clients } from './helpers/world.ts';
 import { freePort, rssMb } from '../bench/lib/processes.ts';
 import { spawnWatchClients, type WatchClients } from '../bench/lib/watch-clients.ts';
+import { serveArgv } from '../src/cli/serve-process.ts';
 
 /**
  * Changes written while one watcher does not read. The issue's figure is
@@ -198,7 +198,7 @@ async function probeLatency(healthy: Watch, createOne: () => Promise<Msg>): Prom
 /** `relgate serve` as its own process on a free loopback port. */
 async function serveInChild(db: string, args: string[]): Promise<{ child: ChildProcess; address: string }> {
   const address = `127.0.0.1:${await freePort()}`;
-  const child = spawn(process.execPath, [path.join(PROJECT_DIR, 'src', 'cli', 'main.ts'), 'serve', '--listen', address, '--db', db, '--log-level', 'warn', ...args], { stdio: 'inherit' });
+  const child = spawn(process.execPath, serveArgv(['--listen', address, '--db', db, '--log-level', 'warn', ...args]), { stdio: 'inherit' });
   const probe = new v1.RegistryService!(address, grpc.credentials.createInsecure());
   await new Promise<void>((resolve, reject) => probe.waitForReady(Date.now() + 20_000, (error) => (error ? reject(error) : resolve())));
   probe.close();

@@ -5,6 +5,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PROJECT_DIR } from '../../src/protos.ts';
+import { serveArgv } from '../../src/cli/serve-process.ts';
 
 export interface ServerProcess {
   child: ChildProcess;
@@ -95,8 +96,7 @@ export function spawnUntilReady(command: string, args: readonly string[], ready:
 
 /** `relgate serve` on a free loopback port with its database in `db`, at the default durability. */
 export async function spawnRelgate(db: string, execArgv: readonly string[] = []): Promise<ServerProcess & { address: string }> {
-  const main = path.join(PROJECT_DIR, 'src', 'cli', 'main.ts');
-  const server = await spawnUntilReady(process.execPath, [...execArgv, main, 'serve', '--listen', '127.0.0.1:0', '--db', db, '--log-level', 'info'], (line) => line.includes('"relgate serving"'));
+  const server = await spawnUntilReady(process.execPath, serveArgv(['--listen', '127.0.0.1:0', '--db', db, '--log-level', 'info'], execArgv), (line) => line.includes('"relgate serving"'));
   const { address } = JSON.parse(server.readyLine) as { address: string };
   return { ...server, address };
 }

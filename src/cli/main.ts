@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=16
 // relgate command line: `relgate serve` and its flags, each mirrored by a
 // RELGATE_* environment variable.
 import { readFile } from 'node:fs/promises';

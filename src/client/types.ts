@@ -73,7 +73,7 @@ export type WatchStart = 'snapshot' | 'now' | { afterRevision: number };
 export interface WatchOptions {
   /** Where the watch begins (default: snapshot). */
   start?: WatchStart;
-  /** Milliseconds between BOOKMARK events while nothing changes; 0 uses the gateway's default. */
+  /** Milliseconds between BOOKMARK events while nothing changes: 0 uses the gateway's default, otherwise 50 to 86,400,000 (a day). */
   progressIntervalMs?: number;
   /** Ends the watch when aborted. */
   signal?: AbortSignal;

@@ -3,6 +3,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { PROJECT_DIR } from '../../src/protos.ts';
 import { findGrpcurl } from './find-grpcurl.ts';
+import { serveArgv } from '../../src/cli/serve-process.ts';
 
 export { findGrpcurl };
 
@@ -60,7 +61,7 @@ export interface ServeProcess {
 
 /** Starts `relgate serve` as its own process and waits for its "relgate serving" log line. */
 export function spawnServe(args: readonly string[], cwd = PROJECT_DIR): Promise<ServeProcess> {
-  const child = spawn(process.execPath, [path.join(PROJECT_DIR, 'src', 'cli', 'main.ts'), 'serve', ...args], {
+  const child = spawn(process.execPath, serveArgv(args), {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
