@@ -10,10 +10,9 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { startPostgres } from '../test/helpers/postgres.ts';
 import type { LoadResult } from './lib/load.ts';
-import { spawnRelgate, spawnUntilReady, tempDir, type ServerProcess } from './lib/processes.ts';
+import { spawnGateway, spawnRelgate, tempDir, type ServerProcess } from './lib/processes.ts';
 import { setUpRelation } from './lib/relgate.ts';
 import { startRole, type RoleHandle } from './lib/role.ts';
-import { serveArgv } from '../src/cli/serve-process.ts';
 
 const BENCH_DIR = import.meta.dirname;
 const LEVELS = [1, 64];
@@ -21,11 +20,6 @@ const TARGET = 0.5;
 
 const { values: flags } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
 const timing = flags.quick ? { warmupMs: 500, durationMs: 3_000 } : { warmupMs: 2_000, durationMs: 10_000 };
-
-async function spawnReplica(store: string): Promise<ServerProcess & { address: string }> {
-  const server = await spawnUntilReady(process.execPath, serveArgv(['--listen', '127.0.0.1:0', '--store', store, '--log-level', 'info']), (line) => line.includes('"relgate serving"'));
-  return { ...server, address: (JSON.parse(server.readyLine) as { address: string }).address };
-}
 
 /** Session responder at one address, session requester at another; measures every level. */
 async function measure(label: string, requesterAddress: string, responderAddress: string): Promise<LoadResult[]> {
@@ -64,9 +58,9 @@ async function postgresRun(): Promise<LoadResult[]> {
   const replicas: ServerProcess[] = [];
   try {
     const store = await cluster.createDatabase();
-    const a = await spawnReplica(store);
+    const a = await spawnGateway(['--store', store]);
     replicas.push(a);
-    const b = await spawnReplica(store);
+    const b = await spawnGateway(['--store', store]);
     replicas.push(b);
     return await measure('relgate, two replicas on PostgreSQL (requester on one, responder on the other)', a.address, b.address);
   } finally {

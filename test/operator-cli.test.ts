@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MAIN } from '../src/cli/serve-process.ts';
 import { Code } from '../src/errors.ts';
 import { PROJECT_DIR } from '../src/protos.ts';
 import { shell, spawnServe, type ServeProcess } from './helpers/grpcurl.ts';
@@ -14,8 +15,6 @@ import { Rpc, setupRelation, startHarness, struct, v1, type Harness } from './he
 import { Feed, requestEvent, snapshotComplete, watchReady } from './helpers/streams.ts';
 import { makeCertificates } from './helpers/tls.ts';
 import { must } from './helpers/world.ts';
-
-const MAIN = path.join(PROJECT_DIR, 'src', 'cli', 'main.ts');
 
 interface Result {
   code: number | null;

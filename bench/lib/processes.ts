@@ -95,8 +95,13 @@ export function spawnUntilReady(command: string, args: readonly string[], ready:
 }
 
 /** `relgate serve` on a free loopback port with its database in `db`, at the default durability. */
-export async function spawnRelgate(db: string, execArgv: readonly string[] = []): Promise<ServerProcess & { address: string }> {
-  const server = await spawnUntilReady(process.execPath, serveArgv(['--listen', '127.0.0.1:0', '--db', db, '--log-level', 'info'], execArgv), (line) => line.includes('"relgate serving"'));
+export function spawnRelgate(db: string, execArgv: readonly string[] = []): Promise<ServerProcess & { address: string }> {
+  return spawnGateway(['--db', db], execArgv);
+}
+
+/** `relgate serve` on a free loopback port with the given store flags (`--db` or `--store`). */
+export async function spawnGateway(storeArgs: readonly string[], execArgv: readonly string[] = []): Promise<ServerProcess & { address: string }> {
+  const server = await spawnUntilReady(process.execPath, serveArgv(['--listen', '127.0.0.1:0', ...storeArgs, '--log-level', 'info'], execArgv), (line) => line.includes('"relgate serving"'));
   const { address } = JSON.parse(server.readyLine) as { address: string };
   return { ...server, address };
 }
