@@ -1,6 +1,11 @@
-// The benchmark's CPU accounting: what it reads from /proc, when the load
-// runner marks the measured period, and how a level's CPU is reported.
+// The benchmark's CPU and GC accounting: what it reads from /proc, when the
+// load runner marks the measured period, how a level's CPU is reported, and
+// the garbage-collection pauses it counts.
+import { execFileSync } from 'node:child_process';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { describe, expect, it } from 'vitest';
+import { gcPauseOf } from '../bench/lib/gateway-output.ts';
 import { runLoad } from '../bench/lib/load.ts';
 import { cpuMs } from '../bench/lib/processes.ts';
 import { cpuCell } from '../bench/lib/report.ts';
@@ -52,5 +57,40 @@ describe('benchmark CPU accounting', () => {
     expect(cpuCell(level)).toBe('');
     expect(cpuCell({ ...level, cpu: [{ process: 'core', usPerRoundTrip: 137.6 }] })).toBe('core 138');
     expect(cpuCell({ ...level, cpu: [{ process: 'server', usPerRoundTrip: 359.2 }, { process: 'client', usPerRoundTrip: 142.4 }] })).toBe('server 359 + client 142 = 502');
+  });
+});
+
+describe('benchmark GC accounting', () => {
+  it('counts the pauses of the process driving the load over the measured period', async () => {
+    // A collection on demand, so that the count does not hang on how much the machine lets the load allocate.
+    v8.setFlagsFromString('--expose-gc');
+    const collect = vm.runInNewContext('gc') as () => void;
+    let measuring = false;
+    let collections = 0;
+    const result = await runLoad(
+      async () => {
+        if (measuring && collections < 3) {
+          collections += 1;
+          collect();
+        }
+        await new Promise((resolve) => setImmediate(resolve));
+      },
+      { inFlight: 1, warmupMs: 10, durationMs: 100 },
+      async (edge) => void (measuring = edge === 'start'),
+    );
+    expect(collections).toBe(3);
+    expect(result.gc?.count).toBeGreaterThanOrEqual(3);
+    expect(result.gc?.medianMs).toBeGreaterThan(0);
+    expect(result.gc?.maxMs).toBeGreaterThanOrEqual(result.gc?.medianMs ?? Infinity);
+  });
+
+  it("reads the pause of every collection Node's --trace-gc prints, and nothing from other lines", () => {
+    const script = 'let k = []; for (let i = 0; i < 300000; i++) { k.push({ i }); if (k.length > 50000) k = []; } globalThis.gc();';
+    const output = execFileSync(process.execPath, ['--trace-gc', '--expose-gc', '--max-semi-space-size=1', '-e', script], { encoding: 'utf8' });
+    const lines = output.split('\n').filter((line) => / ms: (Scavenge|Mark-Compact|Minor Mark-Sweep)\b/.test(line));
+    expect(lines.some((line) => line.includes('Scavenge'))).toBe(true);
+    expect(lines.some((line) => line.includes('Mark-Compact'))).toBe(true);
+    for (const line of lines) expect(gcPauseOf(line)).toBeGreaterThanOrEqual(0);
+    expect(gcPauseOf('{"level":30,"method":"ResponderService/ListIncomingRequests","duration_ms":0.21,"msg":"rpc"}')).toBeUndefined();
   });
 });

@@ -1,6 +1,7 @@
 // Closed-loop load: a fixed number of round trips in flight, each started as
 // soon as the previous one of its slot completes. Latencies are kept per
 // round trip, so the percentiles are exact.
+import { PerformanceObserver } from 'node:perf_hooks';
 
 export interface LoadOptions {
   inFlight: number;
@@ -17,6 +18,20 @@ export interface LoadResult {
   p99Ms: number;
   /** CPU time (user + system, all threads) per round trip of each process taking part, in microseconds. */
   cpu?: ProcessCpu[];
+  /** Garbage-collection pauses of the process that drove the load, over the measured period. */
+  gc?: GcPauses;
+}
+
+export interface GcPauses {
+  count: number;
+  medianMs: number;
+  maxMs: number;
+}
+
+/** Summarises pause durations (ms). */
+export function gcPauses(durations: readonly number[]): GcPauses {
+  const sorted = Float64Array.from(durations).sort();
+  return { count: sorted.length, medianMs: sorted.length ? percentile(sorted, 0.5) : 0, maxMs: sorted.at(-1) ?? 0 };
 }
 
 export interface ProcessCpu {
@@ -32,11 +47,17 @@ export async function runLoad(roundTrip: () => Promise<void>, options: LoadOptio
   await drive(roundTrip, options.inFlight, options.warmupMs, undefined);
   const latencies: number[] = [];
   await onEdge('start');
+  const pauses: number[] = [];
+  const gc = new PerformanceObserver((list) => pauses.push(...list.getEntries().map((entry) => entry.duration)));
+  gc.observe({ entryTypes: ['gc'] });
   const started = performance.now();
   await drive(roundTrip, options.inFlight, options.durationMs, latencies);
   const seconds = (performance.now() - started) / 1000;
+  // Entries not yet delivered to the callback are still to be taken.
+  pauses.push(...gc.takeRecords().map((entry) => entry.duration));
+  gc.disconnect();
   await onEdge('end');
-  return summarize(options.inFlight, latencies, seconds);
+  return { ...summarize(options.inFlight, latencies, seconds), gc: gcPauses(pauses) };
 }
 
 async function drive(roundTrip: () => Promise<void>, inFlight: number, durationMs: number, latencies: number[] | undefined): Promise<void> {
