@@ -1,9 +1,11 @@
-// SQLite-only behaviour: opening a database written by an older relgate.
+// SQLite-only behaviour: opening a database written by an older relgate, and
+// the bounded caches of records in front of the database.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
+import { RecordCache, UndoLog } from '../src/store/record-cache.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
 import type { RequestRecord } from '../src/store/store.ts';
 
@@ -50,5 +52,36 @@ describe('sqlite store upgrades', () => {
     const plan = check.prepare("EXPLAIN QUERY PLAN SELECT doc FROM requests WHERE relation_id = 'r' AND create_revision > 0 AND pending = 1 ORDER BY create_revision").all() as { detail: string }[];
     expect(plan.map((row) => row.detail).join('\n')).toContain('requests_pending');
     check.close();
+  });
+});
+
+describe('record caches', () => {
+  const copy = (value: { n: number }) => ({ ...value });
+
+  it('hold at most their bound, dropping the least recently used record first', () => {
+    const cache = new RecordCache(copy, 3);
+    const undo = new UndoLog();
+    for (const key of ['a', 'b', 'c']) cache.set(key, { n: key.charCodeAt(0) }, undo);
+    expect(cache.get('a')).toEqual({ n: 97 }); // now b is the least recently used
+    cache.set('d', { n: 100 }, undo);
+    expect(cache.size).toBe(3);
+    expect(cache.get('b')).toBeUndefined();
+    expect([cache.get('a'), cache.get('c'), cache.get('d')]).toEqual([{ n: 97 }, { n: 99 }, { n: 100 }]);
+    cache.fill('e', { n: 101 });
+    expect(cache.size).toBe(3);
+  });
+
+  it("undo restores what a rolled-back write replaced, even after the bound evicted it", () => {
+    const cache = new RecordCache(copy, 2);
+    cache.fill('a', { n: 1 });
+    const undo = new UndoLog();
+    cache.set('a', { n: 2 }, undo);
+    cache.set('b', { n: 3 }, undo);
+    cache.set('c', { n: 4 }, undo); // evicts a
+    expect(cache.get('a')).toBeUndefined();
+    undo.undo();
+    expect(cache.get('a')).toEqual({ n: 1 });
+    expect(cache.get('b')).toBeUndefined();
+    expect(cache.get('c')).toBeUndefined();
   });
 });

@@ -21,9 +21,10 @@ interface Backend {
 const dirs: string[] = [];
 let cluster: PostgresCluster | undefined;
 
-const BACKENDS: Backend[] = [
-  {
-    name: 'sqlite',
+/** SQLite on a real file in a fresh directory, with the given cache size. */
+function sqliteBackend(name: string, cacheEntries?: number): Backend {
+  return {
+    name,
     async setup() {},
     async teardown() {
       for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
@@ -32,9 +33,15 @@ const BACKENDS: Backend[] = [
       const dir = mkdtempSync(path.join(tmpdir(), 'relgate-store-'));
       dirs.push(dir);
       const file = path.join(dir, 'relgate.db');
-      return { open: async () => new SqliteStore({ path: file }) };
+      return { open: async () => new SqliteStore({ path: file, cacheEntries }) };
     },
-  },
+  };
+}
+
+const BACKENDS: Backend[] = [
+  sqliteBackend('sqlite'),
+  // Caches of one record: reads past the last record written go to the database, and rollbacks meet evicted entries.
+  sqliteBackend('sqlite with one-record caches', 1),
   {
     name: 'postgres',
     async setup() {
@@ -458,6 +465,35 @@ describe.each(BACKENDS)('$name store', (backend) => {
       await store.write((tx) => tx.deleteFlags('r1'));
       expect(await store.read((tx) => tx.getFlags('r1', 'web/1'))).toBeUndefined();
       expect(await store.read((tx) => tx.getFlags('r2', 'web/0'))).toEqual({ a: true });
+    });
+
+    it('more units, relations, memberships and flags than a cache holds all read back as last written', async () => {
+      const names = Array.from({ length: 12 }, (_, i) => `r${i}`);
+      await store.write(async (tx) => {
+        for (const [i, id] of names.entries()) {
+          await tx.putUnit(unit(`web/${i}`, { labels: { i: String(i) } }));
+          await tx.putRelation(relation(id, i + 1));
+          await tx.putRelationUnit({ relation_id: id, unit: `web/${i}`, side: 'requester', revision: i + 1 });
+          await tx.putFlags(id, `web/${i}`, { i: true });
+        }
+      });
+      await store.write(async (tx) => {
+        for (const [i, id] of names.entries()) if (i % 2 === 0) await tx.putFlags(id, `web/${i}`, { i: false });
+      });
+      const failed = store.write(async (tx) => {
+        for (const [i, id] of names.entries()) await tx.putFlags(id, `web/${i}`, { rolled_back: true });
+        throw new Planned('no');
+      });
+      await expect(failed).rejects.toBeInstanceOf(Planned);
+      for (const [i, id] of [...names.entries()].reverse()) {
+        const read = await store.read(async (tx) => ({
+          unit: (await tx.getUnit(`web/${i}`))?.labels,
+          relation: (await tx.getRelation(id))?.id,
+          members: (await tx.listRelationUnits(id)).map((member) => member.unit),
+          flags: await tx.getFlags(id, `web/${i}`),
+        }));
+        expect(read).toEqual({ unit: { i: String(i) }, relation: id, members: [`web/${i}`], flags: { i: i % 2 !== 0 } });
+      }
     });
 
     it('keep any text exactly: quotes, backslashes, placeholders, control characters, emoji', async () => {

@@ -1,7 +1,10 @@
 // Write-through cache of the small records every write reads (units,
 // relations, memberships, flags). The SQLite store is their only writer, so
 // what it put is what the database holds; a write that rolls back undoes its
-// cache changes with it.
+// cache changes with it. Each cache holds a bounded number of records, the
+// least recently used going first, so memory does not grow with the number
+// of relations and units ever touched.
+import { LRUCache } from 'lru-cache';
 
 /** How to undo one write's cache changes, newest first. */
 export class UndoLog {
@@ -20,12 +23,18 @@ export class UndoLog {
  * Records by key, stored and handed out as copies so that callers may change
  * what they put or got without changing the cache.
  */
-export class RecordCache<V> {
-  readonly #entries = new Map<string, V>();
+export class RecordCache<V extends object> {
+  readonly #entries: LRUCache<string, V>;
   readonly #copy: (value: V) => V;
 
-  constructor(copy: (value: V) => V) {
+  constructor(copy: (value: V) => V, maxEntries: number) {
     this.#copy = copy;
+    // A bound by size, each record counting 1, rather than `max`, which allocates room for every entry up front.
+    this.#entries = new LRUCache<string, V>({ maxSize: maxEntries, sizeCalculation: () => 1 });
+  }
+
+  get size(): number {
+    return this.#entries.size;
   }
 
   get(key: string): V | undefined {
@@ -59,9 +68,9 @@ export class RecordCache<V> {
     this.#entries.clear();
   }
 
+  // Evicting an entry is always safe: the next read fills it from the database.
   #remember(key: string, undo: UndoLog): void {
-    const had = this.#entries.has(key);
-    const old = this.#entries.get(key) as V;
-    undo.push(() => (had ? this.#entries.set(key, old) : this.#entries.delete(key)));
+    const old = this.#entries.peek(key);
+    undo.push(() => (old === undefined ? this.#entries.delete(key) : this.#entries.set(key, old)));
   }
 }

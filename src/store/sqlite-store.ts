@@ -36,7 +36,12 @@ export interface SqliteStoreOptions {
   path: string;
   /** full: fsync every commit (survives power loss); normal: survives a process kill. */
   durability?: Durability;
+  /** Records each cache of units, relations, memberships and flags keeps at most. */
+  cacheEntries?: number;
 }
+
+/** Enough for the units and relations of a large deployment; about 1 KB each at most. */
+export const DEFAULT_CACHE_ENTRIES = 50_000;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
@@ -154,12 +159,12 @@ type Statements = ReturnType<typeof prepareStatements>;
 type Caches = ReturnType<typeof newCaches>;
 
 /** The records every write reads, by key; flags by relation id and unit joined with a newline. */
-function newCaches() {
+function newCaches(maxEntries: number) {
   return {
-    units: new RecordCache<UnitRecord>((unit) => ({ ...unit, egress_subnets: [...unit.egress_subnets], labels: { ...unit.labels } })),
-    relations: new RecordCache<RelationRecord>((relation) => ({ ...relation, counters: { ...relation.counters } })),
-    relationUnits: new RecordCache<RelationUnitRecord[]>((units) => units.map((unit) => ({ ...unit }))),
-    flags: new RecordCache<FlagsRecord>((flags) => ({ ...flags })),
+    units: new RecordCache<UnitRecord>((unit) => ({ ...unit, egress_subnets: [...unit.egress_subnets], labels: { ...unit.labels } }), maxEntries),
+    relations: new RecordCache<RelationRecord>((relation) => ({ ...relation, counters: { ...relation.counters } }), maxEntries),
+    relationUnits: new RecordCache<RelationUnitRecord[]>((units) => units.map((unit) => ({ ...unit })), maxEntries),
+    flags: new RecordCache<FlagsRecord>((flags) => ({ ...flags }), maxEntries),
   };
 }
 
@@ -181,7 +186,7 @@ export class SqliteStore implements Store {
   #compacted: number;
   #closed = false;
   readonly #stmts: Statements;
-  readonly #caches: Caches = newCaches();
+  readonly #caches: Caches;
   /** The WAL, when the store fsyncs it itself (full durability). */
   readonly #walFd: number | undefined;
   #syncing = false;
@@ -191,6 +196,7 @@ export class SqliteStore implements Store {
   #afterSync: (() => void)[] = [];
 
   constructor(options: SqliteStoreOptions) {
+    this.#caches = newCaches(options.cacheEntries ?? DEFAULT_CACHE_ENTRIES);
     this.#db = new Database(options.path);
     const wal = this.#db.pragma('journal_mode = WAL', { simple: true }) === 'wal';
     // NORMAL in WAL mode writes commits without fsync; at full durability the store then fsyncs the WAL before anyone hears of the commit.
