@@ -293,7 +293,8 @@ const SCENARIOS: ScenarioSpec[] = [
       'relgate serve (synchronous=FULL) on a database seeded through relgate\'s own store and service code: 100 requests per relation created round-robin, all but the newest 10 of each answered, the change log compacted; ' +
       'RSS from /proc a second after start-up, start-up as the median of 3 spawns until the "relgate serving" line, both also on an empty database; ' +
       'the responder\'s ListIncomingRequests and the requester\'s ListRequests, NEW filter, on a random relation, 1 in flight, from a client in its own process, ' +
-      'against a raw grpc-js unary echo at 1 in flight measured in the same scenario; delete bench/results/scale-*.db to seed afresh',
+      'against a raw grpc-js unary echo at 1 in flight measured in the same scenario; the listing gateway runs with --trace-gc, and its access log gives each listing\'s time in the handler; ' +
+      'delete bench/results/scale-*.db to seed afresh',
     run: () => runScale({ ...SCALE, timing, execArgv: relgateExecArgv, cacheDir: RESULTS_DIR }),
   },
   {
