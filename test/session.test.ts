@@ -126,8 +126,9 @@ describe('bad commands', () => {
     const selector = ackError(await session.send(createCommand(r, { delivery: { mode: 'DELIVERY_MODE_SELECTOR', selector: 'zone in a' } })));
     expect(selector.fieldViolations[0]?.description).toMatch(/at position 9$/);
     expectError(ackError(await session.send({}, 'empty')), Code.INVALID_ARGUMENT, 'INVALID_COMMAND');
+    const lateAck = session.ackFor('');
     session.call.write({ start: { responses: { relation_id: r.id } } });
-    const late = await waitForAck(session, '');
+    const late = await lateAck;
     expectError(ackError(late), Code.FAILED_PRECONDITION, 'LATE_START');
     const good = await session.ok(createCommand(r));
     await session.responses.next(requestEvent('ADDED', good.request.request_id));
@@ -164,17 +165,6 @@ describe('bad commands', () => {
     expectError((await watching.status) as NonNullable<Awaited<typeof watching.status>>, Code.UNAUTHENTICATED, 'UNKNOWN_UNIT');
   });
 });
-
-/** The next acknowledgement with the correlation id (for messages sent without SessionClient.send). */
-async function waitForAck(session: SessionClient, correlationId: string) {
-  const deadline = Date.now() + 5_000;
-  for (;;) {
-    const ack = session.acks.find((a) => a.correlation_id === correlationId);
-    if (ack) return ack;
-    if (Date.now() > deadline) throw new Error(`no ack ${JSON.stringify(correlationId)}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 describe('events', () => {
   test('the responder session carries incoming requests, the requester session their responses', async () => {

@@ -260,9 +260,14 @@ export class SessionClient {
 
   /** Sends one command ({create: {...}} etc.) and resolves with its acknowledgement. */
   send(command: Msg, correlationId = this.id()): Promise<SessionAck> {
-    const ack = new Promise<SessionAck>((resolve, reject) => this.#pending.set(correlationId, { resolve, reject }));
+    const ack = this.ackFor(correlationId);
     this.call.write({ command: { correlation_id: correlationId, ...command } });
     return ack;
+  }
+
+  /** The next acknowledgement with this correlation id; ask before sending what it answers. */
+  ackFor(correlationId: string): Promise<SessionAck> {
+    return new Promise<SessionAck>((resolve, reject) => this.#pending.set(correlationId, { resolve, reject }));
   }
 
   /** Sends a command and returns its result, failing the test on an error ack. */
