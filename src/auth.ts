@@ -35,17 +35,20 @@ export class Authenticator {
   readonly mode: AuthMode;
   readonly #adminHash: Buffer | undefined;
   readonly #store: Store;
+  /** Only with mutual TLS can a call carry a verified client certificate. */
+  readonly #clientCertificates: boolean;
 
-  constructor(mode: AuthMode, adminToken: string | undefined, store: Store) {
+  constructor(mode: AuthMode, adminToken: string | undefined, store: Store, clientCertificates: boolean) {
     if (mode === 'token' && !adminToken) throw new Error('authenticated mode needs an admin token (--admin-token-file or RELGATE_ADMIN_TOKEN)');
     this.mode = mode;
     this.#adminHash = adminToken ? Buffer.from(hashToken(adminToken), 'hex') : undefined;
     this.#store = store;
+    this.#clientCertificates = clientCertificates;
   }
 
   /** The identity of a call, or UNAUTHENTICATED for bad credentials. */
   async identify(call: CallLike): Promise<Identity> {
-    const certUnit = certificateUnit(call);
+    const certUnit = this.#clientCertificates ? certificateUnit(call) : undefined;
     const bearer = bearerToken(call.metadata);
     if (certUnit) return this.#checkClaim(call.metadata, { kind: 'unit', unit: certUnit });
     if (this.mode === 'open') {
