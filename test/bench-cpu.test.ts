@@ -1,12 +1,16 @@
 // The benchmark's CPU and GC accounting: what it reads from /proc, when the
-// load runner marks the measured period, how a level's CPU is reported, and
-// the garbage-collection pauses it counts.
+// load runner marks the measured period, how a level's CPU is reported, the
+// garbage-collection pauses it counts, and how a CPU profile is split into parts.
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { gcPauseOf } from '../bench/lib/gateway-output.ts';
 import { runLoad } from '../bench/lib/load.ts';
+import { busyByPart, type CpuProfile } from '../bench/lib/profile-parts.ts';
 import { cpuMs } from '../bench/lib/processes.ts';
 import { cpuCell } from '../bench/lib/report.ts';
 
@@ -92,5 +96,28 @@ describe('benchmark GC accounting', () => {
     expect(lines.some((line) => line.includes('Mark-Compact'))).toBe(true);
     for (const line of lines) expect(gcPauseOf(line)).toBeGreaterThanOrEqual(0);
     expect(gcPauseOf('{"level":30,"method":"ResponderService/ListIncomingRequests","duration_ms":0.21,"msg":"rpc"}')).toBeUndefined();
+  });
+});
+
+describe('benchmark CPU profiles', () => {
+  it("puts a real profile's busy time in the part that did the work, within the chosen stretch", () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'relgate-profile-'));
+    try {
+      const requestIds = path.resolve('src/request-id.ts');
+      const script = `const { newRequestId } = await import(${JSON.stringify(requestIds)});
+        const end = performance.now() + 400;
+        while (performance.now() < end) for (let i = 0; i < 1000; i++) newRequestId();`;
+      execFileSync(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${dir}`, '--input-type=module', '-e', script]);
+      const [file] = readdirSync(dir);
+      const profile = JSON.parse(readFileSync(path.join(dir, file as string), 'utf8')) as CpuProfile;
+      const { busyUs, parts } = busyByPart(profile);
+      expect(busyUs).toBeGreaterThan(300_000);
+      expect(parts.get('request ids') ?? 0).toBeGreaterThan(busyUs / 2);
+      expect([...parts.values()].reduce((a, b) => a + b, 0)).toBe(busyUs);
+      const late = busyByPart(profile, 60);
+      expect(late.busyUs).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
