@@ -33,10 +33,10 @@ test('a write that fails after request changes leaves the relation counters and 
   for (const name of ['web/0', 'ca/0']) await registry.registerUnit({ name, ingress_address: '', egress_subnets: [], labels: {} });
   const { relation } = await registry.createRelation({ interface: 'tls-certificates', version: 1, requester_application: 'web', requester_endpoint: 'certificates', responder_application: 'ca', responder_endpoint: 'certificates' });
   for (const unit of ['web/0', 'ca/0']) await registry.joinRelation(relation.id, unit, undefined);
-  const created = [];
+  const created: string[] = [];
   for (const name of ['a.example', 'b.example']) {
     const input = { relation_id: relation.id, request_id: '', fields: jsonToStruct({ common_name: name }), delivery: { mode: 'any' as const, unit: '', selector: '' }, ttl: null };
-    created.push((await requests.create('web/0', input)).request);
+    created.push((await requests.create('web/0', input)).request.request_id);
   }
   const counters = structuredClone((await store.read((tx) => tx.getRelation(relation.id)))?.counters);
   const flags = { requester: await requests.requesterFlags('web/0', relation.id), responder: await requests.responderFlags('ca/0', relation.id) };
@@ -44,8 +44,8 @@ test('a write that fails after request changes leaves the relation counters and 
 
   const failure = store.write(async (tx) => {
     // Both requests withdrawn, one change after the other, as a sweep or a unit leaving makes them.
-    for (const { request_id } of created) {
-      const stored = await tx.getRequest(request_id as string);
+    for (const requestId of created) {
+      const stored = await tx.getRequest(requestId);
       const current = await tx.getRelation(relation.id);
       if (!stored || !current) throw new Error('set-up went wrong');
       await recordRequestChange(tx, current, stored, null);
