@@ -6,7 +6,7 @@ import path from 'node:path';
 import protobuf from 'protobufjs';
 import { BUILTIN_INTERFACE_DIR, PROTO_DIR, newRoot } from './protos.ts';
 import type { FieldViolation } from './errors.ts';
-import type { Json, JsonObject } from './struct.ts';
+import { ownValue, type Json, type JsonObject } from './struct.ts';
 
 export interface FieldSchema {
   name: string;
@@ -200,7 +200,7 @@ export function validateFields(type: protobuf.Type, value: JsonObject, pathPrefi
 
 function validateMessage(type: protobuf.Type, value: JsonObject, at: string, options: ValidateOptions, out: FieldViolation[]): void {
   for (const [name, fieldValue] of Object.entries(value)) {
-    const field = type.fields[name];
+    const field = ownValue(type.fields, name);
     if (!field) {
       out.push({ field: `${at}.${name}`, description: `unknown field; ${type.name} has ${type.fieldsArray.map((f) => f.name).join(', ') || 'no fields'}` });
       continue;
@@ -211,7 +211,7 @@ function validateMessage(type: protobuf.Type, value: JsonObject, at: string, opt
   if (!options.checkRequired) return;
   for (const field of type.fieldsArray) {
     if (!fieldOption(field).required) continue;
-    if (isEmpty(value[field.name])) out.push({ field: `${at}.${field.name}`, description: 'required field is missing or empty' });
+    if (isEmpty(ownValue(value, field.name))) out.push({ field: `${at}.${field.name}`, description: 'required field is missing or empty' });
   }
 }
 

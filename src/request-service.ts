@@ -8,7 +8,7 @@ import { joinedRelation, joinedRelationIds, recordRequestChange, requireCaller, 
 import { newRequestId } from './request-id.ts';
 import { matches, parseSelector } from './selector.ts';
 import type { DeliveryModeName, RelationRecord, RequestRecord, SideName, Store, StoreTx, UnitRecord } from './store/store.ts';
-import { canonicalJson, jsonEqual, structToJson, type JsonObject, type StructMessage } from './struct.ts';
+import { canonicalJson, jsonEqual, ownValue, structToJson, type JsonObject, type StructMessage } from './struct.ts';
 import { Violations, decodePageToken, durationMs, encodePageToken, pageSize, type DurationMessage } from './validate.ts';
 
 export type RequestFilterName = 'all' | 'new' | 'answered';
@@ -99,10 +99,10 @@ export class RequestService {
       const type = this.#definition(relation).requestType;
       const fieldViolations = validateFields(type, fields, 'fields', { checkRequired: true });
       input.match_fields.forEach((name, i) => {
-        if (!type.fields[name]) fieldViolations.push({ field: `match_fields[${i}]`, description: `"${name}" is not a field of ${type.name}` });
+        if (!ownValue(type.fields, name)) fieldViolations.push({ field: `match_fields[${i}]`, description: `"${name}" is not a field of ${type.name}` });
       });
       invalidIfAny(fieldViolations);
-      const match = Object.fromEntries(input.match_fields.map((name) => [name, fields[name] ?? null]));
+      const match = Object.fromEntries(input.match_fields.map((name) => [name, ownValue(fields, name) ?? null]));
       const existing = await firstMatch(tx, [relation.id], match);
       if (!existing) {
         const revision = await tx.revision();
@@ -447,7 +447,7 @@ function checkAnswerable(request: RequestRecord, unit: string, now: number): voi
 }
 
 function fieldsMatch(fields: JsonObject, match: JsonObject): boolean {
-  return Object.entries(match).every(([name, value]) => jsonEqual(fields[name] ?? null, value));
+  return Object.entries(match).every(([name, value]) => jsonEqual(ownValue(fields, name) ?? null, value));
 }
 
 function requesterFilter(request: RequestRecord, filter: RequestFilterName): boolean {

@@ -56,6 +56,11 @@ function jsonToValue(json: Json): ValueMessage {
   return { structValue: jsonToStruct(json), kind: 'structValue' };
 }
 
+/** An object's own value under a key: a key such as "toString" must not find what every object inherits. */
+export function ownValue<T>(object: Record<string, T>, key: string): T | undefined {
+  return Object.hasOwn(object, key) ? object[key] : undefined;
+}
+
 /** Deep equality of JSON values; object key order does not matter. */
 export function jsonEqual(a: Json | undefined, b: Json | undefined): boolean {
   if (a === b) return true;
