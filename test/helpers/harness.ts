@@ -86,13 +86,16 @@ export async function startHarness(config: Partial<ServerConfig> = {}): Promise<
   };
 }
 
-/** Clients of a server at an address (e.g. one in another process); close() closes them all. */
-export function clientsOf(address: string): { registry: Rpc; requester(unit: string): Rpc; responder(unit: string): Rpc; close(): void } {
+/**
+ * Clients of a server at an address (e.g. one in another process); close() closes them all.
+ * Clients share one connection per address unless each is to have its own (`ownConnection`).
+ */
+export function clientsOf(address: string, { ownConnection = false } = {}): { registry: Rpc; requester(unit: string): Rpc; responder(unit: string): Rpc; close(): void } {
   const made: grpc.Client[] = [];
   const make = (service: string, unit?: string) => {
     const Client = v1[service];
     if (!Client) throw new Error(`no ${service}`);
-    const client = new Client(address, grpc.credentials.createInsecure());
+    const client = new Client(address, grpc.credentials.createInsecure(), ownConnection ? { 'grpc.use_local_subchannel_pool': 1 } : {});
     made.push(client);
     return new Rpc(client, unit);
   };
