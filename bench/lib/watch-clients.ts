@@ -31,6 +31,8 @@ export interface StreamReport {
   revisions: string[];
   /** Request ids of ADDED request events, in arrival order. */
   added: string[];
+  /** When each of `added` arrived: milliseconds since the epoch (performance.timeOrigin + performance.now()). */
+  arrivals: number[];
   /** How the stream ended; null while it is open or when it ended OK. */
   status: { code: number; details: string; reason: string; metadata: Record<string, string> } | null;
   ended: boolean;
@@ -132,7 +134,7 @@ function runChild(config: WatchClientsConfig): void {
   for (let i = 0; i < config.streams; i++) {
     const client = clients[i % config.channels] as InstanceType<Ctor>;
     const call = (client[config.method] as (request: Message, md: grpc.Metadata) => grpc.ClientReadableStream<Message>).call(client, config.request, metadata);
-    const report: StreamReport = { revisions: [], added: [], status: null, ended: false };
+    const report: StreamReport = { revisions: [], added: [], arrivals: [], status: null, ended: false };
     reports.push(report);
     let first = true;
     call.on('data', (message: Message) => {
@@ -141,7 +143,12 @@ function runChild(config: WatchClientsConfig): void {
       if (revision > (latest[i] as number)) latest[i] = revision;
       if (config.record) {
         report.revisions.push(batch.revision as string);
-        for (const event of batch.events as Message[]) if (event.type === 'EVENT_TYPE_ADDED' && event.object === 'request') report.added.push(event.request.request_id as string);
+        const now = performance.timeOrigin + performance.now();
+        for (const event of batch.events as Message[]) {
+          if (event.type !== 'EVENT_TYPE_ADDED' || event.object !== 'request') continue;
+          report.added.push(event.request.request_id as string);
+          report.arrivals.push(now);
+        }
       }
       if (first) {
         first = false;
