@@ -3,13 +3,17 @@
 import type { LoggedRequest, RelationRecord, RelationUnitRecord, RequestState, ResponseRecord, UnitRecord } from './store/store.ts';
 import { jsonToStruct } from './struct.ts';
 
+// 64-bit fields (revisions, seconds) are given to protobuf.js as numbers, which
+// it takes as they are; decimal strings it would parse into a Long each time.
+// Clients still receive them as the proto-loader options say (strings).
+
 export interface TimestampMessage {
-  seconds: string;
+  seconds: number;
   nanos: number;
 }
 
 export function timestamp(ms: number): TimestampMessage {
-  return { seconds: String(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1e6 };
+  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
 }
 
 const SIDE = { requester: 'SIDE_REQUESTER', responder: 'SIDE_RESPONDER' } as const;
@@ -18,11 +22,11 @@ const MODE = { any: 'DELIVERY_MODE_ANY', unit: 'DELIVERY_MODE_UNIT', selector: '
 
 export function unitMessage(unit: UnitRecord) {
   const { name, application, ingress_address, egress_subnets, labels, revision } = unit;
-  return { name, application, ingress_address, egress_subnets, labels, revision: String(revision) };
+  return { name, application, ingress_address, egress_subnets, labels, revision };
 }
 
 export function relationUnitMessage(unit: RelationUnitRecord) {
-  return { unit: unit.unit, side: SIDE[unit.side], revision: String(unit.revision) };
+  return { unit: unit.unit, side: SIDE[unit.side], revision: unit.revision };
 }
 
 export function relationMessage(relation: Omit<RelationRecord, 'counters'>, units: RelationUnitRecord[]) {
@@ -35,8 +39,8 @@ export function relationMessage(relation: Omit<RelationRecord, 'counters'>, unit
     responder_application: relation.responder_application,
     responder_endpoint: relation.responder_endpoint,
     units: units.map(relationUnitMessage),
-    create_revision: String(relation.create_revision),
-    revision: String(relation.revision),
+    create_revision: relation.create_revision,
+    revision: relation.revision,
   };
 }
 
@@ -75,11 +79,11 @@ export function requestMessage(request: LoggedRequest, viewer: Viewer) {
     is_created: viewer.side === 'requester' && request.source_unit === viewer.unit,
     is_received: received,
     is_new: received && isNewFor(request, viewer.unit),
-    sequence: String(request.create_revision),
+    sequence: request.create_revision,
     create_time: timestamp(request.create_time),
     update_time: timestamp(request.update_time),
-    create_revision: String(request.create_revision),
-    revision: String(request.revision),
+    create_revision: request.create_revision,
+    revision: request.revision,
   };
 }
 
@@ -92,6 +96,6 @@ export function responseMessage(response: ResponseRecord) {
     error: response.error,
     fields: jsonToStruct(response.fields),
     create_time: timestamp(response.create_time),
-    revision: String(response.revision),
+    revision: response.revision,
   };
 }

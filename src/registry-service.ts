@@ -55,13 +55,13 @@ export class RegistryService {
       const record = { name, revision: await tx.revision() };
       await tx.putApplication(record);
       await tx.appendChange('', { kind: 'registry', what: 'application-registered', name });
-      return { application: { name, revision: String(record.revision) } };
+      return { application: { name, revision: record.revision } };
     });
   }
 
   async listApplications() {
     const applications = await this.#store.read((tx) => tx.listApplications());
-    return { applications: applications.map((app) => ({ name: app.name, revision: String(app.revision) })) };
+    return { applications: applications.map((app) => ({ name: app.name, revision: app.revision })) };
   }
 
   /** Registers a unit; with issueToken, returns its bearer token (only a hash is kept). */
@@ -88,7 +88,7 @@ export class RegistryService {
 
   async revokeUnitToken(name: string) {
     new Violations().unitName('name', name).throwIfAny();
-    return { revision: String(await this.#setTokenHash(name, null, 'unit-token-revoked')) };
+    return { revision: await this.#setTokenHash(name, null, 'unit-token-revoked') };
   }
 
   /** The change-log entry lets every replica drop the unit's open streams. */
@@ -184,7 +184,7 @@ export class RegistryService {
       await tx.deleteRelation(relationId);
       const { counters: _counters, ...logged } = relation;
       await tx.appendChange(relationId, { kind: 'relation-removed', relation: { ...logged, revision } });
-      return { revision: String(revision) };
+      return { revision };
     });
   }
 

@@ -164,7 +164,7 @@ export class RequestService {
       const { request, relation } = await this.#visibleRequest(tx, callerName, requestId, 'requester');
       await tx.deleteResponses(request.request_id);
       await recordRequestChange(tx, relation, request, null);
-      return { revision: String(await tx.revision()) };
+      return { revision: await tx.revision() };
     });
   }
 

@@ -26,14 +26,14 @@ export interface WatchSpec {
 
 export interface WatchEventMessage {
   type: string;
-  revision: string;
+  revision: number;
   relation_id: string;
   [object: string]: unknown;
 }
 
 export interface WatchBatchMessage {
   events: WatchEventMessage[];
-  revision: string;
+  revision: number;
 }
 
 /** Where a watcher's batches go: a server stream or a session. */
@@ -311,7 +311,7 @@ function shuttingDown(): RelgateError {
 async function snapshotEvents(tx: StoreTx, spec: WatchSpec, relationIds: string[], revision: number): Promise<WatchEventMessage[]> {
   const viewer: Viewer = { unit: spec.unit, side: spec.side };
   const events: WatchEventMessage[] = [];
-  const at = String(revision);
+  const at = revision;
   let after = 0;
   for (;;) {
     const page = relationIds.length === 0 ? [] : await tx.listRequests({ relationIds, afterCreateRevision: after, limit: 500 });
@@ -334,7 +334,7 @@ async function snapshotEvents(tx: StoreTx, spec: WatchSpec, relationIds: string[
   return events;
 }
 
-function flagsEvent(side: SideName, relationId: string, revision: string, flags: Record<string, boolean>): WatchEventMessage {
+function flagsEvent(side: SideName, relationId: string, revision: number, flags: Record<string, boolean>): WatchEventMessage {
   const object = side === 'requester' ? 'requester_flags' : 'responder_flags';
   return { type: 'EVENT_TYPE_FLAGS', revision, relation_id: relationId, object, [object]: flags };
 }
@@ -389,10 +389,10 @@ export class Watcher {
     // Only the snapshot's last message is a resume point; the ones before it say revision 0.
     for (let i = 0; i < snapshot.length; i += MAX_BATCH_EVENTS) {
       const last = i + MAX_BATCH_EVENTS >= snapshot.length;
-      this.#enqueue({ events: snapshot.slice(i, i + MAX_BATCH_EVENTS), revision: last ? String(from) : '0' });
+      this.#enqueue({ events: snapshot.slice(i, i + MAX_BATCH_EVENTS), revision: last ? from : 0 });
     }
     // A watch from now says at once where it begins: a client whose stream breaks before the first change resumes from there.
-    if (this.spec.start === 'now') this.#enqueue({ events: [], revision: String(from) });
+    if (this.spec.start === 'now') this.#enqueue({ events: [], revision: from });
     this.#interval = this.spec.progressIntervalMs || this.#options.progressIntervalMs;
     this.#hub.tickEvery(this.#interval, this);
     void this.#catchUp(from);
@@ -433,7 +433,7 @@ export class Watcher {
   translate(change: Change, views?: Map<string, WatchEventMessage[]>): WatchEventMessage[] {
     const joinedAt = this.relations.get(change.relation_id);
     const data = change.data;
-    const revision = String(change.revision);
+    const revision = change.revision;
     const relationId = change.relation_id;
     if (data.kind === 'unit-joined' && data.unit.unit === this.spec.unit && data.unit.side === this.spec.side && !this.spec.relationId) {
       this.relations.set(relationId, change.revision);
@@ -467,7 +467,7 @@ export class Watcher {
   /** Events of a request, response or flags change as this watcher's view shows them. */
   #objectEvents(change: Change): WatchEventMessage[] {
     const data = change.data;
-    const revision = String(change.revision);
+    const revision = change.revision;
     const relationId = change.relation_id;
     switch (data.kind) {
       case 'request': {
@@ -545,7 +545,7 @@ export class Watcher {
       this.#enqueue({ events: events.slice(start, end), revision: (events[end - 1] as WatchEventMessage).revision });
       start = end;
     }
-    this.#enqueue({ events: start === 0 ? events : events.slice(start), revision: String(upTo) });
+    this.#enqueue({ events: start === 0 ? events : events.slice(start), revision: upTo });
   }
 
   #enqueue(batch: WatchBatchMessage): void {
@@ -560,7 +560,7 @@ export class Watcher {
       const batch = this.#queue.shift();
       if (!batch) break;
       this.#queuedEvents -= batch.events.length;
-      this.#sent = Number(batch.revision);
+      this.#sent = batch.revision;
       this.#sentSinceTick = true;
       if (!this.#sink.write(batch)) {
         this.#waitingDrain = true;
@@ -580,7 +580,7 @@ export class Watcher {
       this.#sentSinceTick = false;
       return;
     }
-    const revision = String(this.#hub.revision);
+    const revision = this.#hub.revision;
     this.#enqueue({ events: [{ type: 'EVENT_TYPE_BOOKMARK', revision, relation_id: '' }], revision });
     this.#sentSinceTick = false;
   }
