@@ -1,4 +1,4 @@
-// The benchmark's CPU and GC accounting: what it reads from /proc, when the
+// How the benchmark starts programs, and its CPU and GC accounting: what it reads from /proc, when the
 // load runner marks the measured period, how a level's CPU is reported, the
 // garbage-collection pauses it counts, and how a CPU profile is split into parts.
 import { execFileSync } from 'node:child_process';
@@ -11,7 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { gcPauseOf } from '../bench/lib/gateway-output.ts';
 import { runLoad } from '../bench/lib/load.ts';
 import { busyByPart, type CpuProfile } from '../bench/lib/profile-parts.ts';
-import { cpuMs } from '../bench/lib/processes.ts';
+import { cpuMs, spawnUntilReady } from '../bench/lib/processes.ts';
 import { cpuCell } from '../bench/lib/report.ts';
 
 /** Keeps this thread busy until the process has used `ms` more CPU time (by its own count). */
@@ -22,6 +22,12 @@ function spin(ms: number): void {
     used = delta.user + delta.system;
   }
 }
+
+describe('benchmark processes', () => {
+  it('reports a program that cannot start as an error of its own, not an unhandled event', async () => {
+    await expect(spawnUntilReady('relgate-bench-no-such-program', [], () => true)).rejects.toThrow(/relgate-bench-no-such-program could not start: .*ENOENT/);
+  });
+});
 
 describe('benchmark CPU accounting', () => {
   it('reads a process CPU time from /proc in step with what the process itself counts', () => {

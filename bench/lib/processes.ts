@@ -58,7 +58,11 @@ export function tempDir(prefix: string): { dir: string; remove(): void } {
 /** Spawns a program and resolves once a line of its output satisfies `ready`. */
 export function spawnUntilReady(command: string, args: readonly string[], ready: (line: string) => boolean, timeoutMs = 30_000): Promise<ServerProcess> {
   const child = spawn(command, [...args], { cwd: PROJECT_DIR, stdio: ['ignore', 'pipe', 'pipe'] });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  // A program that cannot start emits 'error' and never 'exit'.
+  const exited = new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.once('error', () => resolve());
+  });
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     child.kill('SIGTERM');
@@ -90,6 +94,10 @@ export function spawnUntilReady(command: string, args: readonly string[], ready:
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
       if (!done) reject(new Error(`${command} exited (${code ?? signal}) before it was ready:\n${output}`));
+    });
+    child.once('error', (error) => {
+      clearTimeout(timer);
+      if (!done) reject(new Error(`${command} could not start: ${error.message}`));
     });
   });
 }
