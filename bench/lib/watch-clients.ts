@@ -22,17 +22,21 @@ export interface WatchClientsConfig {
   request: Record<string, unknown>;
   streams: number;
   channels: number;
-  /** Keep each stream's request ids and batch revisions for report(). */
+  /** Keep each stream's batches for report(). */
   record: boolean;
 }
 
+/** A batch as a stream received it, each event cut down to what identifies it. */
+export interface ReceivedBatch {
+  revision: string;
+  events: Message[];
+  /** Milliseconds since the epoch (performance.timeOrigin + performance.now()), comparable across processes. */
+  arrivedAt: number;
+}
+
 export interface StreamReport {
-  /** Revision of every batch, in arrival order. */
-  revisions: string[];
-  /** Request ids of ADDED request events, in arrival order. */
-  added: string[];
-  /** When each of `added` arrived: milliseconds since the epoch (performance.timeOrigin + performance.now()). */
-  arrivals: number[];
+  /** Every batch, in arrival order (when recording). */
+  batches: ReceivedBatch[];
   /** How the stream ended; null while it is open or when it ended OK. */
   status: { code: number; details: string; reason: string; metadata: Record<string, string> } | null;
   ended: boolean;
@@ -104,6 +108,16 @@ export function spawnWatchClients(config: WatchClientsConfig, readyTimeoutMs = 1
 type Message = Record<string, any>;
 type Ctor = new (address: string, credentials: grpc.ChannelCredentials, options?: object) => grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
+/** What identifies an event (its type, revisions, relation and object ids): the fields are left behind. */
+function identity(event: Message): Message {
+  const { type, revision, relation_id, object } = event;
+  const kept: Message = { type, revision, relation_id, object };
+  if (object === 'request') kept.request = { request_id: event.request.request_id };
+  if (object === 'response') kept.response = { request_id: event.response.request_id, responder_unit: event.response.responder_unit };
+  if (object === 'unit') kept.unit = { unit: event.unit.unit };
+  return kept;
+}
+
 /** Runs in the forked process: opens the streams and serves the runner's questions. */
 function runChild(config: WatchClientsConfig): void {
   const send = (message: FromChild) => process.send?.(message);
@@ -134,7 +148,7 @@ function runChild(config: WatchClientsConfig): void {
   for (let i = 0; i < config.streams; i++) {
     const client = clients[i % config.channels] as InstanceType<Ctor>;
     const call = (client[config.method] as (request: Message, md: grpc.Metadata) => grpc.ClientReadableStream<Message>).call(client, config.request, metadata);
-    const report: StreamReport = { revisions: [], added: [], arrivals: [], status: null, ended: false };
+    const report: StreamReport = { batches: [], status: null, ended: false };
     reports.push(report);
     let first = true;
     call.on('data', (message: Message) => {
@@ -142,13 +156,8 @@ function runChild(config: WatchClientsConfig): void {
       const revision = Number(batch.revision);
       if (revision > (latest[i] as number)) latest[i] = revision;
       if (config.record) {
-        report.revisions.push(batch.revision as string);
-        const now = performance.timeOrigin + performance.now();
-        for (const event of batch.events as Message[]) {
-          if (event.type !== 'EVENT_TYPE_ADDED' || event.object !== 'request') continue;
-          report.added.push(event.request.request_id as string);
-          report.arrivals.push(now);
-        }
+        const events = (batch.events as Message[]).map(identity);
+        report.batches.push({ revision: batch.revision as string, events, arrivedAt: performance.timeOrigin + performance.now() });
       }
       if (first) {
         first = false;
