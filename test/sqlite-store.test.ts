@@ -1,5 +1,6 @@
-// SQLite-only behaviour: opening a database written by an older relgate, and
-// the bounded caches of records in front of the database.
+// SQLite-only behaviour: opening a database written by an older relgate, the
+// revision a reopened store carries on from, and the bounded caches of
+// records in front of the database.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -7,7 +8,7 @@ import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RecordCache, UndoLog } from '../src/store/record-cache.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
-import type { RequestRecord } from '../src/store/store.ts';
+import type { ChangeData, RequestRecord } from '../src/store/store.ts';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -23,20 +24,71 @@ function request(id: string, createRevision: number, state: RequestRecord['state
   };
 }
 
+function tempFile(): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'relgate-sqlite-'));
+  dirs.push(dir);
+  return path.join(dir, 'relgate.db');
+}
+
+/** Rewrites the change log as relgate wrote it before version 2: a row per change, keyed by revision and position. */
+function downgradeChangeLog(db: Database.Database): void {
+  db.exec(`
+    CREATE TABLE changes_v1 (revision INTEGER NOT NULL, idx INTEGER NOT NULL, relation_id TEXT NOT NULL, time INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (revision, idx)) STRICT;
+    INSERT INTO changes_v1 SELECT c.revision, e.key, e.value ->> 0, c.time, e.value -> 1 FROM changes c, json_each(c.doc) e ORDER BY c.revision, e.key DESC;
+    DROP TABLE changes;
+    ALTER TABLE changes_v1 RENAME TO changes;
+    CREATE INDEX changes_by_time ON changes (time);
+    PRAGMA user_version = 1;`);
+}
+
+const registered = (name: string): ChangeData => ({ kind: 'registry', what: 'test', name });
+
 describe('sqlite store upgrades', () => {
-  it('a database from before the pending index gets the column filled and the index built, keeping every request', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'relgate-upgrade-'));
-    dirs.push(dir);
-    const file = path.join(dir, 'relgate.db');
+  it('a change log with a row per change becomes a row per revision, each change kept in order with its relation and time', async () => {
+    const file = tempFile();
     const store = new SqliteStore({ path: file });
+    await store.write(async (tx) => tx.appendChange('', registered('first')));
+    await store.write(async (tx) => {
+      for (const [relationId, name] of [['r1', 'a'], ['r2', 'b'], ['r1', 'c']] as const) await tx.appendChange(relationId, registered(name));
+    });
+    await store.write(async (tx) => tx.appendChange('r2', registered('last')));
+    const before = await store.changesSince(0, 100);
+    await store.close();
+    expect(before.changes.map((change) => [change.revision, change.index, change.relation_id])).toEqual([
+      [1, 0, ''], [2, 0, 'r1'], [2, 1, 'r2'], [2, 2, 'r1'], [3, 0, 'r2'],
+    ]);
+
+    const db = new Database(file);
+    downgradeChangeLog(db);
+    expect(db.prepare('SELECT count(*) AS n FROM changes').get()).toEqual({ n: 5 });
+    db.close();
+
+    const upgraded = new SqliteStore({ path: file });
+    expect(await upgraded.changesSince(0, 100)).toEqual(before);
+    expect(upgraded.currentRevision()).toBe(3);
+    await upgraded.write(async (tx) => tx.appendChange('r1', registered('after')));
+    expect((await upgraded.changesSince(3, 100)).changes.map((change) => [change.revision, change.data])).toEqual([[4, registered('after')]]);
+    await upgraded.close();
+
+    const check = new Database(file, { readonly: true });
+    expect(check.pragma('user_version', { simple: true })).toBe(2);
+    expect(check.prepare('SELECT count(*) AS n FROM changes').get()).toEqual({ n: 4 });
+    check.close();
+  });
+
+  it('a database from before the pending index gets the column filled and the index built, keeping every request', async () => {
+    const file = tempFile();
+    const store = new SqliteStore({ path: file });
+    await store.write(async (tx) => tx.appendChange('r', registered('web')));
     const states = ['pending', 'answered', 'pending', 'expired'] as const;
     await store.write(async (tx) => {
       for (const [i, state] of states.entries()) await tx.putRequest(request(`q${i}`, i + 1, state));
     });
     await store.close();
 
-    // Back to the older schema: no pending column, no index, user_version 0.
+    // Back to the older schema: a row per change, no pending column, no index, user_version 0.
     const db = new Database(file);
+    downgradeChangeLog(db);
     db.exec('DROP INDEX requests_pending; ALTER TABLE requests DROP COLUMN pending; PRAGMA user_version = 0;');
     db.close();
 
@@ -45,13 +97,53 @@ describe('sqlite store upgrades', () => {
       upgraded.read(async (tx) => (await tx.listRequests({ relationIds: ['r'], afterCreateRevision: 0, limit: 10, pendingOnly })).map((r) => r.request_id));
     expect(await list(true)).toEqual(['q0', 'q2']);
     expect(await list(false)).toEqual(['q0', 'q1', 'q2', 'q3']);
+    expect((await upgraded.changesSince(0, 10)).changes.map((change) => change.data)).toEqual([registered('web')]);
     await upgraded.close();
 
     const check = new Database(file, { readonly: true });
-    expect(check.pragma('user_version', { simple: true })).toBe(1);
+    expect(check.pragma('user_version', { simple: true })).toBe(2);
     const plan = check.prepare("EXPLAIN QUERY PLAN SELECT doc FROM requests WHERE relation_id = 'r' AND create_revision > 0 AND pending = 1 ORDER BY create_revision").all() as { detail: string }[];
     expect(plan.map((row) => row.detail).join('\n')).toContain('requests_pending');
     check.close();
+  });
+});
+
+describe('the revision after a reopen', () => {
+  const reopened = async (file: string) => {
+    const store = new SqliteStore({ path: file });
+    const revision = store.currentRevision();
+    await store.close();
+    return revision;
+  };
+
+  it('is the last revision, whether the last write logged changes or only took a revision', async () => {
+    const file = tempFile();
+    const store = new SqliteStore({ path: file });
+    for (let i = 0; i < 3; i++) await store.write(async (tx) => tx.appendChange('r1', registered(`n${i}`)));
+    await store.close();
+    expect(await reopened(file)).toBe(3);
+
+    const again = new SqliteStore({ path: file });
+    await again.write(async (tx) => tx.appendChange('r1', registered('logged')));
+    await again.write(async (tx) => tx.putApplication({ name: 'web', revision: await tx.revision() }));
+    await again.close();
+    expect(await reopened(file)).toBe(5);
+  });
+
+  it('is not taken again after the whole change log is compacted', async () => {
+    const file = tempFile();
+    const store = new SqliteStore({ path: file });
+    for (let i = 0; i < 3; i++) await store.write(async (tx) => tx.appendChange('r1', registered(`n${i}`)));
+    await store.compact(3);
+    await store.close();
+    const db = new Database(file, { readonly: true });
+    expect(db.prepare('SELECT count(*) AS n FROM changes').get()).toEqual({ n: 0 });
+    db.close();
+
+    const again = new SqliteStore({ path: file });
+    expect(again.currentRevision()).toBe(3);
+    expect(await again.write(async (tx) => tx.revision())).toBe(4);
+    await again.close();
   });
 });
 

@@ -61,7 +61,8 @@ CREATE INDEX IF NOT EXISTS requests_by_due ON requests (due) WHERE due IS NOT NU
 CREATE INDEX IF NOT EXISTS requests_pending ON requests (relation_id, create_revision) WHERE pending = 1;
 CREATE TABLE IF NOT EXISTS responses (request_id TEXT NOT NULL, responder_unit TEXT NOT NULL, revision INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (request_id, responder_unit)) STRICT;
 CREATE TABLE IF NOT EXISTS flags (relation_id TEXT NOT NULL, unit TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (relation_id, unit)) STRICT;
-CREATE TABLE IF NOT EXISTS changes (revision INTEGER NOT NULL, idx INTEGER NOT NULL, relation_id TEXT NOT NULL, time INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (revision, idx)) STRICT;
+-- One row per revision: a write's changes, in order, as a JSON array of [relation_id, change] pairs.
+CREATE TABLE IF NOT EXISTS changes (revision INTEGER PRIMARY KEY, time INTEGER NOT NULL, doc TEXT NOT NULL) STRICT;
 CREATE INDEX IF NOT EXISTS changes_by_time ON changes (time);
 `;
 
@@ -70,6 +71,15 @@ const MIGRATIONS: readonly { version: number; sql: string }[] = [
   {
     version: 1,
     sql: "ALTER TABLE requests ADD COLUMN pending INTEGER NOT NULL DEFAULT 0; UPDATE requests SET pending = json_extract(doc, '$.state') = 'pending';",
+  },
+  {
+    // A row per change wrote three B-trees per change (table, primary key, time); a row per revision writes two per write.
+    version: 2,
+    sql: `CREATE TABLE changes_by_revision (revision INTEGER PRIMARY KEY, time INTEGER NOT NULL, doc TEXT NOT NULL) STRICT;
+INSERT INTO changes_by_revision (revision, time, doc)
+  SELECT revision, min(time), json_group_array(json_array(relation_id, json(doc)) ORDER BY idx) FROM changes GROUP BY revision;
+DROP TABLE changes;
+ALTER TABLE changes_by_revision RENAME TO changes;`,
   },
 ];
 
@@ -142,11 +152,12 @@ function prepareStatements(db: Database.Database) {
     putFlags: db.prepare('INSERT INTO flags (relation_id, unit, doc) VALUES (?, ?, ?) ON CONFLICT (relation_id, unit) DO UPDATE SET doc = excluded.doc'),
     deleteFlags: db.prepare('DELETE FROM flags WHERE relation_id = ? AND unit = ?'),
     deleteRelationFlags: db.prepare('DELETE FROM flags WHERE relation_id = ?'),
-    appendChange: db.prepare('INSERT INTO changes (revision, idx, relation_id, time, doc) VALUES (?, ?, ?, ?, ?)'),
-    changesSince: db.prepare<[number, number], { revision: number; idx: number; relation_id: string; time: number; doc: string }>(
-      'SELECT revision, idx, relation_id, time, doc FROM changes WHERE revision > ? AND revision <= ? ORDER BY revision, idx',
+    appendChanges: db.prepare('INSERT INTO changes (revision, time, doc) VALUES (?, ?, ?)'),
+    changesSince: db.prepare<[number, number], { revision: number; time: number; doc: string }>(
+      'SELECT revision, time, doc FROM changes WHERE revision > ? AND revision <= ? ORDER BY revision',
     ),
     compact: db.prepare('DELETE FROM changes WHERE revision <= ?'),
+    lastLoggedRevision: db.prepare<[], { revision: number }>('SELECT revision FROM changes ORDER BY revision DESC LIMIT 1'),
     // Times grow with revisions, so the newest change by time is a B-tree seek (max(revision) scanned the log).
     revisionAt: db.prepare<[number], { revision: number | null }>(
       'SELECT revision FROM changes INDEXED BY changes_by_time WHERE time <= ? ORDER BY time DESC, revision DESC LIMIT 1',
@@ -208,8 +219,11 @@ export class SqliteStore implements Store {
     migrate(this.#db);
     this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
     this.#stmts = prepareStatements(this.#db);
-    this.#revision = this.#stmts.meta.get('revision')?.value ?? 0;
     this.#compacted = this.#stmts.meta.get('compacted')?.value ?? 0;
+    // meta holds the revision only when the change log does not: see #commit.
+    const logged = this.#stmts.lastLoggedRevision.get()?.revision ?? 0;
+    this.#revision = Math.max(this.#stmts.meta.get('revision')?.value ?? 0, logged, this.#compacted);
+    this.#loggedRevision = this.#revision;
   }
 
   onCommit(listener: CommitListener): void {
@@ -232,6 +246,8 @@ export class SqliteStore implements Store {
 
   /** Revision at the start of the open batch. */
   #committedRevision = 0;
+  /** The latest revision with a change-log row. */
+  #loggedRevision = 0;
 
   write<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
     return this.#enqueue(async () => {
@@ -241,6 +257,7 @@ export class SqliteStore implements Store {
       this.#stmts.savepoint.run();
       try {
         const result = await fn(tx);
+        if (tx.logChanges()) this.#loggedRevision = this.#revision;
         this.#stmts.release.run();
         this.#batchChanges.push(...tx.changes);
         return { result, afterCommit: true };
@@ -262,13 +279,9 @@ export class SqliteStore implements Store {
     return this.read(async () => {
       if (after < this.#compacted) throw compactedError(after, this.#compacted);
       const upTo = Math.min(this.#batchOpen ? this.#committedRevision : this.#revision, after + limit);
-      const changes = this.#stmts.changesSince.all(after, upTo).map((row) => ({
-        revision: row.revision,
-        index: row.idx,
-        relation_id: row.relation_id,
-        time: row.time,
-        data: JSON.parse(row.doc) as ChangeData,
-      }));
+      const changes = this.#stmts.changesSince.all(after, upTo).flatMap(({ revision, time, doc }) =>
+        (JSON.parse(doc) as LoggedChange[]).map(([relation_id, data], index) => ({ revision, index, relation_id, time, data })),
+      );
       return { changes, upTo: Math.max(upTo, after) };
     });
   }
@@ -354,7 +367,8 @@ export class SqliteStore implements Store {
     this.#batchChanges = [];
     const started = performance.now();
     try {
-      if (this.#revision !== this.#committedRevision) this.#stmts.setMeta.run(this.#revision, 'revision');
+      // A batch whose last revision has a change-log row needs no meta write: opening the store reads the log's last row.
+      if (this.#revision !== this.#loggedRevision) this.#stmts.setMeta.run(this.#revision, 'revision');
       this.#stmts.commit.run();
     } catch (error) {
       this.#db.exec('ROLLBACK');
@@ -400,6 +414,9 @@ export class SqliteStore implements Store {
     });
   }
 }
+
+/** A change as the log row of its revision holds it. */
+type LoggedChange = [relationId: string, data: ChangeData];
 
 const parse = <T>(row: { doc: string } | undefined): T | undefined => (row ? (JSON.parse(row.doc) as T) : undefined);
 const parseAll = <T>(rows: { doc: string }[]): T[] => rows.map((row) => JSON.parse(row.doc) as T);
@@ -544,9 +561,15 @@ class SqliteTx implements StoreTx {
   }
   async appendChange(relationId: string, data: ChangeData) {
     const revision = await this.revision();
-    const change: Change = { revision, index: this.changes.length, relation_id: relationId, time: this.now, data };
-    this.#s.appendChange.run(revision, change.index, relationId, this.now, JSON.stringify(data));
-    this.changes.push(change);
+    this.changes.push({ revision, index: this.changes.length, relation_id: relationId, time: this.now, data });
+  }
+
+  /** Writes this write's changes to the log as one row, once all are known; false when it has none. */
+  logChanges(): boolean {
+    if (this.changes.length === 0) return false;
+    const logged: LoggedChange[] = this.changes.map((change) => [change.relation_id, change.data]);
+    this.#s.appendChanges.run(this.#revision, this.now, JSON.stringify(logged));
+    return true;
   }
 }
 
