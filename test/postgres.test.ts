@@ -60,6 +60,33 @@ describe('migrations', () => {
     const { rows: after } = await sql(url, 'SELECT count(*)::int AS n FROM schema_migrations');
     expect(after[0].n).toBe(MIGRATIONS.length);
   });
+
+  it('turn a change log with a row per change into a row per revision, each change kept in order with its relation and time', async () => {
+    const url = await cluster.createDatabase();
+    const older = MIGRATIONS.filter((migration) => migration.version < 4);
+    for (const migration of older) {
+      await sql(url, migration.sql);
+      await sql(url, 'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())');
+      await sql(url, 'INSERT INTO schema_migrations (version, description) VALUES ($1, $2)', [migration.version, migration.description]);
+    }
+    const entry = (name: string) => JSON.stringify({ kind: 'registry', what: 'test', name });
+    // Rows as the older relgate wrote them, inserted out of order within revision 2.
+    const rows: [number, number, string, number, string][] = [
+      [1, 0, '', 100, entry('first')], [2, 2, 'r1', 200, entry('c')], [2, 0, 'r1', 200, entry('a')], [2, 1, 'r2', 200, entry('b')], [3, 0, 'r2', 300, entry('last')],
+    ];
+    for (const row of rows) await sql(url, 'INSERT INTO changes (revision, idx, relation_id, time, doc) VALUES ($1, $2, $3, $4, $5)', row);
+    await sql(url, 'UPDATE state SET revision = 3');
+
+    const store = await open(url);
+    const { changes } = await store.changesSince(0, 100);
+    expect(changes.map((change) => [change.revision, change.index, change.relation_id, change.time, names([change])[0]])).toEqual([
+      [1, 0, '', 100, 'first'], [2, 0, 'r1', 200, 'a'], [2, 1, 'r2', 200, 'b'], [2, 2, 'r1', 200, 'c'], [3, 0, 'r2', 300, 'last'],
+    ]);
+    expect(await write(store, 'after')).toBe(4);
+    expect(names((await store.changesSince(3, 100)).changes)).toEqual(['after']);
+    const { rows: stored } = await sql(url, 'SELECT count(*)::int AS n FROM changes');
+    expect(stored[0].n).toBe(4);
+  });
 });
 
 describe('ordered visibility', () => {

@@ -58,6 +58,18 @@ UPDATE requests SET pending = (doc::jsonb ->> 'state') = 'pending';
 CREATE INDEX requests_pending ON requests (relation_id, create_revision) WHERE pending;
 `,
   },
+  {
+    version: 4,
+    description: 'the change log keeps a row per revision, not per change: one insert per write',
+    sql: `
+CREATE TABLE changes_by_revision (revision BIGINT PRIMARY KEY, time BIGINT NOT NULL, doc TEXT NOT NULL);
+INSERT INTO changes_by_revision (revision, time, doc)
+  SELECT revision, min(time), json_agg(json_build_array(relation_id, doc::json) ORDER BY idx)::text FROM changes GROUP BY revision;
+DROP TABLE changes;
+ALTER TABLE changes_by_revision RENAME TO changes;
+CREATE INDEX changes_by_time ON changes (time);
+`,
+  },
 ];
 
 /** An arbitrary constant naming relgate's migration lock. */

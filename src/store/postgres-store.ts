@@ -62,7 +62,9 @@ const TYPES = {
 };
 
 type Row = { doc: string };
-type ChangeRow = { revision: number; idx: number; relation_id: string; time: number; doc: string };
+/** A row of the change log: one revision, its write's changes in order as a JSON array of [relation_id, change] pairs. */
+type ChangeRow = { revision: number; time: number; doc: string };
+type LoggedChange = [relationId: string, data: ChangeData];
 
 interface Waiter {
   resolve: () => void;
@@ -177,6 +179,7 @@ export class PostgresStore implements Store {
       let result: T;
       try {
         result = await fn(tx);
+        await tx.logChanges();
       } catch (error) {
         this.#revision = revisionBefore;
         await this.#undo(client, first);
@@ -384,10 +387,10 @@ export class PostgresStore implements Store {
 
   async #changeRows(client: pg.ClientBase, after: number, upTo: number): Promise<Change[]> {
     const { rows } = await client.query<ChangeRow>(
-      'SELECT revision, idx, relation_id, time, doc FROM changes WHERE revision > $1 AND revision <= $2 ORDER BY revision, idx',
+      'SELECT revision, time, doc FROM changes WHERE revision > $1 AND revision <= $2 ORDER BY revision',
       [after, upTo],
     );
-    return rows.map(changeOf);
+    return rows.flatMap(changesOf);
   }
 
   // ---- delivery of every replica's commits ----
@@ -445,9 +448,9 @@ export class PostgresStore implements Store {
     // Changes compacted by another replica before this one read them are gone; the rest is told.
     const { rows } = await this.#query<ChangeRow & { head: number; compacted: number }>(
       `WITH head AS (SELECT revision, compacted FROM state)
-       SELECT head.revision AS head, head.compacted, c.revision, c.idx, c.relation_id, c.time, c.doc
+       SELECT head.revision AS head, head.compacted, c.revision, c.time, c.doc
        FROM head LEFT JOIN changes c ON c.revision > $1 AND c.revision <= LEAST(head.revision, $1 + $2)
-       ORDER BY c.revision, c.idx`,
+       ORDER BY c.revision`,
       [after, this.#options.catchUpPage],
     );
     const head = rows[0]?.head ?? after;
@@ -455,7 +458,7 @@ export class PostgresStore implements Store {
     this.#known = Math.max(this.#known, head);
     const upTo = Math.min(head, after + this.#options.catchUpPage);
     if (this.#delivered !== after || upTo <= after) return;
-    this.#emit(rows.filter((row) => row.revision !== null).map(changeOf), upTo);
+    this.#emit(rows.filter((row) => row.revision !== null).flatMap(changesOf), upTo);
   }
 
   #emit(changes: Change[], upTo: number): void {
@@ -521,8 +524,8 @@ function prepared(text: string, values: unknown[]): pg.QueryConfig {
   return { name, text, values };
 }
 
-function changeOf(row: ChangeRow): Change {
-  return { revision: row.revision, index: row.idx, relation_id: row.relation_id, time: row.time, data: JSON.parse(row.doc) as ChangeData };
+function changesOf({ revision, time, doc }: ChangeRow): Change[] {
+  return (JSON.parse(doc) as LoggedChange[]).map(([relation_id, data], index) => ({ revision, index, relation_id, time, data }));
 }
 
 function closedError(): RelgateError {
@@ -705,8 +708,13 @@ class PgTx implements StoreTx {
   }
   async appendChange(relationId: string, data: ChangeData) {
     const revision = await this.revision();
-    const change: Change = { revision, index: this.changes.length, relation_id: relationId, time: this.now, data };
-    await this.#run('INSERT INTO changes (revision, idx, relation_id, time, doc) VALUES ($1, $2, $3, $4, $5)', [revision, change.index, relationId, this.now, JSON.stringify(data)]);
-    this.changes.push(change);
+    this.changes.push({ revision, index: this.changes.length, relation_id: relationId, time: this.now, data });
+  }
+
+  /** Writes this write's changes to the log as one row, once all are known. */
+  async logChanges() {
+    if (this.changes.length === 0) return;
+    const logged: LoggedChange[] = this.changes.map((change) => [change.relation_id, change.data]);
+    await this.#run('INSERT INTO changes (revision, time, doc) VALUES ($1, $2, $3)', [this.#revision, this.now, JSON.stringify(logged)]);
   }
 }
