@@ -124,6 +124,12 @@ export class Metrics {
     new Gauge({ name: 'relgate_store_compacted_revision', help: 'Change-log entries at or below this revision are compacted away.', registers, collect: function () { this.set(store.compactedRevision()); } });
     for (const name of interfaces) this.#pending.set(name, 0);
     store.onCommitTime?.((seconds) => this.#commitTime.observe(seconds));
+    const walFrames = new Gauge({ name: 'relgate_sqlite_wal_frames', help: 'Pages in the SQLite WAL at its last checkpoint by the checkpoint thread.', registers });
+    const walCopied = new Gauge({ name: 'relgate_sqlite_wal_checkpointed_frames', help: 'Of those pages, the ones already copied into the database file.', registers });
+    store.onCheckpoint?.((result) => {
+      walFrames.set(result.log);
+      walCopied.set(result.checkpointed);
+    });
     hub.onCommit((changes) => this.#observe(changes));
   }
 

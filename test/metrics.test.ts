@@ -211,6 +211,26 @@ describe('metrics', () => {
     }
   });
 
+  it("shows how far the checkpoint thread has copied the SQLite WAL into the database file", async () => {
+    const fresh = await startHarness({ metricsListen: '127.0.0.1:0' });
+    try {
+      const scrapeFresh = async () => new Scrape(await (await fetch(`http://${fresh.server.metricsAddress}/metrics`)).text());
+      expect((await scrapeFresh()).value('relgate_sqlite_wal_frames')).toBe(0);
+      const relationId = await setupRelation(fresh);
+      // Each call commits on its own, and the thread checkpoints every 64 commits.
+      for (let i = 0; i < 64; i++) await fresh.requester('webapp/0').call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: `wal${i}.example` }) });
+      const metrics = await eventually(async () => {
+        const m = await scrapeFresh();
+        expect(m.value('relgate_sqlite_wal_frames')).toBeGreaterThan(0);
+        return m;
+      });
+      expect(metrics.value('relgate_sqlite_wal_checkpointed_frames')).toBeGreaterThan(0);
+      expect(metrics.value('relgate_sqlite_wal_checkpointed_frames')).toBeLessThanOrEqual(metrics.value('relgate_sqlite_wal_frames'));
+    } finally {
+      await fresh.close();
+    }
+  });
+
   it('counts the requests already stored when it starts', async () => {
     const first = await startHarness();
     const relationId = await setupRelation(first);

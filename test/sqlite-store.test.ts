@@ -1,7 +1,7 @@
 // SQLite-only behaviour: opening a database written by an older relgate, the
 // revision a reopened store carries on from, and the bounded caches of
 // records in front of the database.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -143,6 +143,30 @@ describe('the revision after a reopen', () => {
     const again = new SqliteStore({ path: file });
     expect(again.currentRevision()).toBe(3);
     expect(await again.write(async (tx) => tx.revision())).toBe(4);
+    await again.close();
+  });
+});
+
+describe('the checkpoint thread', () => {
+  it('copies the WAL into the database file while writes go on, every 64 commits, and the data stays whole', async () => {
+    const file = tempFile();
+    const store = new SqliteStore({ path: file });
+    const sizeBefore = statSync(file).size;
+    let checkpointed: (result: { log: number; checkpointed: number }) => void = () => {};
+    const first = new Promise<{ log: number; checkpointed: number }>((resolve) => (checkpointed = resolve));
+    store.onCheckpoint((result) => checkpointed(result));
+    for (let i = 0; i < 64; i++) await store.write(async (tx) => tx.appendChange('r1', registered(`n${i}`)));
+    const result = await first;
+    expect(result.checkpointed).toBeGreaterThan(0);
+    expect(result.checkpointed).toBeLessThanOrEqual(result.log);
+    // SQLite's own checkpoint waits for 10,000 pages: the file grew by the thread's copy.
+    expect(statSync(file).size).toBeGreaterThan(sizeBefore);
+    for (let i = 64; i < 200; i++) await store.write(async (tx) => tx.appendChange('r1', registered(`n${i}`)));
+    await store.close();
+
+    const again = new SqliteStore({ path: file });
+    const { changes } = await again.changesSince(0, 1_000);
+    expect(changes.map((change) => change.data)).toEqual(Array.from({ length: 200 }, (_, i) => registered(`n${i}`)));
     await again.close();
   });
 });

@@ -8,9 +8,11 @@
 // serving while the disk works; callers, readers and watchers still hear of a
 // commit only once it is on disk. The small records every write reads come
 // from a write-through cache (record-cache.ts): this store is their only writer.
+// A worker thread copies the WAL into the database file (checkpointer.ts).
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { RelgateError, Code } from '../errors.ts';
+import { Checkpointer, type CheckpointResult } from './checkpointer.ts';
 import { compactedError } from './compaction.ts';
 import { RecordCache, UndoLog } from './record-cache.ts';
 import type {
@@ -39,6 +41,9 @@ export interface SqliteStoreOptions {
   /** Records each cache of units, relations, memberships and flags keeps at most. */
   cacheEntries?: number;
 }
+
+/** How often the checkpoint thread copies the WAL: every so many commits (under load, a few times a second). */
+const CHECKPOINT_EVERY_COMMITS = 64;
 
 /** Enough for the units and relations of a large deployment; about 1 KB each at most. */
 export const DEFAULT_CACHE_ENTRIES = 50_000;
@@ -200,6 +205,7 @@ export class SqliteStore implements Store {
   readonly #caches: Caches;
   /** The WAL, when the store fsyncs it itself (full durability). */
   readonly #walFd: number | undefined;
+  readonly #checkpointer: Checkpointer | undefined;
   #syncing = false;
   /** A batch waits for the running fsync: it commits next, so one fsync covers all of it. */
   #commitAfterSync = false;
@@ -214,10 +220,12 @@ export class SqliteStore implements Store {
     const syncWal = wal && options.durability !== 'normal';
     this.#db.pragma(`synchronous = ${syncWal || options.durability === 'normal' ? 'NORMAL' : 'FULL'}`);
     this.#db.pragma('busy_timeout = 5000');
-    // Checkpoints run inside a COMMIT on the event loop; fewer, larger ones copy a page rewritten by many commits once.
+    // The checkpoint thread copies the WAL as it grows; this checkpoint, inside a COMMIT on the event loop, copies
+    // what is left and lets the WAL start over (rarely: fewer, larger ones copy a page rewritten by many commits once).
     this.#db.pragma('wal_autocheckpoint = 10000');
     migrate(this.#db);
     this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
+    this.#checkpointer = wal ? new Checkpointer(this.#db.name, CHECKPOINT_EVERY_COMMITS, (result) => this.#onCheckpoint(result)) : undefined;
     this.#stmts = prepareStatements(this.#db);
     this.#compacted = this.#stmts.meta.get('compacted')?.value ?? 0;
     // meta holds the revision only when the change log does not: see #commit.
@@ -235,6 +243,17 @@ export class SqliteStore implements Store {
   }
 
   readonly #commitTimeListeners: ((seconds: number) => void)[] = [];
+
+  /** Hears what each checkpoint of the checkpoint thread found in the WAL. */
+  onCheckpoint(listener: (result: CheckpointResult) => void): void {
+    this.#checkpointListeners.push(listener);
+  }
+
+  readonly #checkpointListeners: ((result: CheckpointResult) => void)[] = [];
+
+  #onCheckpoint(result: CheckpointResult): void {
+    for (const listener of this.#checkpointListeners) listener(result);
+  }
 
   currentRevision(): number {
     return this.#batchOpen ? this.#committedRevision : this.#revision;
@@ -304,6 +323,7 @@ export class SqliteStore implements Store {
     if (this.#closed) return;
     await this.read(async () => undefined);
     this.#closed = true;
+    await this.#checkpointer?.close();
     this.#db.close();
     if (this.#walFd !== undefined) closeSync(this.#walFd);
   }
@@ -380,6 +400,7 @@ export class SqliteStore implements Store {
       return;
     }
     this.#batchOpen = false;
+    this.#checkpointer?.committed();
     this.#whenDurable(() => {
       for (const listener of this.#commitTimeListeners) listener((performance.now() - started) / 1000);
       if (changes.length > 0) for (const listener of this.#listeners) listener(changes);

@@ -1,6 +1,7 @@
 // The storage contract. Service logic (gateway.ts) runs every read and write
 // through a StoreTx so that both back-ends share one implementation of the
 // semantics; a store only keeps records, revisions and the change log.
+import type { CheckpointResult } from './checkpointer.ts';
 import type { JsonObject } from '../struct.ts';
 
 export type SideName = 'requester' | 'responder';
@@ -201,5 +202,7 @@ export interface Store {
   onCommit(listener: CommitListener): void;
   /** Called with the seconds each commit took to become durable (for metrics). */
   onCommitTime?(listener: (seconds: number) => void): void;
+  /** Called after each checkpoint of the SQLite WAL by the checkpoint thread (for metrics). */
+  onCheckpoint?(listener: (result: CheckpointResult) => void): void;
   close(): Promise<void>;
 }
