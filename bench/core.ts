@@ -6,15 +6,13 @@
 // response. What this reaches bounds what the gateway can reach over gRPC.
 // Request ids as the SDK makes them: time-ordered UUIDv7.
 import path from 'node:path';
-import { InterfaceRegistry } from '../src/interfaces.ts';
-import { RegistryService } from '../src/registry-service.ts';
 import { newRequestId } from '../src/request-id.ts';
-import { RequestService } from '../src/request-service.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
 import { WatchHub, type WatchBatchMessage, type WatchSink, type WatchSpec } from '../src/watch-hub.ts';
 import { PendingRoundTrips } from './lib/load.ts';
 import { REQUEST_FIELDS, REQUESTER_UNIT, RESPONDER_UNIT, RESPONSE_FIELDS } from './lib/relgate.ts';
 import { serveRoles, type Config } from './lib/role.ts';
+import { servicesWithRelation } from './lib/services.ts';
 
 /** A watcher's sink that hands every event to `onEvent`; it never fills up. */
 function sink(onEvent: (event: WatchBatchMessage['events'][number]) => void): WatchSink {
@@ -42,23 +40,17 @@ const spec = (unit: string, side: WatchSpec['side'], relationId: string): WatchS
 
 async function core(config: Config) {
   const store = new SqliteStore({ path: path.join(config.dir as string, 'core.db'), durability: 'full' });
-  const interfaces = await InterfaceRegistry.load([]);
   const hub = new WatchHub(store);
-  const registry = new RegistryService(store, interfaces);
-  const requests = new RequestService(store, interfaces);
-  for (const name of ['webapp', 'ca']) await registry.registerApplication(name);
-  for (const name of [REQUESTER_UNIT, RESPONDER_UNIT]) await registry.registerUnit({ name, ingress_address: '127.0.0.1', egress_subnets: ['127.0.0.0/8'], labels: {} });
-  const { relation } = await registry.createRelation({ interface: 'tls-certificates', version: 0, requester_application: 'webapp', requester_endpoint: 'certificates', responder_application: 'ca', responder_endpoint: 'certificates' });
-  for (const unit of [REQUESTER_UNIT, RESPONDER_UNIT]) await registry.joinRelation(relation.id, unit, undefined);
+  const { requests, relationId } = await servicesWithRelation(store);
 
   const pending = new PendingRoundTrips();
-  const scope = async () => new Map([[relation.id, 0]]);
+  const scope = async () => new Map([[relationId, 0]]);
   const answer = (requestId: string) =>
     requests.respond(RESPONDER_UNIT, { request_id: requestId, code: 0, error: '', fields: RESPONSE_FIELDS }).catch((error: Error) => pending.fail(requestId, error));
-  await hub.watch(spec(RESPONDER_UNIT, 'responder', relation.id), sink((event) => {
+  await hub.watch(spec(RESPONDER_UNIT, 'responder', relationId), sink((event) => {
     if (event.type === 'EVENT_TYPE_ADDED' && event.object === 'request') void answer((event.request as { request_id: string }).request_id);
   }), scope);
-  await hub.watch(spec(REQUESTER_UNIT, 'requester', relation.id), sink((event) => {
+  await hub.watch(spec(REQUESTER_UNIT, 'requester', relationId), sink((event) => {
     if (event.type === 'EVENT_TYPE_ADDED' && event.object === 'response') pending.complete((event.response as { request_id: string }).request_id);
   }), scope);
 
@@ -66,7 +58,7 @@ async function core(config: Config) {
   const roundTrip = () => {
     const requestId = newRequestId();
     const done = pending.begin(requestId);
-    requests.create(REQUESTER_UNIT, { relation_id: relation.id, request_id: requestId, fields: REQUEST_FIELDS, delivery, ttl: null }).catch((error: Error) => pending.fail(requestId, error));
+    requests.create(REQUESTER_UNIT, { relation_id: relationId, request_id: requestId, fields: REQUEST_FIELDS, delivery, ttl: null }).catch((error: Error) => pending.fail(requestId, error));
     return done;
   };
   return {

@@ -1,6 +1,7 @@
 // How the benchmark starts programs, and its CPU and GC accounting: what it reads from /proc, when the
 // load runner marks the measured period, how a level's CPU is reported, the
-// garbage-collection pauses it counts, and how a CPU profile is split into parts.
+// garbage-collection pauses it counts, how a CPU profile is split into parts,
+// and the count of the pages each commit writes to the WAL.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -102,6 +103,18 @@ describe('benchmark GC accounting', () => {
     expect(lines.some((line) => line.includes('Mark-Compact'))).toBe(true);
     for (const line of lines) expect(gcPauseOf(line)).toBeGreaterThanOrEqual(0);
     expect(gcPauseOf('{"level":30,"method":"ResponderService/ListIncomingRequests","duration_ms":0.21,"msg":"rpc"}')).toBeUndefined();
+  });
+});
+
+describe('WAL pages per commit', () => {
+  it('counts every commit of the round trips, split by the tables and indexes that hold the pages', () => {
+    const output = execFileSync(process.execPath, [path.join(import.meta.dirname, '../bench/wal-pages.ts'), '--round-trips', '5'], { encoding: 'utf8' });
+    const [summary, ...trees] = output.trim().split('\n');
+    const total = Number(/^5 round trips, 10 commits: ([\d.]+) WAL pages per commit$/.exec(summary ?? '')?.[1]);
+    const byTree = new Map(trees.map((line) => line.trim().split(/\s+/)).map(([pages, name]) => [name, Number(pages)]));
+    // A round trip writes a request, its answer and their change-log rows: those B-trees are always there.
+    for (const name of ['requests', 'responses', 'changes']) expect(byTree.get(name), name).toBeGreaterThan(0);
+    expect([...byTree.values()].reduce((a, b) => a + b, 0)).toBeCloseTo(total, 1);
   });
 });
 

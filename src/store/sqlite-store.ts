@@ -40,10 +40,12 @@ export interface SqliteStoreOptions {
   durability?: Durability;
   /** Records each cache of units, relations, memberships and flags keeps at most. */
   cacheEntries?: number;
+  /** Commits between two checkpoints of the checkpoint thread; 0 leaves every checkpoint to SQLite's own, inside COMMIT. */
+  checkpointEveryCommits?: number;
 }
 
 /** How often the checkpoint thread copies the WAL: every so many commits (under load, a few times a second). */
-const CHECKPOINT_EVERY_COMMITS = 64;
+export const DEFAULT_CHECKPOINT_EVERY_COMMITS = 64;
 
 /** Enough for the units and relations of a large deployment; about 1 KB each at most. */
 export const DEFAULT_CACHE_ENTRIES = 50_000;
@@ -225,7 +227,8 @@ export class SqliteStore implements Store {
     this.#db.pragma('wal_autocheckpoint = 10000');
     migrate(this.#db);
     this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
-    this.#checkpointer = wal ? new Checkpointer(this.#db.name, CHECKPOINT_EVERY_COMMITS, (result) => this.#onCheckpoint(result)) : undefined;
+    const checkpointEvery = options.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS;
+    this.#checkpointer = wal && checkpointEvery > 0 ? new Checkpointer(this.#db.name, checkpointEvery, (result) => this.#onCheckpoint(result)) : undefined;
     this.#stmts = prepareStatements(this.#db);
     this.#compacted = this.#stmts.meta.get('compacted')?.value ?? 0;
     // meta holds the revision only when the change log does not: see #commit.
