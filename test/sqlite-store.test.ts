@@ -1,11 +1,13 @@
 // SQLite-only behaviour: opening a database written by an older relgate, the
 // revision a reopened store carries on from, and the bounded caches of
 // records in front of the database.
+import { once } from 'node:events';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
+import { Checkpointer } from '../src/store/checkpointer.ts';
 import { RecordCache, UndoLog } from '../src/store/record-cache.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
 import type { ChangeData, RequestRecord } from '../src/store/store.ts';
@@ -168,6 +170,16 @@ describe('the checkpoint thread', () => {
     const { changes } = await again.changesSince(0, 1_000);
     expect(changes.map((change) => change.data)).toEqual(Array.from({ length: 200 }, (_, i) => registered(`n${i}`)));
     await again.close();
+  });
+
+  it('that stops says why in a process warning, and closing it afterwards still returns', async () => {
+    const warned = once(process, 'warning') as Promise<[Error & { code?: string }]>;
+    const checkpointer = new Checkpointer(path.join(tempFile(), 'missing.db'), 1, () => {});
+    checkpointer.committed();
+    const [warning] = await warned;
+    expect(warning.code).toBe('RELGATE_CHECKPOINTER');
+    expect(warning.message).toMatch(/^the SQLite checkpoint thread stopped: /);
+    await checkpointer.close();
   });
 });
 
