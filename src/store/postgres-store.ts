@@ -17,6 +17,7 @@
 // listeners exactly once, in revision order, whichever replica wrote them.
 import pg from 'pg';
 import { Code, RelgateError } from '../errors.ts';
+import { changeLogDoc, changesOfLogRow } from './change-log.ts';
 import { compactedError } from './compaction.ts';
 import { migrate } from './postgres-migrations.ts';
 import { PostgresPresence, type PresenceOptions } from './postgres-presence.ts';
@@ -62,9 +63,8 @@ const TYPES = {
 };
 
 type Row = { doc: string };
-/** A row of the change log: one revision, its write's changes in order as a JSON array of [relation_id, change] pairs. */
+/** A row of the change log (change-log.ts): one revision and its write's changes. */
 type ChangeRow = { revision: number; time: number; doc: string };
-type LoggedChange = [relationId: string, data: ChangeData];
 
 interface Waiter {
   resolve: () => void;
@@ -390,7 +390,7 @@ export class PostgresStore implements Store {
       'SELECT revision, time, doc FROM changes WHERE revision > $1 AND revision <= $2 ORDER BY revision',
       [after, upTo],
     );
-    return rows.flatMap(changesOf);
+    return rows.flatMap(changesOfLogRow);
   }
 
   // ---- delivery of every replica's commits ----
@@ -458,7 +458,7 @@ export class PostgresStore implements Store {
     this.#known = Math.max(this.#known, head);
     const upTo = Math.min(head, after + this.#options.catchUpPage);
     if (this.#delivered !== after || upTo <= after) return;
-    this.#emit(rows.filter((row) => row.revision !== null).flatMap(changesOf), upTo);
+    this.#emit(rows.filter((row) => row.revision !== null).flatMap(changesOfLogRow), upTo);
   }
 
   #emit(changes: Change[], upTo: number): void {
@@ -522,10 +522,6 @@ function prepared(text: string, values: unknown[]): pg.QueryConfig {
   let name = statementNames.get(text);
   if (name === undefined) statementNames.set(text, (name = `relgate_${statementNames.size + 1}`));
   return { name, text, values };
-}
-
-function changesOf({ revision, time, doc }: ChangeRow): Change[] {
-  return (JSON.parse(doc) as LoggedChange[]).map(([relation_id, data], index) => ({ revision, index, relation_id, time, data }));
 }
 
 function closedError(): RelgateError {
@@ -714,7 +710,6 @@ class PgTx implements StoreTx {
   /** Writes this write's changes to the log as one row, once all are known. */
   async logChanges() {
     if (this.changes.length === 0) return;
-    const logged: LoggedChange[] = this.changes.map((change) => [change.relation_id, change.data]);
-    await this.#run('INSERT INTO changes (revision, time, doc) VALUES ($1, $2, $3)', [this.#revision, this.now, JSON.stringify(logged)]);
+    await this.#run('INSERT INTO changes (revision, time, doc) VALUES ($1, $2, $3)', [this.#revision, this.now, changeLogDoc(this.changes)]);
   }
 }

@@ -13,6 +13,7 @@ import { closeSync, fdatasync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { RelgateError, Code } from '../errors.ts';
 import { Checkpointer, type CheckpointResult } from './checkpointer.ts';
+import { changeLogDoc, changesOfLogRow } from './change-log.ts';
 import { compactedError } from './compaction.ts';
 import { RecordCache, UndoLog } from './record-cache.ts';
 import type {
@@ -301,9 +302,7 @@ export class SqliteStore implements Store {
     return this.read(async () => {
       if (after < this.#compacted) throw compactedError(after, this.#compacted);
       const upTo = Math.min(this.#batchOpen ? this.#committedRevision : this.#revision, after + limit);
-      const changes = this.#stmts.changesSince.all(after, upTo).flatMap(({ revision, time, doc }) =>
-        (JSON.parse(doc) as LoggedChange[]).map(([relation_id, data], index) => ({ revision, index, relation_id, time, data })),
-      );
+      const changes = this.#stmts.changesSince.all(after, upTo).flatMap(changesOfLogRow);
       return { changes, upTo: Math.max(upTo, after) };
     });
   }
@@ -438,9 +437,6 @@ export class SqliteStore implements Store {
     });
   }
 }
-
-/** A change as the log row of its revision holds it. */
-type LoggedChange = [relationId: string, data: ChangeData];
 
 const parse = <T>(row: { doc: string } | undefined): T | undefined => (row ? (JSON.parse(row.doc) as T) : undefined);
 const parseAll = <T>(rows: { doc: string }[]): T[] => rows.map((row) => JSON.parse(row.doc) as T);
@@ -591,8 +587,7 @@ class SqliteTx implements StoreTx {
   /** Writes this write's changes to the log as one row, once all are known; false when it has none. */
   logChanges(): boolean {
     if (this.changes.length === 0) return false;
-    const logged: LoggedChange[] = this.changes.map((change) => [change.relation_id, change.data]);
-    this.#s.appendChanges.run(this.#revision, this.now, JSON.stringify(logged));
+    this.#s.appendChanges.run(this.#revision, this.now, changeLogDoc(this.changes));
     return true;
   }
 }
