@@ -4,14 +4,7 @@
 // copied here first, the one inside COMMIT (kept as the fallback, and the
 // only one that can start the WAL over) has little left to do.
 import { Worker } from 'node:worker_threads';
-
-/** What the worker reports after each checkpoint. */
-export interface CheckpointResult {
-  /** Frames in the WAL. */
-  log: number;
-  /** Frames of it now in the database file. */
-  checkpointed: number;
-}
+import type { CheckpointResult } from './store.ts';
 
 export class Checkpointer {
   readonly #path: string;

@@ -12,7 +12,7 @@
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { RelgateError, Code } from '../errors.ts';
-import { Checkpointer, type CheckpointResult } from './checkpointer.ts';
+import { Checkpointer } from './checkpointer.ts';
 import { changeLogDoc, changesOfLogRow } from './change-log.ts';
 import { compactedError } from './compaction.ts';
 import { RecordCache, UndoLog } from './record-cache.ts';
@@ -20,6 +20,7 @@ import type {
   ApplicationRecord,
   Change,
   ChangeData,
+  CheckpointResult,
   CommitListener,
   FlagsRecord,
   RelationRecord,

@@ -1,7 +1,6 @@
 // The storage contract. Service logic (gateway.ts) runs every read and write
 // through a StoreTx so that both back-ends share one implementation of the
 // semantics; a store only keeps records, revisions and the change log.
-import type { CheckpointResult } from './checkpointer.ts';
 import type { JsonObject } from '../struct.ts';
 
 export type SideName = 'requester' | 'responder';
@@ -173,6 +172,14 @@ export interface StoreTx {
 
   /** Appends to the change log at this write's revision. */
   appendChange(relationId: string, data: ChangeData): Promise<void>;
+}
+
+/** What a checkpoint of the SQLite WAL by the checkpoint thread found. */
+export interface CheckpointResult {
+  /** Frames in the WAL. */
+  log: number;
+  /** Frames of it now in the database file. */
+  checkpointed: number;
 }
 
 export interface CommitListener {
