@@ -5,13 +5,13 @@
 // the WAL's frames are counted against SQLite's dbstat.
 //
 //   node bench/wal-pages.ts [--round-trips 100]
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
 import { newRequestId } from '../src/request-id.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
+import { tempDir } from './lib/processes.ts';
 import { REQUEST_FIELDS, REQUESTER_UNIT, RESPONDER_UNIT, RESPONSE_FIELDS } from './lib/relgate.ts';
 import { servicesWithRelation } from './lib/services.ts';
 
@@ -33,8 +33,8 @@ function walCommits(file: string): number[][] {
   return commits.slice(0, -1);
 }
 
-const dir = mkdtempSync(path.join(tmpdir(), 'relgate-wal-pages-'));
-const file = path.join(dir, 'relgate.db');
+const scratch = tempDir('relgate-wal-pages-');
+const file = path.join(scratch.dir, 'relgate.db');
 try {
   const store = new SqliteStore({ path: file, durability: 'full', checkpointEveryCommits: 0 });
   const { requests, relationId } = await servicesWithRelation(store);
@@ -61,5 +61,5 @@ try {
   for (const [name, pages] of [...byTree].sort((a, b) => b[1] - a[1])) process.stdout.write(`  ${perCommit(pages).padStart(6)}  ${name}\n`);
   await store.close();
 } finally {
-  rmSync(dir, { recursive: true, force: true });
+  scratch.remove();
 }
