@@ -7,7 +7,7 @@ import { afterAll, beforeAll, beforeEach, afterEach, describe, expect, it } from
 import { Code, RelgateError } from '../src/errors.ts';
 import { PostgresStore } from '../src/store/postgres-store.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
-import type { Change, RelationRecord, RequestRecord, ResponseRecord, Store, UnitRecord } from '../src/store/store.ts';
+import type { Change, RelationRecord, RequestRecord, ResponseRecord, Store, StoreTx, UnitRecord } from '../src/store/store.ts';
 import { startPostgres, type PostgresCluster } from './helpers/postgres.ts';
 
 /** Opens a store on a fresh location; `reopen` opens the same location again. */
@@ -250,6 +250,44 @@ describe.each(BACKENDS)('$name store', (backend) => {
       const names = commits.flat().map((c) => (c.data.kind === 'registry' ? c.data.name : ''));
       expect(names).toEqual(['a', 'b', 'c']);
       expect(store.currentRevision()).toBe(3);
+    });
+
+    it('a relation rewritten by every write of a batch reads back as last written: in the batch, listed, after a failed write that listed it, and reopened', async () => {
+      await store.write(async (tx) => {
+        await tx.putRelation(relation('r1', 1));
+        await tx.putRelation(relation('r2', 2));
+      });
+      const requestsOf = async (tx: StoreTx, id: string) => (await tx.getRelation(id))?.counters.requests;
+      const increment = (id: string) =>
+        store.write(async (tx) => {
+          const before = await tx.getRelation(id);
+          if (!before) throw new Error(`no relation ${id}`);
+          await tx.putRelation({ ...before, counters: { requests: (before.counters.requests ?? 0) + 1 } });
+          await tx.putRelation(relation(`other-${id}-${String(before.counters.requests)}`, 9)); // with one-record caches, evicts id
+          return requestsOf(tx, id);
+        });
+      const listed = (tx: StoreTx) => tx.listRelations().then((all) => Object.fromEntries(all.filter((r) => !r.id.startsWith('other')).map((r) => [r.id, r.counters.requests])));
+      // Issued together, so that they share one batch where the store batches writes.
+      const results = await Promise.allSettled([
+        increment('r1'),
+        increment('r1'),
+        increment('r2'),
+        store.write(async (tx) => {
+          const before = await tx.getRelation('r1');
+          if (!before) throw new Error('no relation r1');
+          await tx.putRelation({ ...before, counters: { requests: 100 } });
+          expect(await listed(tx)).toEqual({ r1: 100, r2: 1 });
+          throw new Planned('no');
+        }),
+        increment('r1'),
+        store.write(listed),
+      ]);
+      expect(results.map((r) => (r.status === 'fulfilled' ? r.value : r.reason instanceof Planned))).toEqual([1, 2, 1, true, 3, { r1: 3, r2: 1 }]);
+      expect(await store.read(async (tx) => [await requestsOf(tx, 'r1'), await requestsOf(tx, 'r2')])).toEqual([3, 1]);
+      expect(await increment('r2')).toBe(2); // a batch that lists nothing
+      const again = await reopen();
+      expect(await again.read(listed)).toEqual({ r1: 3, r2: 2 });
+      expect(await again.read(async (tx) => [await requestsOf(tx, 'r1'), await requestsOf(tx, 'r2')])).toEqual([3, 2]);
     });
 
     it('many concurrent writers each get a distinct revision and read their own increments', async () => {

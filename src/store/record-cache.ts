@@ -3,7 +3,8 @@
 // what it put is what the database holds; a write that rolls back undoes its
 // cache changes with it. Each cache holds a bounded number of records, the
 // least recently used going first, so memory does not grow with the number
-// of relations and units ever touched.
+// of relations and units ever touched. Rows that every write of a batch
+// rewrites wait in DeferredRows and are written once, when the batch ends.
 import { LRUCache } from 'lru-cache';
 
 /** How to undo one write's cache changes, newest first. */
@@ -72,5 +73,63 @@ export class RecordCache<V extends object> {
   #remember(key: string, undo: UndoLog): void {
     const old = this.#entries.peek(key);
     undo.push(() => (old === undefined ? this.#entries.delete(key) : this.#entries.set(key, old)));
+  }
+}
+
+/**
+ * Rows that many writes of one batch rewrite (a relation's counters change
+ * with each of its requests), kept here and written once each when the batch
+ * commits, or before a statement that reads their table.
+ */
+export class DeferredRows<V extends object> {
+  readonly #rows = new Map<string, V>();
+  readonly #copy: (value: V) => V;
+  readonly #write: (key: string, value: V) => void;
+
+  constructor(copy: (value: V) => V, write: (key: string, value: V) => void) {
+    this.#copy = copy;
+    this.#write = write;
+  }
+
+  get size(): number {
+    return this.#rows.size;
+  }
+
+  get(key: string): V | undefined {
+    const value = this.#rows.get(key);
+    return value === undefined ? undefined : this.#copy(value);
+  }
+
+  set(key: string, value: V, undo: UndoLog): void {
+    this.#remember(key, undo);
+    this.#rows.set(key, this.#copy(value));
+  }
+
+  /** The row was deleted by a statement: nothing left to write. */
+  delete(key: string, undo: UndoLog): void {
+    if (!this.#rows.has(key)) return;
+    this.#remember(key, undo);
+    this.#rows.delete(key);
+  }
+
+  /** Writes every row; if the write that flushed them rolls back (undo), they wait again. */
+  flush(undo?: UndoLog): void {
+    if (this.#rows.size === 0) return;
+    const rows = new Map(this.#rows);
+    for (const [key, value] of rows) this.#write(key, value);
+    this.#rows.clear();
+    undo?.push(() => {
+      for (const [key, value] of rows) this.#rows.set(key, value);
+    });
+  }
+
+  /** The batch rolled back: its rows are gone with it. */
+  clear(): void {
+    this.#rows.clear();
+  }
+
+  #remember(key: string, undo: UndoLog): void {
+    const old = this.#rows.get(key);
+    undo.push(() => (old === undefined ? this.#rows.delete(key) : this.#rows.set(key, old)));
   }
 }
