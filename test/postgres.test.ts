@@ -1,6 +1,7 @@
 // PostgreSQL-specific store behaviour: migrations, ordered visibility of
 // revisions, and several stores (replicas) on one database hearing each
 // other's commits exactly once and in order, even when notifications are lost.
+import type pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MIGRATIONS } from '../src/store/postgres-migrations.ts';
 import { PostgresStore, type PostgresStoreOptions } from '../src/store/postgres-store.ts';
@@ -86,6 +87,17 @@ describe('migrations', () => {
     expect(names((await store.changesSince(3, 100)).changes)).toEqual(['after']);
     const { rows: stored } = await sql(url, 'SELECT count(*)::int AS n FROM changes');
     expect(stored[0].n).toBe(4);
+  });
+});
+
+describe('connections', () => {
+  it('run without JIT compilation, which cost more than the statements it compiled, unless the URL sets its own options', async () => {
+    const url = await cluster.createDatabase();
+    const jit = async (tx: unknown) => ((await (tx as { client: pg.ClientBase }).client.query<{ jit: string }>('SHOW jit')).rows[0]?.jit);
+    const store = await open(url);
+    expect([await store.write(jit), await store.read(jit)]).toEqual(['off', 'off']);
+    const own = await open(`${url}${url.includes('?') ? '&' : '?'}options=${encodeURIComponent('-c jit=on')}`);
+    expect(await own.read(jit)).toBe('on');
   });
 });
 
