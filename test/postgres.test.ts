@@ -62,20 +62,38 @@ describe('migrations', () => {
     expect(after[0].n).toBe(MIGRATIONS.length);
   });
 
-  it('turn a change log with a row per change into a row per revision, each change kept in order with its relation and time', async () => {
+  const entry = (name: string) => JSON.stringify({ kind: 'registry', what: 'test', name });
+  it.each([
+    {
+      layout: 'a row per change',
+      version: 4,
+      // As relgate wrote them before migration 4, inserted out of order within revision 2.
+      rows: async (url: string) => {
+        const rows: [number, number, string, number, string][] = [
+          [1, 0, '', 100, entry('first')], [2, 2, 'r1', 200, entry('c')], [2, 0, 'r1', 200, entry('a')], [2, 1, 'r2', 200, entry('b')], [3, 0, 'r2', 300, entry('last')],
+        ];
+        for (const row of rows) await sql(url, 'INSERT INTO changes (revision, idx, relation_id, time, doc) VALUES ($1, $2, $3, $4, $5)', row);
+      },
+    },
+    {
+      layout: 'a row per revision',
+      version: 5,
+      // As relgate wrote them before migration 5: each revision's changes as [relation_id, change] pairs.
+      rows: async (url: string) => {
+        const rows: [number, number, string][] = [
+          [1, 100, `[["", ${entry('first')}]]`], [2, 200, `[["r1", ${entry('a')}], ["r2", ${entry('b')}], ["r1", ${entry('c')}]]`], [3, 300, `[["r2", ${entry('last')}]]`],
+        ];
+        for (const row of rows) await sql(url, 'INSERT INTO changes (revision, time, doc) VALUES ($1, $2, $3)', row);
+      },
+    },
+  ])('turn a change log with $layout into a row per commit, each change kept in order with its revision, relation and time', async ({ version, rows }) => {
     const url = await cluster.createDatabase();
-    const older = MIGRATIONS.filter((migration) => migration.version < 4);
-    for (const migration of older) {
+    for (const migration of MIGRATIONS.filter((m) => m.version < version)) {
       await sql(url, migration.sql);
       await sql(url, 'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())');
       await sql(url, 'INSERT INTO schema_migrations (version, description) VALUES ($1, $2)', [migration.version, migration.description]);
     }
-    const entry = (name: string) => JSON.stringify({ kind: 'registry', what: 'test', name });
-    // Rows as the older relgate wrote them, inserted out of order within revision 2.
-    const rows: [number, number, string, number, string][] = [
-      [1, 0, '', 100, entry('first')], [2, 2, 'r1', 200, entry('c')], [2, 0, 'r1', 200, entry('a')], [2, 1, 'r2', 200, entry('b')], [3, 0, 'r2', 300, entry('last')],
-    ];
-    for (const row of rows) await sql(url, 'INSERT INTO changes (revision, idx, relation_id, time, doc) VALUES ($1, $2, $3, $4, $5)', row);
+    await rows(url);
     await sql(url, 'UPDATE state SET revision = 3');
 
     const store = await open(url);

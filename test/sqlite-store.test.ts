@@ -33,27 +33,48 @@ function tempFile(): string {
 }
 
 /** Rewrites the change log as relgate wrote it before version 2: a row per change, keyed by revision and position. */
-function downgradeChangeLog(db: Database.Database): void {
+function changeLogRowPerChange(db: Database.Database): void {
   db.exec(`
     CREATE TABLE changes_v1 (revision INTEGER NOT NULL, idx INTEGER NOT NULL, relation_id TEXT NOT NULL, time INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (revision, idx)) STRICT;
-    INSERT INTO changes_v1 SELECT c.revision, e.key, e.value ->> 0, c.time, e.value -> 1 FROM changes c, json_each(c.doc) e ORDER BY c.revision, e.key DESC;
+    INSERT INTO changes_v1
+      SELECT e.value ->> 0, row_number() OVER (PARTITION BY e.value ->> 0 ORDER BY c.revision, e.key) - 1, e.value ->> 2, e.value ->> 1, e.value -> 3
+      FROM changes c, json_each(c.doc) e ORDER BY 1, 2 DESC;
     DROP TABLE changes;
     ALTER TABLE changes_v1 RENAME TO changes;
     CREATE INDEX changes_by_time ON changes (time);
     PRAGMA user_version = 1;`);
 }
 
+/** Rewrites the change log as relgate wrote it before version 3: a row per revision, its changes as [relation_id, change] pairs. */
+function changeLogRowPerRevision(db: Database.Database): void {
+  db.exec(`
+    CREATE TABLE changes_v2 (revision INTEGER PRIMARY KEY, time INTEGER NOT NULL, doc TEXT NOT NULL) STRICT;
+    INSERT INTO changes_v2
+      SELECT e.value ->> 0, max(e.value ->> 1), json_group_array(json_array(e.value ->> 2, e.value -> 3) ORDER BY c.revision, e.key)
+      FROM changes c, json_each(c.doc) e GROUP BY e.value ->> 0;
+    DROP TABLE changes;
+    ALTER TABLE changes_v2 RENAME TO changes;
+    CREATE INDEX changes_by_time ON changes (time);
+    PRAGMA user_version = 2;`);
+}
+
 const registered = (name: string): ChangeData => ({ kind: 'registry', what: 'test', name });
 
 describe('sqlite store upgrades', () => {
-  it('a change log with a row per change becomes a row per revision, each change kept in order with its relation and time', async () => {
+  it.each([
+    { layout: 'a row per change', downgrade: changeLogRowPerChange, rows: 5 },
+    { layout: 'a row per revision', downgrade: changeLogRowPerRevision, rows: 3 },
+  ])('a change log with $layout becomes a row per commit, each change kept in order with its revision, relation and time', async ({ downgrade, rows }) => {
     const file = tempFile();
     const store = new SqliteStore({ path: file });
     await store.write(async (tx) => tx.appendChange('', registered('first')));
-    await store.write(async (tx) => {
-      for (const [relationId, name] of [['r1', 'a'], ['r2', 'b'], ['r1', 'c']] as const) await tx.appendChange(relationId, registered(name));
-    });
-    await store.write(async (tx) => tx.appendChange('r2', registered('last')));
+    // Two writes issued together: one commit, one row of the log.
+    await Promise.all([
+      store.write(async (tx) => {
+        for (const [relationId, name] of [['r1', 'a'], ['r2', 'b'], ['r1', 'c']] as const) await tx.appendChange(relationId, registered(name));
+      }),
+      store.write(async (tx) => tx.appendChange('r2', registered('last'))),
+    ]);
     const before = await store.changesSince(0, 100);
     await store.close();
     expect(before.changes.map((change) => [change.revision, change.index, change.relation_id])).toEqual([
@@ -61,8 +82,9 @@ describe('sqlite store upgrades', () => {
     ]);
 
     const db = new Database(file);
-    downgradeChangeLog(db);
-    expect(db.prepare('SELECT count(*) AS n FROM changes').get()).toEqual({ n: 5 });
+    expect(db.prepare('SELECT count(*) AS n FROM changes').get()).toEqual({ n: 2 });
+    downgrade(db);
+    expect(db.prepare('SELECT count(*) AS n FROM changes').get()).toEqual({ n: rows });
     db.close();
 
     const upgraded = new SqliteStore({ path: file });
@@ -73,7 +95,7 @@ describe('sqlite store upgrades', () => {
     await upgraded.close();
 
     const check = new Database(file, { readonly: true });
-    expect(check.pragma('user_version', { simple: true })).toBe(2);
+    expect(check.pragma('user_version', { simple: true })).toBe(3);
     expect(check.prepare('SELECT count(*) AS n FROM changes').get()).toEqual({ n: 4 });
     check.close();
   });
@@ -90,7 +112,7 @@ describe('sqlite store upgrades', () => {
 
     // Back to the older schema: a row per change, no pending column, no index, user_version 0.
     const db = new Database(file);
-    downgradeChangeLog(db);
+    changeLogRowPerChange(db);
     db.exec('DROP INDEX requests_pending; ALTER TABLE requests DROP COLUMN pending; PRAGMA user_version = 0;');
     db.close();
 
@@ -103,7 +125,7 @@ describe('sqlite store upgrades', () => {
     await upgraded.close();
 
     const check = new Database(file, { readonly: true });
-    expect(check.pragma('user_version', { simple: true })).toBe(2);
+    expect(check.pragma('user_version', { simple: true })).toBe(3);
     const plan = check.prepare("EXPLAIN QUERY PLAN SELECT doc FROM requests WHERE relation_id = 'r' AND create_revision > 0 AND pending = 1 ORDER BY create_revision").all() as { detail: string }[];
     expect(plan.map((row) => row.detail).join('\n')).toContain('requests_pending');
     check.close();

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, beforeEach, afterEach, describe, expect, it } from
 import { Code, RelgateError } from '../src/errors.ts';
 import { PostgresStore } from '../src/store/postgres-store.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
-import type { Change, RelationRecord, RequestRecord, ResponseRecord, Store, StoreTx, UnitRecord } from '../src/store/store.ts';
+import type { Change, ChangeData, RelationRecord, RequestRecord, ResponseRecord, Store, StoreTx, UnitRecord } from '../src/store/store.ts';
 import { startPostgres, type PostgresCluster } from './helpers/postgres.ts';
 
 /** Opens a store on a fresh location; `reopen` opens the same location again. */
@@ -579,6 +579,37 @@ describe.each(BACKENDS)('$name store', (backend) => {
       expect(page.changes[0]?.data).toEqual({ kind: 'registry', what: 'test', name: 'x' });
       expect(await store.changesSince(4, 100)).toMatchObject({ upTo: 6 });
       expect(await store.changesSince(6, 100)).toEqual({ changes: [], upTo: 6 });
+    });
+
+    it('writes committed together are paged, compacted and reopened at any revision among them', async () => {
+      const named = (name: string): ChangeData => ({ kind: 'registry', what: 'test', name });
+      await bump(store, 'r0');
+      // Issued together, so that they share one commit where the store batches writes.
+      await Promise.all(
+        [2, 3, 4, 5, 6].map((n) =>
+          store.write(async (tx) => {
+            await tx.appendChange(`r${n}`, named(`a${n}`));
+            await tx.appendChange(`r${n}`, named(`b${n}`));
+          }),
+        ),
+      );
+      await bump(store, 'r7');
+      const page = async (s: Store, after: number, limit: number) => {
+        const { changes, upTo } = await s.changesSince(after, limit);
+        return { upTo, changes: changes.map((c) => `${c.revision}.${c.index} ${c.relation_id} ${c.data.kind === 'registry' ? c.data.name : ''}`) };
+      };
+      expect(await page(store, 1, 2)).toEqual({ upTo: 3, changes: ['2.0 r2 a2', '2.1 r2 b2', '3.0 r3 a3', '3.1 r3 b3'] });
+      expect(await page(store, 3, 2)).toEqual({ upTo: 5, changes: ['4.0 r4 a4', '4.1 r4 b4', '5.0 r5 a5', '5.1 r5 b5'] });
+      expect(await page(store, 5, 10)).toEqual({ upTo: 7, changes: ['6.0 r6 a6', '6.1 r6 b6', '7.0 r7 x'] });
+      await store.compact(4);
+      const later = ['5.0 r5 a5', '5.1 r5 b5', '6.0 r6 a6', '6.1 r6 b6', '7.0 r7 x'];
+      expect(await page(store, 4, 10)).toEqual({ upTo: 7, changes: later });
+      const error = (await store.changesSince(3, 10).catch((e: unknown) => e)) as RelgateError;
+      expect([error.code, error.reason]).toEqual([Code.OUT_OF_RANGE, 'REVISION_COMPACTED']);
+      const again = await reopen();
+      expect(again.currentRevision()).toBe(7);
+      expect(await page(again, 4, 10)).toEqual({ upTo: 7, changes: later });
+      expect(await bump(again, 'r8')).toBe(8);
     });
 
     it('skips revisions that recorded no change', async () => {

@@ -70,6 +70,15 @@ ALTER TABLE changes_by_revision RENAME TO changes;
 CREATE INDEX changes_by_time ON changes (time);
 `,
   },
+  {
+    version: 5,
+    description: 'the change log keeps a row per commit, not per revision: one insert per batch of writes',
+    sql: `
+UPDATE changes SET doc = (
+  SELECT json_agg(json_build_array(changes.revision, changes.time, e.value ->> 0, e.value -> 1) ORDER BY e.ordinality)::text
+  FROM json_array_elements(changes.doc::json) WITH ORDINALITY AS e (value, ordinality));
+`,
+  },
 ];
 
 /** An arbitrary constant naming relgate's migration lock. */

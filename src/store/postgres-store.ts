@@ -17,7 +17,7 @@
 // listeners exactly once, in revision order, whichever replica wrote them.
 import pg from 'pg';
 import { Code, RelgateError } from '../errors.ts';
-import { changeLogDoc, changesOfLogRow } from './change-log.ts';
+import { changeLogRow, changesOfLogRows } from './change-log.ts';
 import { compactedError } from './compaction.ts';
 import { migrate } from './postgres-migrations.ts';
 import { PostgresPresence, type PresenceOptions } from './postgres-presence.ts';
@@ -71,8 +71,12 @@ const connection = (url: string) => ({
 });
 
 type Row = { doc: string };
-/** A row of the change log (change-log.ts): one revision and its write's changes. */
-type ChangeRow = { revision: number; time: number; doc: string };
+/**
+ * The change-log rows after `after` up to the first that reaches the bound (change-log.ts: a row holds a whole
+ * commit, so it may reach past the bound). $1 is after; `bound` is an expression.
+ */
+const changeRowsUpTo = (bound: string) =>
+  `c.revision > $1 AND c.revision <= coalesce((SELECT min(revision) FROM changes WHERE revision >= ${bound}), ${bound})`;
 
 interface Waiter {
   resolve: () => void;
@@ -187,7 +191,6 @@ export class PostgresStore implements Store {
       let result: T;
       try {
         result = await fn(tx);
-        await tx.logChanges();
       } catch (error) {
         this.#revision = revisionBefore;
         await this.#undo(client, first);
@@ -313,9 +316,11 @@ export class PostgresStore implements Store {
     const started = performance.now();
     try {
       const client = await this.#writerClient();
-      // Numbers only: safe to inline, and one round trip for the three statements.
+      // Numbers and escaped literals only: safe to inline, and one round trip for the four statements.
+      const row = changes.length > 0 ? changeLogRow(changes) : undefined;
+      const log = row ? `INSERT INTO changes (revision, time, doc) VALUES (${row.revision}, ${row.time}, ${pg.escapeLiteral(row.doc)}); ` : '';
       const publish = end > start ? `UPDATE state SET revision = ${end}; SELECT pg_notify(${pg.escapeLiteral(this.#options.channel)}, '${end}'); ` : '';
-      await client.query(`${publish}COMMIT`);
+      await client.query(`${log}${publish}COMMIT`);
       for (const listener of this.#commitTimeListeners) listener((performance.now() - started) / 1000);
     } catch (error) {
       this.#dropWriter();
@@ -394,11 +399,8 @@ export class PostgresStore implements Store {
   }
 
   async #changeRows(client: pg.ClientBase, after: number, upTo: number): Promise<Change[]> {
-    const { rows } = await client.query<ChangeRow>(
-      'SELECT revision, time, doc FROM changes WHERE revision > $1 AND revision <= $2 ORDER BY revision',
-      [after, upTo],
-    );
-    return rows.flatMap(changesOfLogRow);
+    const { rows } = await client.query<Row>(`SELECT c.doc FROM changes c WHERE ${changeRowsUpTo('$2')} ORDER BY c.revision`, [after, upTo]);
+    return changesOfLogRows(rows, after, upTo);
   }
 
   // ---- delivery of every replica's commits ----
@@ -454,10 +456,10 @@ export class PostgresStore implements Store {
     this.#recheck = false;
     // One statement, so one snapshot: the head revision and the changes up to it agree.
     // Changes compacted by another replica before this one read them are gone; the rest is told.
-    const { rows } = await this.#query<ChangeRow & { head: number; compacted: number }>(
-      `WITH head AS (SELECT revision, compacted FROM state)
-       SELECT head.revision AS head, head.compacted, c.revision, c.time, c.doc
-       FROM head LEFT JOIN changes c ON c.revision > $1 AND c.revision <= LEAST(head.revision, $1 + $2)
+    const { rows } = await this.#query<{ head: number; compacted: number; doc: string | null }>(
+      `WITH head AS (SELECT revision, compacted, LEAST(revision, $1::bigint + $2::bigint) AS bound FROM state)
+       SELECT head.revision AS head, head.compacted, c.doc
+       FROM head LEFT JOIN changes c ON ${changeRowsUpTo('head.bound')}
        ORDER BY c.revision`,
       [after, this.#options.catchUpPage],
     );
@@ -466,7 +468,8 @@ export class PostgresStore implements Store {
     this.#known = Math.max(this.#known, head);
     const upTo = Math.min(head, after + this.#options.catchUpPage);
     if (this.#delivered !== after || upTo <= after) return;
-    this.#emit(rows.filter((row) => row.revision !== null).flatMap(changesOfLogRow), upTo);
+    // The left join gives one row without a change when there is none.
+    this.#emit(changesOfLogRows(rows.flatMap((row) => (row.doc === null ? [] : [{ doc: row.doc }])), after, upTo), upTo);
   }
 
   #emit(changes: Change[], upTo: number): void {
@@ -713,11 +716,5 @@ class PgTx implements StoreTx {
   async appendChange(relationId: string, data: ChangeData) {
     const revision = await this.revision();
     this.changes.push({ revision, index: this.changes.length, relation_id: relationId, time: this.now, data });
-  }
-
-  /** Writes this write's changes to the log as one row, once all are known. */
-  async logChanges() {
-    if (this.changes.length === 0) return;
-    await this.#run('INSERT INTO changes (revision, time, doc) VALUES ($1, $2, $3)', [this.#revision, this.now, changeLogDoc(this.changes)]);
   }
 }

@@ -13,7 +13,7 @@ import { closeSync, fdatasync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { RelgateError, Code } from '../errors.ts';
 import { Checkpointer } from './checkpointer.ts';
-import { changeLogDoc, changesOfLogRow } from './change-log.ts';
+import { changeLogRow, changesOfLogRows } from './change-log.ts';
 import { compactedError } from './compaction.ts';
 import { DeferredRows, RecordCache, UndoLog } from './record-cache.ts';
 import type {
@@ -70,7 +70,7 @@ CREATE INDEX IF NOT EXISTS requests_by_due ON requests (due) WHERE due IS NOT NU
 CREATE INDEX IF NOT EXISTS requests_pending ON requests (relation_id, create_revision) WHERE pending = 1;
 CREATE TABLE IF NOT EXISTS responses (request_id TEXT NOT NULL, responder_unit TEXT NOT NULL, revision INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (request_id, responder_unit)) STRICT;
 CREATE TABLE IF NOT EXISTS flags (relation_id TEXT NOT NULL, unit TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (relation_id, unit)) STRICT;
--- One row per revision: a write's changes, in order, as a JSON array of [relation_id, change] pairs.
+-- One row per commit, keyed by its last revision: its changes, in order (see change-log.ts).
 CREATE TABLE IF NOT EXISTS changes (revision INTEGER PRIMARY KEY, time INTEGER NOT NULL, doc TEXT NOT NULL) STRICT;
 CREATE INDEX IF NOT EXISTS changes_by_time ON changes (time);
 `;
@@ -89,6 +89,12 @@ INSERT INTO changes_by_revision (revision, time, doc)
   SELECT revision, min(time), json_group_array(json_array(relation_id, json(doc)) ORDER BY idx) FROM changes GROUP BY revision;
 DROP TABLE changes;
 ALTER TABLE changes_by_revision RENAME TO changes;`,
+  },
+  {
+    // A row per revision wrote both B-trees once per write; a row per commit writes them once per batch of writes.
+    version: 3,
+    sql: `UPDATE changes SET doc = (
+  SELECT json_group_array(json_array(changes.revision, changes.time, e.value ->> 0, e.value -> 1) ORDER BY e.key) FROM json_each(changes.doc) AS e);`,
   },
 ];
 
@@ -162,8 +168,9 @@ function prepareStatements(db: Database.Database) {
     deleteFlags: db.prepare('DELETE FROM flags WHERE relation_id = ? AND unit = ?'),
     deleteRelationFlags: db.prepare('DELETE FROM flags WHERE relation_id = ?'),
     appendChanges: db.prepare('INSERT INTO changes (revision, time, doc) VALUES (?, ?, ?)'),
-    changesSince: db.prepare<[number, number], { revision: number; time: number; doc: string }>(
-      'SELECT revision, time, doc FROM changes WHERE revision > ? AND revision <= ? ORDER BY revision',
+    // The rows up to the first that reaches upTo: a row holds a whole commit, so it may hold changes past upTo.
+    changesSince: db.prepare<[{ after: number; upTo: number }], { doc: string }>(
+      'SELECT doc FROM changes WHERE revision > @after AND revision <= coalesce((SELECT min(revision) FROM changes WHERE revision >= @upTo), @upTo) ORDER BY revision',
     ),
     compact: db.prepare('DELETE FROM changes WHERE revision <= ?'),
     lastLoggedRevision: db.prepare<[], { revision: number }>('SELECT revision FROM changes ORDER BY revision DESC LIMIT 1'),
@@ -285,7 +292,6 @@ export class SqliteStore implements Store {
       this.#stmts.savepoint.run();
       try {
         const result = await fn(tx);
-        if (tx.logChanges()) this.#loggedRevision = this.#revision;
         this.#stmts.release.run();
         this.#batchChanges.push(...tx.changes);
         return { result, afterCommit: true };
@@ -307,7 +313,7 @@ export class SqliteStore implements Store {
     return this.read(async () => {
       if (after < this.#compacted) throw compactedError(after, this.#compacted);
       const upTo = Math.min(this.#batchOpen ? this.#committedRevision : this.#revision, after + limit);
-      const changes = this.#stmts.changesSince.all(after, upTo).flatMap(changesOfLogRow);
+      const changes = changesOfLogRows(this.#stmts.changesSince.all({ after, upTo }), after, upTo);
       return { changes, upTo: Math.max(upTo, after) };
     });
   }
@@ -393,10 +399,12 @@ export class SqliteStore implements Store {
     this.#waiting = [];
     this.#batchChanges = [];
     const started = performance.now();
+    const logRow = changes.length > 0 ? changeLogRow(changes) : undefined;
     try {
-      // A batch whose last revision has a change-log row needs no meta write: opening the store reads the log's last row.
       this.#caches.unwrittenRelations.flush();
-      if (this.#revision !== this.#loggedRevision) this.#stmts.setMeta.run(this.#revision, 'revision');
+      if (logRow) this.#stmts.appendChanges.run(logRow.revision, logRow.time, logRow.doc);
+      // A batch whose last revision has a change-log row needs no meta write: opening the store reads the log's last row.
+      if (this.#revision !== (logRow?.revision ?? this.#loggedRevision)) this.#stmts.setMeta.run(this.#revision, 'revision');
       this.#stmts.commit.run();
     } catch (error) {
       this.#db.exec('ROLLBACK');
@@ -408,6 +416,7 @@ export class SqliteStore implements Store {
       return;
     }
     this.#batchOpen = false;
+    if (logRow) this.#loggedRevision = logRow.revision;
     this.#checkpointer?.committed();
     this.#whenDurable(() => {
       for (const listener of this.#commitTimeListeners) listener((performance.now() - started) / 1000);
@@ -591,13 +600,6 @@ class SqliteTx implements StoreTx {
   async appendChange(relationId: string, data: ChangeData) {
     const revision = await this.revision();
     this.changes.push({ revision, index: this.changes.length, relation_id: relationId, time: this.now, data });
-  }
-
-  /** Writes this write's changes to the log as one row, once all are known; false when it has none. */
-  logChanges(): boolean {
-    if (this.changes.length === 0) return false;
-    this.#s.appendChanges.run(this.#revision, this.now, changeLogDoc(this.changes));
-    return true;
   }
 }
 
