@@ -91,10 +91,6 @@ export class DeferredRows<V extends object> {
     this.#write = write;
   }
 
-  get size(): number {
-    return this.#rows.size;
-  }
-
   get(key: string): V | undefined {
     const value = this.#rows.get(key);
     return value === undefined ? undefined : this.#copy(value);
