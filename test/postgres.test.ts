@@ -5,7 +5,7 @@ import type pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MIGRATIONS } from '../src/store/postgres-migrations.ts';
 import { PostgresStore, type PostgresStoreOptions } from '../src/store/postgres-store.ts';
-import type { Change, Store } from '../src/store/store.ts';
+import type { Change, RelationRecord, Store, UnitRecord } from '../src/store/store.ts';
 import { sql, startPostgres, type PostgresCluster } from './helpers/postgres.ts';
 
 let cluster: PostgresCluster;
@@ -173,6 +173,36 @@ describe('ordered visibility', () => {
 });
 
 describe('replicas', () => {
+  it("a write reads what other replicas wrote since its replica's last batch, not what that batch remembered", async () => {
+    const url = await cluster.createDatabase();
+    const [a, b] = [await open(url), await open(url)];
+    const relation = (requests: number): RelationRecord => ({
+      id: 'r1', interface: 'tls-certificates', version: 1, requester_application: 'web', requester_endpoint: 'certificates',
+      responder_application: 'ca', responder_endpoint: 'certificates', create_revision: 1, revision: 1, counters: { requests },
+    });
+    const unit = (zone: string): UnitRecord => ({ name: 'web/0', application: 'web', ingress_address: '10.0.0.1', egress_subnets: [], labels: { zone }, revision: 1 });
+    const put = (store: Store, n: number) =>
+      store.write(async (tx) => {
+        await tx.putRelation(relation(n));
+        await tx.putUnit(unit(`z${n}`));
+        await tx.putRelationUnit({ relation_id: 'r1', unit: 'web/0', side: 'requester', revision: n });
+        await tx.putFlags('r1', 'web/0', { n: n % 2 === 0 });
+      });
+    const seen = (store: Store) =>
+      store.write(async (tx) => ({
+        requests: (await tx.getRelation('r1'))?.counters.requests,
+        zone: (await tx.getUnit('web/0'))?.labels.zone,
+        membership: (await tx.listRelationUnits('r1')).map((member) => member.revision),
+        flags: await tx.getFlags('r1', 'web/0'),
+      }));
+    await put(a, 1);
+    expect(await seen(a)).toEqual({ requests: 1, zone: 'z1', membership: [1], flags: { n: false } });
+    await put(b, 2);
+    expect(await seen(a)).toEqual({ requests: 2, zone: 'z2', membership: [2], flags: { n: true } });
+    await b.write((tx) => tx.deleteRelation('r1'));
+    expect(await seen(a)).toEqual({ requests: undefined, zone: 'z2', membership: [], flags: undefined });
+  });
+
   it('every replica hears every commit once, in revision order, whoever wrote it', async () => {
     const url = await cluster.createDatabase();
     const replicas = [await open(url), await open(url)];

@@ -21,6 +21,7 @@ import { changeLogRow, changesOfLogRows } from './change-log.ts';
 import { compactedError } from './compaction.ts';
 import { migrate } from './postgres-migrations.ts';
 import { PostgresPresence, type PresenceOptions } from './postgres-presence.ts';
+import { flagsKey, recordCaches, UndoLog, type RecordCache, type RecordCaches } from './record-cache.ts';
 import { dueTime } from './sqlite-store.ts';
 import type {
   ApplicationRecord,
@@ -71,6 +72,10 @@ const connection = (url: string) => ({
 });
 
 type Row = { doc: string };
+
+/** Records a batch remembers: far more than the units and relations one batch of writes reads. */
+const BATCH_CACHE_ENTRIES = 1_000;
+
 /**
  * The change-log rows after `after` up to the first that reaches the bound (change-log.ts: a row holds a whole
  * commit, so it may reach past the bound). $1 is after; `bound` is an expression.
@@ -104,6 +109,11 @@ export class PostgresStore implements Store {
 
   // The open batch.
   #batchOpen = false;
+  /**
+   * What the open batch's writes read and wrote of units, relations, memberships and flags. The batch holds the
+   * sequencer lock, which every replica's writes take, so nobody else changes them until it ends.
+   */
+  #batchCaches: RecordCaches | undefined;
   #batchStart = 0;
   #revision = 0;
   #batchChanges: Change[] = [];
@@ -183,16 +193,22 @@ export class PostgresStore implements Store {
       const first = !this.#batchOpen;
       const client = await this.#openBatch();
       const revisionBefore = this.#revision;
-      const tx = new PgTx(client, Date.now(), {
-        allocate: () => ++this.#revision,
-        latest: () => this.#revision,
-      });
+      const tx = new PgTx(
+        client,
+        Date.now(),
+        {
+          allocate: () => ++this.#revision,
+          latest: () => this.#revision,
+        },
+        this.#batchCaches,
+      );
       if (!first) await client.query('SAVEPOINT w');
       let result: T;
       try {
         result = await fn(tx);
       } catch (error) {
         this.#revision = revisionBefore;
+        tx.undo.undo();
         await this.#undo(client, first);
         throw error;
       }
@@ -290,6 +306,7 @@ export class PostgresStore implements Store {
     const revision = results[1]?.rows[0]?.revision;
     if (revision === undefined) throw new Error('the state row of the relgate schema is missing');
     this.#batchOpen = true;
+    this.#batchCaches = recordCaches(BATCH_CACHE_ENTRIES);
     this.#batchStart = this.#revision = revision;
     return client;
   }
@@ -298,6 +315,7 @@ export class PostgresStore implements Store {
   async #undo(client: pg.ClientBase, first: boolean): Promise<void> {
     if (!first) return void (await client.query('ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w'));
     this.#batchOpen = false;
+    this.#batchCaches = undefined;
     try {
       await client.query('ROLLBACK');
     } catch {
@@ -313,6 +331,7 @@ export class PostgresStore implements Store {
     this.#batchWaiting = [];
     this.#batchChanges = [];
     this.#batchOpen = false;
+    this.#batchCaches = undefined;
     const started = performance.now();
     try {
       const client = await this.#writerClient();
@@ -568,13 +587,18 @@ class PgTx implements StoreTx {
   readonly changes: Change[] = [];
   readonly client: pg.ClientBase;
   readonly now: number;
+  /** Undoes this write's cache changes when its savepoint rolls back. */
+  readonly undo = new UndoLog();
   readonly #revisions: TxRevisions;
+  /** The batch's caches, for a write; a read has none. */
+  readonly #c: RecordCaches | undefined;
   #revision = 0;
 
-  constructor(client: pg.ClientBase, now: number, revisions: TxRevisions) {
+  constructor(client: pg.ClientBase, now: number, revisions: TxRevisions, caches?: RecordCaches) {
     this.client = client;
     this.now = now;
     this.#revisions = revisions;
+    this.#c = caches;
   }
 
   async revision(): Promise<number> {
@@ -597,6 +621,14 @@ class PgTx implements StoreTx {
     await this.client.query(prepared(text, values));
   }
 
+  /** The cached record, or the one `load` reads, remembered. */
+  async #cached<V extends object>(cache: RecordCache<V> | undefined, key: string, load: () => Promise<V | undefined>): Promise<V | undefined> {
+    const hit = cache?.get(key);
+    if (hit) return hit;
+    const loaded = await load();
+    return cache ? cache.fill(key, loaded) : loaded;
+  }
+
   async getApplication(name: string) {
     return parse<ApplicationRecord>(await this.#rows('SELECT doc FROM applications WHERE name = $1', [name]));
   }
@@ -607,13 +639,14 @@ class PgTx implements StoreTx {
     return parseAll<ApplicationRecord>(await this.#rows('SELECT doc FROM applications ORDER BY name COLLATE "C"', []));
   }
   async getUnit(name: string) {
-    return parse<UnitRecord>(await this.#rows('SELECT doc FROM units WHERE name = $1', [name]));
+    return this.#cached(this.#c?.units, name, async () => parse<UnitRecord>(await this.#rows('SELECT doc FROM units WHERE name = $1', [name])));
   }
   async putUnit(record: UnitRecord) {
     await this.#run(
       'INSERT INTO units (name, application, token_hash, doc) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET application = excluded.application, token_hash = excluded.token_hash, doc = excluded.doc',
       [record.name, record.application, record.token_hash ?? null, JSON.stringify(record)],
     );
+    this.#c?.units.set(record.name, record, this.undo);
   }
   async listUnits(application?: string) {
     return parseAll<UnitRecord>(
@@ -630,24 +663,29 @@ class PgTx implements StoreTx {
     return rows[0]?.n ?? 1;
   }
   async getRelation(id: string) {
-    return parse<RelationRecord>(await this.#rows('SELECT doc FROM relations WHERE id = $1', [id]));
+    return this.#cached(this.#c?.relations, id, async () => parse<RelationRecord>(await this.#rows('SELECT doc FROM relations WHERE id = $1', [id])));
   }
   async putRelation(record: RelationRecord) {
     await this.#run(
       'INSERT INTO relations (id, create_revision, doc) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET create_revision = excluded.create_revision, doc = excluded.doc',
       [record.id, record.create_revision, JSON.stringify(record)],
     );
+    this.#c?.relations.set(record.id, record, this.undo);
   }
   async deleteRelation(id: string) {
     await this.#run('DELETE FROM responses WHERE request_id IN (SELECT id FROM requests WHERE relation_id = $1)', [id]);
     for (const table of ['requests', 'relation_units', 'flags']) await this.#run(`DELETE FROM ${table} WHERE relation_id = $1`, [id]);
     await this.#run('DELETE FROM relations WHERE id = $1', [id]);
+    this.#c?.relations.delete(id, this.undo);
+    this.#c?.relationUnits.delete(id, this.undo);
+    this.#c?.flags.deleteWhere((key) => key.startsWith(flagsKey(id, '')), this.undo);
   }
   async listRelations() {
     return parseAll<RelationRecord>(await this.#rows('SELECT doc FROM relations ORDER BY create_revision', []));
   }
   async listRelationUnits(relationId: string) {
-    return parseAll<RelationUnitRecord>(await this.#rows('SELECT doc FROM relation_units WHERE relation_id = $1 ORDER BY revision', [relationId]));
+    const load = async () => parseAll<RelationUnitRecord>(await this.#rows('SELECT doc FROM relation_units WHERE relation_id = $1 ORDER BY revision', [relationId]));
+    return (await this.#cached(this.#c?.relationUnits, relationId, load)) ?? [];
   }
   async listUnitRelations(unit: string) {
     return parseAll<RelationUnitRecord>(await this.#rows('SELECT doc FROM relation_units WHERE unit = $1', [unit]));
@@ -657,9 +695,11 @@ class PgTx implements StoreTx {
       'INSERT INTO relation_units (relation_id, unit, side, revision, doc) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (relation_id, unit) DO UPDATE SET side = excluded.side, revision = excluded.revision, doc = excluded.doc',
       [record.relation_id, record.unit, record.side satisfies SideName, record.revision, JSON.stringify(record)],
     );
+    this.#c?.relationUnits.delete(record.relation_id, this.undo);
   }
   async deleteRelationUnit(relationId: string, unit: string) {
     await this.#run('DELETE FROM relation_units WHERE relation_id = $1 AND unit = $2', [relationId, unit]);
+    this.#c?.relationUnits.delete(relationId, this.undo);
   }
   async getRequest(requestId: string) {
     return parse<RequestRecord>(await this.#rows('SELECT doc FROM requests WHERE id = $1', [requestId]));
@@ -700,7 +740,8 @@ class PgTx implements StoreTx {
     await this.#run('DELETE FROM responses WHERE request_id = $1', [requestId]);
   }
   async getFlags(relationId: string, unit: string) {
-    return parse<FlagsRecord>(await this.#rows('SELECT doc FROM flags WHERE relation_id = $1 AND unit = $2', [relationId, unit]));
+    const load = async () => parse<FlagsRecord>(await this.#rows('SELECT doc FROM flags WHERE relation_id = $1 AND unit = $2', [relationId, unit]));
+    return this.#cached(this.#c?.flags, flagsKey(relationId, unit), load);
   }
   async putFlags(relationId: string, unit: string, flags: FlagsRecord) {
     await this.#run('INSERT INTO flags (relation_id, unit, doc) VALUES ($1, $2, $3) ON CONFLICT (relation_id, unit) DO UPDATE SET doc = excluded.doc', [
@@ -708,10 +749,16 @@ class PgTx implements StoreTx {
       unit,
       JSON.stringify(flags),
     ]);
+    this.#c?.flags.set(flagsKey(relationId, unit), flags, this.undo);
   }
   async deleteFlags(relationId: string, unit?: string) {
-    if (unit === undefined) await this.#run('DELETE FROM flags WHERE relation_id = $1', [relationId]);
-    else await this.#run('DELETE FROM flags WHERE relation_id = $1 AND unit = $2', [relationId, unit]);
+    if (unit === undefined) {
+      await this.#run('DELETE FROM flags WHERE relation_id = $1', [relationId]);
+      this.#c?.flags.deleteWhere((key) => key.startsWith(flagsKey(relationId, '')), this.undo);
+    } else {
+      await this.#run('DELETE FROM flags WHERE relation_id = $1 AND unit = $2', [relationId, unit]);
+      this.#c?.flags.delete(flagsKey(relationId, unit), this.undo);
+    }
   }
   async appendChange(relationId: string, data: ChangeData) {
     const revision = await this.revision();

@@ -1,11 +1,30 @@
-// Write-through cache of the small records every write reads (units,
+// Write-through caches of the small records every write reads (units,
 // relations, memberships, flags). The SQLite store is their only writer, so
-// what it put is what the database holds; a write that rolls back undoes its
-// cache changes with it. Each cache holds a bounded number of records, the
-// least recently used going first, so memory does not grow with the number
-// of relations and units ever touched. Rows that every write of a batch
-// rewrites wait in DeferredRows and are written once, when the batch ends.
+// what it put is what the database holds, and it keeps them for as long as it
+// runs; a PostgreSQL replica keeps them for one batch, while it holds the lock
+// that every replica's writes take. A write that rolls back undoes its cache
+// changes with it. Each cache holds a bounded number of records, the least
+// recently used going first, so memory does not grow with the number of
+// relations and units ever touched. Rows that every write of a batch rewrites
+// wait in DeferredRows and are written once, when the batch ends.
 import { LRUCache } from 'lru-cache';
+import type { FlagsRecord, RelationRecord, RelationUnitRecord, UnitRecord } from './store.ts';
+
+export const copyRelation = (relation: RelationRecord): RelationRecord => ({ ...relation, counters: { ...relation.counters } });
+
+/** The caches of the records every write reads, by key; flags by flagsKey. */
+export function recordCaches(maxEntries: number) {
+  return {
+    units: new RecordCache<UnitRecord>((unit) => ({ ...unit, egress_subnets: [...unit.egress_subnets], labels: { ...unit.labels } }), maxEntries),
+    relations: new RecordCache<RelationRecord>(copyRelation, maxEntries),
+    relationUnits: new RecordCache<RelationUnitRecord[]>((units) => units.map((unit) => ({ ...unit })), maxEntries),
+    flags: new RecordCache<FlagsRecord>((flags) => ({ ...flags }), maxEntries),
+  };
+}
+
+export type RecordCaches = ReturnType<typeof recordCaches>;
+
+export const flagsKey = (relationId: string, unit: string) => `${relationId}\n${unit}`;
 
 /** How to undo one write's cache changes, newest first. */
 export class UndoLog {

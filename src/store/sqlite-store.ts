@@ -15,7 +15,7 @@ import { RelgateError, Code } from '../errors.ts';
 import { Checkpointer } from './checkpointer.ts';
 import { changeLogRow, changesOfLogRows } from './change-log.ts';
 import { compactedError } from './compaction.ts';
-import { DeferredRows, RecordCache, UndoLog } from './record-cache.ts';
+import { copyRelation, DeferredRows, flagsKey, recordCaches, UndoLog } from './record-cache.ts';
 import type {
   ApplicationRecord,
   Change,
@@ -185,21 +185,15 @@ type Statements = ReturnType<typeof prepareStatements>;
 
 type Caches = ReturnType<typeof newCaches>;
 
-const copyRelation = (relation: RelationRecord): RelationRecord => ({ ...relation, counters: { ...relation.counters } });
-
-/** The records every write reads, by key; flags by relation id and unit joined with a newline. */
+/** The records every write reads, and the relations written since the batch began. */
 function newCaches(maxEntries: number, statements: Statements) {
   return {
-    units: new RecordCache<UnitRecord>((unit) => ({ ...unit, egress_subnets: [...unit.egress_subnets], labels: { ...unit.labels } }), maxEntries),
-    relations: new RecordCache<RelationRecord>(copyRelation, maxEntries),
+    ...recordCaches(maxEntries),
     // Every request change rewrites its relation's counters: at 64 in flight a batch holds about 11 writes, mostly on one relation.
     unwrittenRelations: new DeferredRows<RelationRecord>(copyRelation, (id, relation) => statements.putRelation.run(id, relation.create_revision, JSON.stringify(relation))),
-    relationUnits: new RecordCache<RelationUnitRecord[]>((units) => units.map((unit) => ({ ...unit })), maxEntries),
-    flags: new RecordCache<FlagsRecord>((flags) => ({ ...flags }), maxEntries),
   };
 }
 
-const flagsKey = (relationId: string, unit: string) => `${relationId}\n${unit}`;
 
 type Task = () => Promise<void>;
 
