@@ -3,6 +3,7 @@
 // other's commits exactly once and in order, even when notifications are lost.
 import type pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Code, RelgateError } from '../src/errors.ts';
 import { MIGRATIONS } from '../src/store/postgres-migrations.ts';
 import { PostgresStore, type PostgresStoreOptions } from '../src/store/postgres-store.ts';
 import type { Change, RelationRecord, Store, UnitRecord } from '../src/store/store.ts';
@@ -213,6 +214,33 @@ describe('replicas', () => {
     await until(() => logs.every((changes) => changes.length === 20), 'both replicas hear 20 changes');
     expect(revisions(logs[0] as Change[])).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
     expect(logs[1]).toEqual(logs[0]);
+  });
+
+  it('a batch whose connection is cut before its commit fails its writes, and is never committed on a new connection', async () => {
+    const url = await cluster.createDatabase();
+    const store = await open(url);
+    let release = () => {};
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let cut = () => {};
+    const cutting = new Promise<void>((resolve) => (cut = resolve));
+    const doomed = store.write(async (tx) => {
+      await tx.putApplication({ name: 'lost', revision: await tx.revision() });
+      await tx.appendChange('', { kind: 'registry', what: 'application', name: 'lost' });
+      const client = (tx as unknown as { client: pg.ClientBase }).client;
+      const ended = new Promise((resolve) => client.once('end', resolve));
+      const { rows } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      await sql(url, 'SELECT pg_terminate_backend($1)', [rows[0]?.pid]);
+      await ended;
+      cut();
+      await gate;
+    });
+    await cutting;
+    release();
+    const error = (await doomed.catch((e: unknown) => e)) as RelgateError;
+    expect([error.code, error.reason]).toEqual([Code.UNAVAILABLE, 'STORE_UNAVAILABLE']);
+    expect((await sql(url, "SELECT count(*)::int AS n FROM applications WHERE name = 'lost'")).rows[0].n).toBe(0);
+    expect(await write(store, 'after')).toBe(1);
+    expect(names((await store.changesSince(0, 10)).changes)).toEqual(['after']);
   });
 
   it('loses nothing when the LISTEN connection is cut repeatedly under writes', async () => {

@@ -108,7 +108,8 @@ export class PostgresStore implements Store {
   #closed = false;
 
   // The open batch.
-  #batchOpen = false;
+  /** The connection the open batch began on: its writes and its commit use it, or fail with it. */
+  #batchClient: pg.Client | undefined;
   /**
    * What the open batch's writes read and wrote of units, relations, memberships and flags. The batch holds the
    * sequencer lock, which every replica's writes take, so nobody else changes them until it ends.
@@ -190,7 +191,7 @@ export class PostgresStore implements Store {
   write<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
     return this.#enqueue(async () => {
       // The first write of a batch needs no savepoint: if it fails, the whole transaction goes.
-      const first = !this.#batchOpen;
+      const first = this.#batchClient === undefined;
       const client = await this.#openBatch();
       const revisionBefore = this.#revision;
       const tx = new PgTx(
@@ -291,7 +292,7 @@ export class PostgresStore implements Store {
         await task();
         continue;
       }
-      if (!this.#batchOpen) break;
+      if (this.#batchClient === undefined) break;
       await this.#commit();
     }
     // Same synchronous step as the last look at the queue: no task can slip in between.
@@ -300,12 +301,13 @@ export class PostgresStore implements Store {
 
   /** Begins a batch if none is open: takes the sequencer lock and reads the revision. */
   async #openBatch(): Promise<pg.ClientBase> {
+    // Never another connection for an open batch: what it wrote so far is only in its own transaction.
+    if (this.#batchClient) return this.#batchClient;
     const client = await this.#writerClient();
-    if (this.#batchOpen) return client;
     const results = (await client.query('BEGIN; SELECT revision FROM state FOR UPDATE')) as unknown as pg.QueryResult<{ revision: number }>[];
     const revision = results[1]?.rows[0]?.revision;
     if (revision === undefined) throw new Error('the state row of the relgate schema is missing');
-    this.#batchOpen = true;
+    this.#batchClient = client;
     this.#batchCaches = recordCaches(BATCH_CACHE_ENTRIES);
     this.#batchStart = this.#revision = revision;
     return client;
@@ -314,7 +316,7 @@ export class PostgresStore implements Store {
   /** Undoes a failed write: its savepoint, or the batch it opened. */
   async #undo(client: pg.ClientBase, first: boolean): Promise<void> {
     if (!first) return void (await client.query('ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w'));
-    this.#batchOpen = false;
+    this.#batchClient = undefined;
     this.#batchCaches = undefined;
     try {
       await client.query('ROLLBACK');
@@ -330,11 +332,12 @@ export class PostgresStore implements Store {
     const end = this.#revision;
     this.#batchWaiting = [];
     this.#batchChanges = [];
-    this.#batchOpen = false;
+    const client = this.#batchClient;
+    this.#batchClient = undefined;
     this.#batchCaches = undefined;
     const started = performance.now();
     try {
-      const client = await this.#writerClient();
+      if (!client) throw new Error('no batch is open');
       // Numbers and escaped literals only: safe to inline, and one round trip for the four statements.
       const row = changes.length > 0 ? changeLogRow(changes) : undefined;
       const log = row ? `INSERT INTO changes (revision, time, doc) VALUES (${row.revision}, ${row.time}, ${pg.escapeLiteral(row.doc)}); ` : '';
@@ -342,7 +345,7 @@ export class PostgresStore implements Store {
       await client.query(`${log}${publish}COMMIT`);
       for (const listener of this.#commitTimeListeners) listener((performance.now() - started) / 1000);
     } catch (error) {
-      this.#dropWriter();
+      this.#dropWriter(client);
       const failure = new RelgateError(Code.UNAVAILABLE, 'the store could not commit', { reason: 'STORE_UNAVAILABLE', cause: error });
       for (const waiter of waiting) waiter.reject(failure);
       return;
