@@ -39,112 +39,112 @@ export class UndoLog {
   }
 }
 
+/** Where records are kept: an LRUCache, or Unbounded for rows that must not be let go. */
+interface Backing<V> {
+  readonly size: number;
+  get(key: string): V | undefined;
+  /** Reads without counting as a use. */
+  peek(key: string): V | undefined;
+  set(key: string, value: V): unknown;
+  delete(key: string): unknown;
+  has(key: string): boolean;
+  keys(): Iterable<string>;
+  entries(): Iterable<[string, V]>;
+  clear(): void;
+}
+
+/** A Backing that keeps everything. */
+class Unbounded<V> extends Map<string, V> {
+  peek(key: string): V | undefined {
+    return this.get(key);
+  }
+}
+
 /**
  * Records by key, stored and handed out as copies so that callers may change
- * what they put or got without changing the cache.
+ * what they put or got without changing them here; a write's changes are
+ * undone with its UndoLog.
  */
-export class RecordCache<V extends object> {
-  readonly #entries: LRUCache<string, V>;
-  readonly #copy: (value: V) => V;
+class CopiedRecords<V extends object> {
+  protected readonly backing: Backing<V>;
+  protected readonly copy: (value: V) => V;
 
-  constructor(copy: (value: V) => V, maxEntries: number) {
-    this.#copy = copy;
-    // A bound by size, each record counting 1, rather than `max`, which allocates room for every entry up front.
-    this.#entries = new LRUCache<string, V>({ maxSize: maxEntries, sizeCalculation: () => 1 });
+  constructor(copy: (value: V) => V, backing: Backing<V>) {
+    this.copy = copy;
+    this.backing = backing;
   }
 
   get size(): number {
-    return this.#entries.size;
+    return this.backing.size;
   }
 
   get(key: string): V | undefined {
-    const value = this.#entries.get(key);
-    return value === undefined ? undefined : this.#copy(value);
-  }
-
-  /** Remembers what the database holds for key (read, not written: nothing to undo). */
-  fill(key: string, value: V | undefined): V | undefined {
-    if (value !== undefined) this.#entries.set(key, this.#copy(value));
-    return value;
+    const value = this.backing.get(key);
+    return value === undefined ? undefined : this.copy(value);
   }
 
   set(key: string, value: V, undo: UndoLog): void {
     this.#remember(key, undo);
-    this.#entries.set(key, this.#copy(value));
+    this.backing.set(key, this.copy(value));
   }
 
   delete(key: string, undo: UndoLog): void {
-    if (!this.#entries.has(key)) return;
+    if (!this.backing.has(key)) return;
     this.#remember(key, undo);
-    this.#entries.delete(key);
+    this.backing.delete(key);
   }
 
   /** Forgets every key for which `test` holds (rows a statement deleted in bulk). */
   deleteWhere(test: (key: string) => boolean, undo: UndoLog): void {
-    for (const key of [...this.#entries.keys()]) if (test(key)) this.delete(key, undo);
+    for (const key of [...this.backing.keys()]) if (test(key)) this.delete(key, undo);
   }
 
   clear(): void {
-    this.#entries.clear();
+    this.backing.clear();
   }
 
-  // Evicting an entry is always safe: the next read fills it from the database.
   #remember(key: string, undo: UndoLog): void {
-    const old = this.#entries.peek(key);
-    undo.push(() => (old === undefined ? this.#entries.delete(key) : this.#entries.set(key, old)));
+    const old = this.backing.peek(key);
+    undo.push(() => (old === undefined ? this.backing.delete(key) : this.backing.set(key, old)));
+  }
+}
+
+/** A bounded cache of records: the least recently used goes first (always safe: the next read fills it again). */
+export class RecordCache<V extends object> extends CopiedRecords<V> {
+  constructor(copy: (value: V) => V, maxEntries: number) {
+    // A bound by size, each record counting 1, rather than `max`, which allocates room for every entry up front.
+    super(copy, new LRUCache<string, V>({ maxSize: maxEntries, sizeCalculation: () => 1 }));
+  }
+
+  /** Remembers what the database holds for key (read, not written: nothing to undo). */
+  fill(key: string, value: V | undefined): V | undefined {
+    if (value !== undefined) this.backing.set(key, this.copy(value));
+    return value;
   }
 }
 
 /**
  * Rows that many writes of one batch rewrite (a relation's counters change
  * with each of its requests), kept here and written once each when the batch
- * commits, or before a statement that reads their table.
+ * commits, or before a statement that reads their table. Nothing is let go:
+ * clear() is for a batch that rolled back.
  */
-export class DeferredRows<V extends object> {
-  readonly #rows = new Map<string, V>();
-  readonly #copy: (value: V) => V;
+export class DeferredRows<V extends object> extends CopiedRecords<V> {
   readonly #write: (key: string, value: V) => void;
 
   constructor(copy: (value: V) => V, write: (key: string, value: V) => void) {
-    this.#copy = copy;
+    super(copy, new Unbounded<V>());
     this.#write = write;
-  }
-
-  get(key: string): V | undefined {
-    const value = this.#rows.get(key);
-    return value === undefined ? undefined : this.#copy(value);
-  }
-
-  set(key: string, value: V, undo: UndoLog): void {
-    this.#remember(key, undo);
-    this.#rows.set(key, this.#copy(value));
-  }
-
-  /** The row was deleted by a statement: nothing left to write. */
-  delete(key: string, undo: UndoLog): void {
-    if (!this.#rows.has(key)) return;
-    this.#remember(key, undo);
-    this.#rows.delete(key);
   }
 
   /** Writes every row; if the write that flushed them rolls back (undo), they wait again. */
   flush(undo?: UndoLog): void {
-    if (this.#rows.size === 0) return;
-    const rows = new Map(this.#rows);
+    if (this.backing.size === 0) return;
+    const rows = [...this.backing.entries()];
     for (const [key, value] of rows) this.#write(key, value);
-    this.#rows.clear();
+    this.backing.clear();
     undo?.push(() => {
-      for (const [key, value] of rows) this.#rows.set(key, value);
+      for (const [key, value] of rows) this.backing.set(key, value);
     });
-  }
-
-  /** The batch rolled back: its rows are gone with it. */
-  clear(): void {
-    this.#rows.clear();
-  }
-
-  #remember(key: string, undo: UndoLog): void {
-    const old = this.#rows.get(key);
-    undo.push(() => (old === undefined ? this.#rows.delete(key) : this.#rows.set(key, old)));
   }
 }
