@@ -42,8 +42,15 @@ const BACKENDS: Backend[] = [
   sqliteBackend('sqlite'),
   // Caches of one record: reads past the last record written go to the database, and rollbacks meet evicted entries.
   sqliteBackend('sqlite with one-record caches', 1),
-  {
-    name: 'postgres',
+  postgresBackend('postgres'),
+  // Batch caches of one record: reads of what the batch wrote past the last record go to what it has not yet written.
+  postgresBackend('postgres with one-record batch caches', 1),
+];
+
+/** A fresh database on one throw-away cluster per backend. */
+function postgresBackend(name: string, batchCacheEntries?: number): Backend {
+  return {
+    name,
     async setup() {
       cluster = await startPostgres();
     },
@@ -53,10 +60,10 @@ const BACKENDS: Backend[] = [
     async fresh() {
       if (!cluster) throw new Error('no cluster');
       const url = await cluster.createDatabase();
-      return { open: () => PostgresStore.open({ url }) };
+      return { open: () => PostgresStore.open({ url, ...(batchCacheEntries === undefined ? {} : { batchCacheEntries }) }) };
     },
-  },
-];
+  };
+}
 
 function request(id: string, relationId: string, createRevision: number, extra: Partial<RequestRecord> = {}): RequestRecord {
   return {
@@ -288,6 +295,73 @@ describe.each(BACKENDS)('$name store', (backend) => {
       const again = await reopen();
       expect(await again.read(listed)).toEqual({ r1: 3, r2: 2 });
       expect(await again.read(async (tx) => [await requestsOf(tx, 'r1'), await requestsOf(tx, 'r2')])).toEqual([3, 2]);
+    });
+
+    it('requests and flags put by earlier writes of a batch are read, listed and deleted by later ones, and committed as the batch left them', async () => {
+      await store.write(async (tx) => {
+        await tx.putRelation(relation('r1', 1));
+        await tx.putRelation(relation('r2', 2));
+      });
+      const ids = (records: RequestRecord[]) => records.map((r) => r.request_id);
+      // Each lists before anything else has, where a store writes out what it kept back before listing.
+      const listAll = async (tx: StoreTx, first: 'due' | 'requests') => {
+        const due = first === 'due' ? ids(await tx.listDue(200, 10)) : [];
+        const requests = ids(await tx.listRequests({ relationIds: ['r1', 'r2'], afterCreateRevision: 0, limit: 10 }));
+        const pending = ids(await tx.listRequests({ relationIds: ['r1', 'r2'], afterCreateRevision: 0, limit: 10, pendingOnly: true }));
+        return { requests, pending, due: first === 'due' ? due : ids(await tx.listDue(200, 10)) };
+      };
+      let listedByFailedWrite: unknown;
+      // Issued together, so that they share one batch where the store batches writes.
+      const results = await Promise.allSettled([
+        store.write(async (tx) => {
+          await tx.putRequest(request('q1', 'r1', 3, { expire_time: 100 }));
+          await tx.putRequest(request('q2', 'r1', 4));
+          await tx.putRequest(request('q3', 'r2', 5));
+          await tx.putFlags('r1', 'ca/0', { new: true });
+          await tx.putFlags('r2', 'ca/0', { new: true });
+        }),
+        store.write(async (tx) => {
+          const seen = { q1: (await tx.getRequest('q1'))?.expire_time, flags: await tx.getFlags('r1', 'ca/0') };
+          await tx.putRequest(request('q2', 'r1', 4, { state: 'answered' }));
+          await tx.putResponse(response('q2', 'ca/0', 6));
+          await tx.putFlags('r1', 'ca/0', { new: false });
+          return seen;
+        }),
+        store.write(async (tx) => {
+          listedByFailedWrite = await listAll(tx, 'due');
+          await tx.putRequest(request('q4', 'r1', 7));
+          throw new Planned('no');
+        }),
+        store.write(async (tx) => {
+          await tx.putFlags('r1', 'web/0', { ready: true });
+          await tx.putFlags('r3', 'web/0', { ready: true });
+          await tx.deleteRequest('q1');
+          await tx.deleteFlags('r1', 'ca/0');
+          await tx.deleteFlags('r3');
+          await tx.deleteRelation('r2');
+          return { q1: await tx.getRequest('q1'), flags: await tx.getFlags('r1', 'web/0'), listed: await listAll(tx, 'requests') };
+        }),
+      ]);
+      expect(results.map((r) => (r.status === 'fulfilled' ? r.value : r.reason instanceof Planned))).toEqual([
+        undefined,
+        { q1: 100, flags: { new: true } },
+        true,
+        { q1: undefined, flags: { ready: true }, listed: { requests: ['q2'], pending: [], due: [] } },
+      ]);
+      expect(listedByFailedWrite).toEqual({ requests: ['q1', 'q2', 'q3'], pending: ['q1', 'q3'], due: ['q1'] });
+      const stored = (s: Store) =>
+        s.read(async (tx) => ({
+          ...(await listAll(tx, 'requests')),
+          states: (await tx.listRequests({ relationIds: ['r1', 'r2'], afterCreateRevision: 0, limit: 10 })).map((r) => r.state),
+          q1: await tx.getRequest('q1'),
+          q3: await tx.getRequest('q3'),
+          responses: (await tx.listResponses('q2')).map((r) => r.responder_unit),
+          flags: [await tx.getFlags('r1', 'ca/0'), await tx.getFlags('r2', 'ca/0'), await tx.getFlags('r3', 'web/0'), await tx.getFlags('r1', 'web/0')],
+          relations: (await tx.listRelations()).map((r) => r.id),
+        }));
+      const expected = { requests: ['q2'], pending: [], due: [], states: ['answered'], q1: undefined, q3: undefined, responses: ['ca/0'], flags: [undefined, undefined, undefined, { ready: true }], relations: ['r1'] };
+      expect(await stored(store)).toEqual(expected);
+      expect(await stored(await reopen())).toEqual(expected);
     });
 
     it('many concurrent writers each get a distinct revision and read their own increments', async () => {

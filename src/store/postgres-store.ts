@@ -21,7 +21,7 @@ import { changeLogRow, changesOfLogRows } from './change-log.ts';
 import { compactedError } from './compaction.ts';
 import { migrate } from './postgres-migrations.ts';
 import { PostgresPresence, type PresenceOptions } from './postgres-presence.ts';
-import { flagsKey, recordCaches, UndoLog, type RecordCache, type RecordCaches } from './record-cache.ts';
+import { copyFlags, copyRelation, DeferredRows, flagsKey, flagsKeyParts, recordCaches, UndoLog, type RecordCache } from './record-cache.ts';
 import { dueTime } from './sqlite-store.ts';
 import type {
   ApplicationRecord,
@@ -53,9 +53,11 @@ export interface PostgresStoreOptions {
   catchUpPage?: number;
   /** Heartbeats of this replica's watcher records. */
   presence?: Partial<PresenceOptions>;
+  /** Records of each kind a batch remembers; the default is far more than one batch of writes reads. */
+  batchCacheEntries?: number;
 }
 
-const DEFAULTS = { channel: 'relgate', poolSize: 8, pollIntervalMs: 1_000, catchUpPage: 1_000 };
+const DEFAULTS = { channel: 'relgate', poolSize: 8, pollIntervalMs: 1_000, catchUpPage: 1_000, batchCacheEntries: 1_000 };
 
 /** How every connection of the store is made (the pool's, the writer's, the listener's). */
 const connection = (url: string) => ({
@@ -73,8 +75,62 @@ const connection = (url: string) => ({
 
 type Row = { doc: string };
 
-/** Records a batch remembers: far more than the units and relations one batch of writes reads. */
-const BATCH_CACHE_ENTRIES = 1_000;
+const PUT_RELATION = 'INSERT INTO relations (id, create_revision, doc) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET create_revision = excluded.create_revision, doc = excluded.doc';
+const PUT_FLAGS = 'INSERT INTO flags (relation_id, unit, doc) VALUES ($1, $2, $3) ON CONFLICT (relation_id, unit) DO UPDATE SET doc = excluded.doc';
+const PUT_REQUEST =
+  'INSERT INTO requests (id, relation_id, create_revision, due, pending, doc) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET relation_id = excluded.relation_id, create_revision = excluded.create_revision, due = excluded.due, pending = excluded.pending, doc = excluded.doc';
+
+type SqlValue = string | number | boolean | null;
+
+/** A request row waiting to be written: its statement's values, its JSON document among them. */
+interface UnwrittenRow {
+  values: SqlValue[];
+  doc: string;
+}
+
+/** Rows are never changed, only replaced: no copy needed. */
+const sameRow = (row: UnwrittenRow) => row;
+
+/**
+ * What one batch's writes read and wrote of units, relations, memberships and flags, and the relations, flags and
+ * requests they wrote, kept to be written once (each request change also rewrites its relation's counters and its
+ * units' flags; a request answered in the batch that created it is written in its final state): with the commit, in
+ * its round trip, or before a statement that reads or deletes many rows of their tables. Each is an upsert that
+ * cannot fail on its own. Responses are not kept: inserting a second response of one unit must fail its write alone.
+ */
+function batchCaches(cacheEntries: number) {
+  const statements: string[] = [];
+  const unwritten = {
+    relations: new DeferredRows<RelationRecord>(copyRelation, (id, relation) =>
+      statements.push(inline(PUT_RELATION, [id, relation.create_revision, JSON.stringify(relation)])),
+    ),
+    flags: new DeferredRows<FlagsRecord>(copyFlags, (key, flags) => statements.push(inline(PUT_FLAGS, [...flagsKeyParts(key), JSON.stringify(flags)]))),
+    requests: new DeferredRows<UnwrittenRow>(sameRow, (_id, row) => statements.push(inline(PUT_REQUEST, row.values))),
+  };
+  return {
+    ...recordCaches(cacheEntries),
+    unwritten,
+    /** Takes every unwritten row (back again if the write that took them rolls back), as statements for one round trip. */
+    takeUnwritten(undo?: UndoLog): string {
+      for (const rows of Object.values(unwritten)) rows.flush(undo);
+      return statements.splice(0).join('');
+    },
+  };
+}
+
+type BatchCaches = ReturnType<typeof batchCaches>;
+
+/** A statement with its values written in as literals, to be sent with others in one simple-protocol round trip. */
+function inline(text: string, values: SqlValue[]): string {
+  return `${text.replace(/\$(\d+)/g, (_, n: string) => literal(values[Number(n) - 1] ?? null))}; `;
+}
+
+function literal(value: SqlValue): string {
+  if (value === null) return 'NULL';
+  if (typeof value === 'number') return String(value);
+  if (typeof value === 'boolean') return value ? 'TRUE' : 'FALSE';
+  return pg.escapeLiteral(value);
+}
 
 /**
  * The change-log rows after `after` up to the first that reaches the bound (change-log.ts: a row holds a whole
@@ -111,10 +167,10 @@ export class PostgresStore implements Store {
   /** The connection the open batch began on: its writes and its commit use it, or fail with it. */
   #batchClient: pg.Client | undefined;
   /**
-   * What the open batch's writes read and wrote of units, relations, memberships and flags. The batch holds the
-   * sequencer lock, which every replica's writes take, so nobody else changes them until it ends.
+   * The open batch's records (batchCaches). The batch holds the sequencer lock, which every replica's writes take,
+   * so nobody else changes them until it ends.
    */
-  #batchCaches: RecordCaches | undefined;
+  #batchCaches: BatchCaches | undefined;
   #batchStart = 0;
   #revision = 0;
   #batchChanges: Change[] = [];
@@ -308,7 +364,7 @@ export class PostgresStore implements Store {
     const revision = results[1]?.rows[0]?.revision;
     if (revision === undefined) throw new Error('the state row of the relgate schema is missing');
     this.#batchClient = client;
-    this.#batchCaches = recordCaches(BATCH_CACHE_ENTRIES);
+    this.#batchCaches = batchCaches(this.#options.batchCacheEntries);
     this.#batchStart = this.#revision = revision;
     return client;
   }
@@ -333,16 +389,18 @@ export class PostgresStore implements Store {
     this.#batchWaiting = [];
     this.#batchChanges = [];
     const client = this.#batchClient;
+    const caches = this.#batchCaches;
     this.#batchClient = undefined;
     this.#batchCaches = undefined;
     const started = performance.now();
     try {
-      if (!client) throw new Error('no batch is open');
-      // Numbers and escaped literals only: safe to inline, and one round trip for the four statements.
+      if (!client || !caches) throw new Error('no batch is open');
+      // Numbers and escaped literals only: safe to inline, and one round trip for all the statements.
+      const rows = caches.takeUnwritten();
       const row = changes.length > 0 ? changeLogRow(changes) : undefined;
       const log = row ? `INSERT INTO changes (revision, time, doc) VALUES (${row.revision}, ${row.time}, ${pg.escapeLiteral(row.doc)}); ` : '';
       const publish = end > start ? `UPDATE state SET revision = ${end}; SELECT pg_notify(${pg.escapeLiteral(this.#options.channel)}, '${end}'); ` : '';
-      await client.query(`${log}${publish}COMMIT`);
+      await client.query(`${rows}${log}${publish}COMMIT`);
       for (const listener of this.#commitTimeListeners) listener((performance.now() - started) / 1000);
     } catch (error) {
       this.#dropWriter(client);
@@ -594,10 +652,10 @@ class PgTx implements StoreTx {
   readonly undo = new UndoLog();
   readonly #revisions: TxRevisions;
   /** The batch's caches, for a write; a read has none. */
-  readonly #c: RecordCaches | undefined;
+  readonly #c: BatchCaches | undefined;
   #revision = 0;
 
-  constructor(client: pg.ClientBase, now: number, revisions: TxRevisions, caches?: RecordCaches) {
+  constructor(client: pg.ClientBase, now: number, revisions: TxRevisions, caches?: BatchCaches) {
     this.client = client;
     this.now = now;
     this.#revisions = revisions;
@@ -666,24 +724,27 @@ class PgTx implements StoreTx {
     return rows[0]?.n ?? 1;
   }
   async getRelation(id: string) {
-    return this.#cached(this.#c?.relations, id, async () => parse<RelationRecord>(await this.#rows('SELECT doc FROM relations WHERE id = $1', [id])));
+    // An unwritten relation is cached too, unless the cache has let it go since.
+    const load = async () => this.#c?.unwritten.relations.get(id) ?? parse<RelationRecord>(await this.#rows('SELECT doc FROM relations WHERE id = $1', [id]));
+    return this.#cached(this.#c?.relations, id, load);
   }
   async putRelation(record: RelationRecord) {
-    await this.#run(
-      'INSERT INTO relations (id, create_revision, doc) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET create_revision = excluded.create_revision, doc = excluded.doc',
-      [record.id, record.create_revision, JSON.stringify(record)],
-    );
-    this.#c?.relations.set(record.id, record, this.undo);
+    if (!this.#c) return this.#run(PUT_RELATION, [record.id, record.create_revision, JSON.stringify(record)]);
+    this.#c.unwritten.relations.set(record.id, record, this.undo);
+    this.#c.relations.set(record.id, record, this.undo);
   }
   async deleteRelation(id: string) {
+    await this.#writeUnwritten();
     await this.#run('DELETE FROM responses WHERE request_id IN (SELECT id FROM requests WHERE relation_id = $1)', [id]);
     for (const table of ['requests', 'relation_units', 'flags']) await this.#run(`DELETE FROM ${table} WHERE relation_id = $1`, [id]);
     await this.#run('DELETE FROM relations WHERE id = $1', [id]);
+    this.#c?.unwritten.relations.delete(id, this.undo);
     this.#c?.relations.delete(id, this.undo);
     this.#c?.relationUnits.delete(id, this.undo);
-    this.#c?.flags.deleteWhere((key) => key.startsWith(flagsKey(id, '')), this.undo);
+    this.#forgetFlags(id);
   }
   async listRelations() {
+    await this.#writeUnwritten();
     return parseAll<RelationRecord>(await this.#rows('SELECT doc FROM relations ORDER BY create_revision', []));
   }
   async listRelationUnits(relationId: string) {
@@ -705,18 +766,21 @@ class PgTx implements StoreTx {
     this.#c?.relationUnits.delete(relationId, this.undo);
   }
   async getRequest(requestId: string) {
-    return parse<RequestRecord>(await this.#rows('SELECT doc FROM requests WHERE id = $1', [requestId]));
+    const unwritten = this.#c?.unwritten.requests.get(requestId);
+    return parse<RequestRecord>(unwritten ? [unwritten] : await this.#rows('SELECT doc FROM requests WHERE id = $1', [requestId]));
   }
   async putRequest(record: RequestRecord) {
-    await this.#run(
-      'INSERT INTO requests (id, relation_id, create_revision, due, pending, doc) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET relation_id = excluded.relation_id, create_revision = excluded.create_revision, due = excluded.due, pending = excluded.pending, doc = excluded.doc',
-      [record.request_id, record.relation_id, record.create_revision, dueTime(record), record.state === 'pending', JSON.stringify(record)],
-    );
+    const doc = JSON.stringify(record);
+    const values = [record.request_id, record.relation_id, record.create_revision, dueTime(record), record.state === 'pending', doc];
+    if (!this.#c) return this.#run(PUT_REQUEST, values);
+    this.#c.unwritten.requests.set(record.request_id, { values, doc }, this.undo);
   }
   async deleteRequest(requestId: string) {
     await this.#run('DELETE FROM requests WHERE id = $1', [requestId]);
+    this.#c?.unwritten.requests.delete(requestId, this.undo);
   }
   async listRequests(page: RequestPage) {
+    await this.#writeUnwritten();
     return parseAll<RequestRecord>(
       await this.#rows(`SELECT doc FROM requests WHERE relation_id = ANY($1::text[]) AND create_revision > $2${page.pendingOnly ? ' AND pending' : ''} ORDER BY create_revision LIMIT $3`, [
         page.relationIds,
@@ -726,6 +790,7 @@ class PgTx implements StoreTx {
     );
   }
   async listDue(now: number, limit: number) {
+    await this.#writeUnwritten();
     return parseAll<RequestRecord>(await this.#rows('SELECT doc FROM requests WHERE due IS NOT NULL AND due <= $1 ORDER BY due LIMIT $2', [now, limit]));
   }
   async listResponses(requestId: string) {
@@ -743,25 +808,36 @@ class PgTx implements StoreTx {
     await this.#run('DELETE FROM responses WHERE request_id = $1', [requestId]);
   }
   async getFlags(relationId: string, unit: string) {
-    const load = async () => parse<FlagsRecord>(await this.#rows('SELECT doc FROM flags WHERE relation_id = $1 AND unit = $2', [relationId, unit]));
-    return this.#cached(this.#c?.flags, flagsKey(relationId, unit), load);
+    const key = flagsKey(relationId, unit);
+    const load = async () =>
+      this.#c?.unwritten.flags.get(key) ?? parse<FlagsRecord>(await this.#rows('SELECT doc FROM flags WHERE relation_id = $1 AND unit = $2', [relationId, unit]));
+    return this.#cached(this.#c?.flags, key, load);
   }
   async putFlags(relationId: string, unit: string, flags: FlagsRecord) {
-    await this.#run('INSERT INTO flags (relation_id, unit, doc) VALUES ($1, $2, $3) ON CONFLICT (relation_id, unit) DO UPDATE SET doc = excluded.doc', [
-      relationId,
-      unit,
-      JSON.stringify(flags),
-    ]);
-    this.#c?.flags.set(flagsKey(relationId, unit), flags, this.undo);
+    if (!this.#c) return this.#run(PUT_FLAGS, [relationId, unit, JSON.stringify(flags)]);
+    this.#c.unwritten.flags.set(flagsKey(relationId, unit), flags, this.undo);
+    this.#c.flags.set(flagsKey(relationId, unit), flags, this.undo);
   }
   async deleteFlags(relationId: string, unit?: string) {
     if (unit === undefined) {
       await this.#run('DELETE FROM flags WHERE relation_id = $1', [relationId]);
-      this.#c?.flags.deleteWhere((key) => key.startsWith(flagsKey(relationId, '')), this.undo);
+      this.#forgetFlags(relationId);
     } else {
       await this.#run('DELETE FROM flags WHERE relation_id = $1 AND unit = $2', [relationId, unit]);
+      this.#c?.unwritten.flags.delete(flagsKey(relationId, unit), this.undo);
       this.#c?.flags.delete(flagsKey(relationId, unit), this.undo);
     }
+  }
+  /** Writes the batch's unwritten rows, for a statement that reads or deletes many rows of their tables. */
+  async #writeUnwritten(): Promise<void> {
+    const statements = this.#c?.takeUnwritten(this.undo);
+    if (statements) await this.client.query(statements);
+  }
+  /** Forgets a relation's flags, cached and unwritten, once its rows are deleted. */
+  #forgetFlags(relationId: string): void {
+    const ofRelation = (key: string) => key.startsWith(flagsKey(relationId, ''));
+    this.#c?.unwritten.flags.deleteWhere(ofRelation, this.undo);
+    this.#c?.flags.deleteWhere(ofRelation, this.undo);
   }
   async appendChange(relationId: string, data: ChangeData) {
     const revision = await this.revision();

@@ -11,6 +11,7 @@ import { LRUCache } from 'lru-cache';
 import type { FlagsRecord, RelationRecord, RelationUnitRecord, UnitRecord } from './store.ts';
 
 export const copyRelation = (relation: RelationRecord): RelationRecord => ({ ...relation, counters: { ...relation.counters } });
+export const copyFlags = (flags: FlagsRecord): FlagsRecord => ({ ...flags });
 
 /** The caches of the records every write reads, by key; flags by flagsKey. */
 export function recordCaches(maxEntries: number) {
@@ -18,13 +19,19 @@ export function recordCaches(maxEntries: number) {
     units: new RecordCache<UnitRecord>((unit) => ({ ...unit, egress_subnets: [...unit.egress_subnets], labels: { ...unit.labels } }), maxEntries),
     relations: new RecordCache<RelationRecord>(copyRelation, maxEntries),
     relationUnits: new RecordCache<RelationUnitRecord[]>((units) => units.map((unit) => ({ ...unit })), maxEntries),
-    flags: new RecordCache<FlagsRecord>((flags) => ({ ...flags }), maxEntries),
+    flags: new RecordCache<FlagsRecord>(copyFlags, maxEntries),
   };
 }
 
 export type RecordCaches = ReturnType<typeof recordCaches>;
 
 export const flagsKey = (relationId: string, unit: string) => `${relationId}\n${unit}`;
+
+/** The relation id and unit of a flagsKey (relation ids hold no newline). */
+export function flagsKeyParts(key: string): [relationId: string, unit: string] {
+  const at = key.indexOf('\n');
+  return [key.slice(0, at), key.slice(at + 1)];
+}
 
 /** How to undo one write's cache changes, newest first. */
 export class UndoLog {
