@@ -223,6 +223,35 @@ describe.each(BACKENDS)('$name store', (backend) => {
       expect(before.units.map((u) => u.unit)).toEqual(['web/0']);
     });
 
+    it('a write that throws after reading back what it changed leaves no trace of it in later reads', async () => {
+      await store.write(async (tx) => {
+        await tx.putRelation(relation('r1', 1));
+        await tx.putRelationUnit({ relation_id: 'r1', unit: 'web/0', side: 'requester', revision: 1 });
+      });
+      const read = async (tx: StoreTx) => [(await tx.getRelation('r1'))?.id, (await tx.listRelationUnits('r1')).map((member) => member.unit)];
+      // Issued together, so that they share one batch where the store batches writes; the failing write is not the
+      // batch's first, and finds r1's members not yet remembered.
+      const afterFailure = async (change: (tx: StoreTx) => Promise<void>) => {
+        const [, failed, later] = await Promise.allSettled([
+          store.write((tx) => tx.putApplication({ name: 'web', revision: 1 })),
+          store.write(async (tx) => {
+            await change(tx);
+            await read(tx);
+            throw new Planned('no');
+          }),
+          store.write(read),
+        ]);
+        expect(failed.status === 'rejected' && failed.reason instanceof Planned).toBe(true);
+        return later.status === 'fulfilled' ? later.value : later.reason;
+      };
+      const unchanged = ['r1', ['web/0']];
+      expect(await afterFailure((tx) => tx.putRelationUnit({ relation_id: 'r1', unit: 'ca/0', side: 'responder', revision: 2 }))).toEqual(unchanged);
+      expect(await afterFailure((tx) => tx.deleteRelationUnit('r1', 'web/0'))).toEqual(unchanged);
+      expect(await afterFailure((tx) => tx.deleteRelation('r1'))).toEqual(unchanged);
+      expect(await store.read(read)).toEqual(unchanged);
+      expect(await (await reopen()).read(read)).toEqual(unchanged);
+    });
+
     it('records put and got are copies: changing them afterwards changes nothing stored', async () => {
       const stored = relation('r1', 1);
       const labels = { zone: 'a' };

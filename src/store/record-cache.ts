@@ -95,8 +95,8 @@ class CopiedRecords<V extends object> {
     this.backing.set(key, this.copy(value));
   }
 
+  /** Forgets key; undone even when it held nothing, since a read later in the write may fill it with what rolls back. */
   delete(key: string, undo: UndoLog): void {
-    if (!this.backing.has(key)) return;
     this.#remember(key, undo);
     this.backing.delete(key);
   }
