@@ -1,7 +1,7 @@
 // PostgreSQL-specific store behaviour: migrations, ordered visibility of
 // revisions, and several stores (replicas) on one database hearing each
 // other's commits exactly once and in order, even when notifications are lost.
-import type pg from 'pg';
+import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Code, RelgateError } from '../src/errors.ts';
 import { MIGRATIONS } from '../src/store/postgres-migrations.ts';
@@ -239,6 +239,24 @@ describe('replicas', () => {
     const error = (await doomed.catch((e: unknown) => e)) as RelgateError;
     expect([error.code, error.reason]).toEqual([Code.UNAVAILABLE, 'STORE_UNAVAILABLE']);
     expect((await sql(url, "SELECT count(*)::int AS n FROM applications WHERE name = 'lost'")).rows[0].n).toBe(0);
+    expect(await write(store, 'after')).toBe(1);
+    expect(names((await store.changesSince(0, 10)).changes)).toEqual(['after']);
+  });
+
+  it('a write that cannot take the sequencer lock in time fails UNAVAILABLE, and the next one works', async () => {
+    const base = await cluster.createDatabase();
+    const store = await open(`${base}${base.includes('?') ? '&' : '?'}options=${encodeURIComponent('-c lock_timeout=100')}`);
+    // Another replica's batch holds the lock.
+    const other = new pg.Client({ connectionString: base });
+    await other.connect();
+    try {
+      await other.query('BEGIN; SELECT revision FROM state FOR UPDATE');
+      const error = (await write(store, 'blocked').catch((e: unknown) => e)) as RelgateError;
+      expect([error.code, error.reason]).toEqual([Code.UNAVAILABLE, 'STORE_UNAVAILABLE']);
+      await other.query('COMMIT');
+    } finally {
+      await other.end();
+    }
     expect(await write(store, 'after')).toBe(1);
     expect(names((await store.changesSince(0, 10)).changes)).toEqual(['after']);
   });

@@ -360,9 +360,17 @@ export class PostgresStore implements Store {
     // Never another connection for an open batch: what it wrote so far is only in its own transaction.
     if (this.#batchClient) return this.#batchClient;
     const client = await this.#writerClient();
-    const results = (await client.query('BEGIN; SELECT revision FROM state FOR UPDATE')) as unknown as pg.QueryResult<{ revision: number }>[];
-    const revision = results[1]?.rows[0]?.revision;
-    if (revision === undefined) throw new Error('the state row of the relgate schema is missing');
+    let revision: number | undefined;
+    try {
+      const results = (await client.query('BEGIN; SELECT revision FROM state FOR UPDATE')) as unknown as pg.QueryResult<{ revision: number }>[];
+      revision = results[1]?.rows[0]?.revision;
+      if (revision === undefined) throw new Error('the state row of the relgate schema is missing');
+    } catch (error) {
+      // The lock can fail (a lock_timeout, a cancel) after BEGIN: the connection is then inside a failed transaction,
+      // which would refuse every later write.
+      this.#dropWriter(client);
+      throw new RelgateError(Code.UNAVAILABLE, 'the store could not begin a write', { reason: 'STORE_UNAVAILABLE', cause: error });
+    }
     this.#batchClient = client;
     this.#batchCaches = batchCaches(this.#options.batchCacheEntries);
     this.#batchStart = this.#revision = revision;
