@@ -235,3 +235,66 @@ describe('record caches', () => {
     expect(cache.get('c')).toBeUndefined();
   });
 });
+
+describe('storage failures', () => {
+  /** Opens a store and returns the database connection it made, for what a test must do to it underneath. */
+  function openWithConnection(file: string): { store: SqliteStore; db: Database.Database } {
+    const prepare = Database.prototype.prepare;
+    let db: Database.Database | undefined;
+    Database.prototype.prepare = function (this: Database.Database, ...args: Parameters<typeof prepare>) {
+      db ??= this;
+      return prepare.apply(this, args);
+    } as typeof prepare;
+    try {
+      const store = new SqliteStore({ path: file, checkpointEveryCommits: 0 });
+      if (!db) throw new Error('the store prepared no statement');
+      return { store, db };
+    } finally {
+      Database.prototype.prepare = prepare;
+    }
+  }
+
+  const putApplication = (store: SqliteStore, name: string) =>
+    store.write(async (tx) => {
+      await tx.putApplication({ name, revision: await tx.revision() });
+      await tx.appendChange('', { kind: 'registry', what: 'application', name });
+      return tx.revision();
+    });
+
+  const stored = (store: SqliteStore) => store.read(async (tx) => (await tx.listApplications()).map((app) => app.name));
+
+  it('a full disk, on which SQLite rolls the whole transaction back, fails every write of the batch with UNAVAILABLE and keeps nothing of them; writes go on once there is room', async () => {
+    const file = tempFile();
+    const { store, db } = openWithConnection(file);
+    expect(await putApplication(store, 'before')).toBe(1);
+    // No page beyond those the database has: SQLite's own SQLITE_FULL, as from a full disk.
+    db.pragma(`max_page_count = ${db.pragma('page_count', { simple: true }) as number}`);
+    const results = await Promise.allSettled([
+      putApplication(store, 'earlier-in-batch'),
+      store.write(async (tx) => {
+        // The relation waits for the commit; the request does not fit.
+        await tx.putRelation({ id: 'r1', interface: 'i', version: 1, requester_application: 'a', requester_endpoint: 'e', responder_application: 'b', responder_endpoint: 'e', create_revision: 2, revision: 2, counters: { requests: 1 } });
+        await tx.appendChange('r1', { kind: 'registry', what: 'relation', name: 'r1' });
+        await tx.putRequest({ ...request('big', 2, 'pending'), fields: { blob: 'x'.repeat(1 << 20) } });
+      }),
+    ]);
+    expect(results.map((r) => (r.status === 'fulfilled' ? r.value : [r.reason.code, r.reason.reason, r.reason.cause?.code]))).toEqual([
+      [14, 'STORE_UNAVAILABLE', 'SQLITE_FULL'],
+      [14, 'STORE_UNAVAILABLE', 'SQLITE_FULL'],
+    ]);
+    db.pragma('max_page_count = 1073741823');
+    expect(await putApplication(store, 'after')).toBe(2);
+    const state = async (s: SqliteStore) => [
+      await stored(s),
+      await s.read(async (tx) => [await tx.getRelation('r1'), await tx.getRequest('big')]),
+      s.currentRevision(),
+      (await s.changesSince(0, 10)).changes.map((c) => c.revision),
+    ];
+    const expected = [['after', 'before'], [undefined, undefined], 2, [1, 2]];
+    expect(await state(store)).toEqual(expected);
+    await store.close();
+    const again = new SqliteStore({ path: file });
+    expect(await state(again)).toEqual(expected);
+    await again.close();
+  });
+});

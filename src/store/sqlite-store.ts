@@ -275,6 +275,8 @@ export class SqliteStore implements Store {
 
   /** Revision at the start of the open batch. */
   #committedRevision = 0;
+  /** Compaction point at the start of the open batch. */
+  #committedCompacted = 0;
   /** The latest revision with a change-log row. */
   #loggedRevision = 0;
 
@@ -290,10 +292,14 @@ export class SqliteStore implements Store {
         this.#batchChanges.push(...tx.changes);
         return { result, afterCommit: true };
       } catch (error) {
-        this.#stmts.rollbackTo.run();
-        this.#stmts.release.run();
         tx.undo.undo();
         this.#revision = revisionBefore;
+        // SQLite may roll back the whole transaction on some errors (a full disk, I/O, memory): the batch is lost.
+        if (!this.#db.inTransaction) this.#abandonBatch(storeUnavailable('the store lost the open batch', error));
+        else {
+          this.#stmts.rollbackTo.run();
+          this.#stmts.release.run();
+        }
         throw error;
       }
     });
@@ -355,7 +361,7 @@ export class SqliteStore implements Store {
           if (afterCommit) this.#waiting.push({ resolve: () => resolve(result), reject });
           else this.#whenDurable(() => resolve(result), false);
         } catch (error) {
-          reject(error);
+          reject(asStoreError(error));
         }
       });
       if (!this.#running) void this.#drain();
@@ -373,6 +379,7 @@ export class SqliteStore implements Store {
     this.#stmts.begin.run();
     this.#batchOpen = true;
     this.#committedRevision = this.#revision;
+    this.#committedCompacted = this.#compacted;
     if (!this.#commitScheduled) {
       this.#commitScheduled = true;
       setImmediate(() => this.#commitWhenIdle());
@@ -384,14 +391,12 @@ export class SqliteStore implements Store {
     if (this.#running) return void setImmediate(() => this.#commitWhenIdle());
     if (this.#syncing) return void (this.#commitAfterSync = true);
     this.#commitScheduled = false;
-    this.#commit();
+    // A batch abandoned meanwhile has nothing left to commit.
+    if (this.#batchOpen) this.#commit();
   }
 
   #commit(): void {
-    const waiting = this.#waiting;
     const changes = this.#batchChanges;
-    this.#waiting = [];
-    this.#batchChanges = [];
     const started = performance.now();
     const logRow = changes.length > 0 ? changeLogRow(changes) : undefined;
     try {
@@ -401,14 +406,12 @@ export class SqliteStore implements Store {
       if (this.#revision !== (logRow?.revision ?? this.#loggedRevision)) this.#stmts.setMeta.run(this.#revision, 'revision');
       this.#stmts.commit.run();
     } catch (error) {
-      this.#db.exec('ROLLBACK');
-      for (const cache of Object.values(this.#caches)) cache.clear();
-      this.#revision = this.#committedRevision;
-      this.#batchOpen = false;
-      const failure = new RelgateError(Code.UNAVAILABLE, 'the store could not commit', { reason: 'STORE_UNAVAILABLE', cause: error });
-      for (const waiter of waiting) waiter.reject(failure);
+      this.#abandonBatch(storeUnavailable('the store could not commit', error));
       return;
     }
+    const waiting = this.#waiting;
+    this.#waiting = [];
+    this.#batchChanges = [];
     this.#batchOpen = false;
     if (logRow) this.#loggedRevision = logRow.revision;
     this.#checkpointer?.committed();
@@ -417,6 +420,19 @@ export class SqliteStore implements Store {
       if (changes.length > 0) for (const listener of this.#listeners) listener(changes);
       for (const waiter of waiting) waiter.resolve();
     }, true);
+  }
+
+  /** Rolls the open batch back: its writes (and the reads that saw them) fail, and what they changed in memory goes. */
+  #abandonBatch(failure: RelgateError): void {
+    if (this.#db.inTransaction) this.#db.exec('ROLLBACK');
+    for (const cache of Object.values(this.#caches)) cache.clear();
+    this.#revision = this.#committedRevision;
+    this.#compacted = this.#committedCompacted;
+    this.#batchChanges = [];
+    this.#batchOpen = false;
+    const waiting = this.#waiting;
+    this.#waiting = [];
+    for (const waiter of waiting) waiter.reject(failure);
   }
 
   /**
@@ -445,6 +461,14 @@ export class SqliteStore implements Store {
       }
     });
   }
+}
+
+const storeUnavailable = (message: string, cause: unknown) => new RelgateError(Code.UNAVAILABLE, message, { reason: 'STORE_UNAVAILABLE', cause });
+
+/** SQLite's storage failures (a full disk, I/O, memory, a locked or read-only file) become UNAVAILABLE; the rest pass unchanged. */
+function asStoreError(error: unknown): unknown {
+  const code = error instanceof Database.SqliteError ? error.code : '';
+  return /^SQLITE_(FULL|IOERR|NOMEM|BUSY|LOCKED|READONLY|CANTOPEN|PROTOCOL)/.test(code) ? storeUnavailable('the store is unavailable', error) : error;
 }
 
 const parse = <T>(row: { doc: string } | undefined): T | undefined => (row ? (JSON.parse(row.doc) as T) : undefined);
