@@ -109,6 +109,25 @@ describe('migrations', () => {
   });
 });
 
+describe('replicas of other versions', () => {
+  it('a replica refuses to start on a database migrated by a newer relgate', async () => {
+    const url = await cluster.createDatabase();
+    await (await open(url)).close();
+    await sql(url, "INSERT INTO schema_migrations (version, description) VALUES (999, 'from the future')");
+    await expect(PostgresStore.open({ url })).rejects.toThrow(/migrated by a newer relgate \(schema versions 999; this one knows up to \d+\)/);
+  });
+
+  it('a change-log row in the layout of replicas from before migration 5 is refused, so such a replica fails to commit instead of writing rows newer ones misread', async () => {
+    const url = await cluster.createDatabase();
+    const store = await open(url);
+    expect(await write(store, 'new')).toBe(1);
+    const old = JSON.stringify([['r1', { kind: 'registry', what: 'test', name: 'old' }]]);
+    await expect(sql(url, 'INSERT INTO changes (revision, time, doc) VALUES (2, 1, $1)', [old])).rejects.toThrow(/changes_entries_open_with_a_revision/);
+    expect(await write(store, 'next')).toBe(2);
+    expect(names((await store.changesSince(0, 10)).changes)).toEqual(['new', 'next']);
+  });
+});
+
 describe('connections', () => {
   it('run without JIT compilation, which cost more than the statements it compiled, unless the URL sets its own options', async () => {
     const url = await cluster.createDatabase();

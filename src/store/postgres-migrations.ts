@@ -79,6 +79,13 @@ UPDATE changes SET doc = (
   FROM json_array_elements(changes.doc::json) WITH ORDINALITY AS e (value, ordinality));
 `,
   },
+  {
+    version: 6,
+    description: 'change-log rows must open with a revision, so that a replica from before migration 5 fails to write instead of writing rows newer ones misread',
+    sql: `
+ALTER TABLE changes ADD CONSTRAINT changes_entries_open_with_a_revision CHECK (substr(doc, 1, 2) = '[[' AND substr(doc, 3, 1) BETWEEN '0' AND '9');
+`,
+  },
 ];
 
 /** An arbitrary constant naming relgate's migration lock. */
@@ -93,6 +100,11 @@ export async function migrate(client: pg.ClientBase): Promise<number[]> {
     await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())');
     const done = await client.query<{ version: number }>('SELECT version FROM schema_migrations');
     const have = new Set(done.rows.map((row) => row.version));
+    const newest = Math.max(...MIGRATIONS.map((migration) => migration.version));
+    const unknown = [...have].filter((version) => version > newest);
+    if (unknown.length > 0) {
+      throw new Error(`the database was migrated by a newer relgate (schema versions ${unknown.join(', ')}; this one knows up to ${newest}): run the newer version`);
+    }
     for (const migration of MIGRATIONS) {
       if (have.has(migration.version)) continue;
       await client.query(migration.sql);
