@@ -263,13 +263,13 @@ export class PostgresStore implements Store {
       let result: T;
       try {
         result = await fn(tx);
+        if (!first) await client.query('RELEASE SAVEPOINT w');
       } catch (error) {
         this.#revision = revisionBefore;
         tx.undo.undo();
         await this.#undo(client, first);
         throw error;
       }
-      if (!first) await client.query('RELEASE SAVEPOINT w');
       this.#batchChanges.push(...tx.changes);
       return { committed: new Promise<T>((resolve, reject) => this.#batchWaiting.push({ resolve: () => resolve(result), reject })) };
     });
