@@ -23,7 +23,7 @@ import type { SideName, Store } from './store/store.ts';
 import { Session } from './session.ts';
 import { SetMap } from './set-map.ts';
 import { WatchHub, type WatchBatchMessage, type WatchSink, type WatchSpec, type WatchStartName, type Watcher } from './watch-hub.ts';
-import { checkingUtf8, invalidUtf8Error } from './utf8.ts';
+import { checkingUtf8, undecodableError } from './utf8.ts';
 
 export interface ServerConfig {
   /** host:port; port 0 picks a free port. */
@@ -332,7 +332,7 @@ class Handlers {
       const started = performance.now();
       Promise.resolve()
         .then(() => {
-          const invalid = invalidUtf8Error(call.request);
+          const invalid = undecodableError(call.request);
           if (invalid) throw invalid;
           return fn(call.request, call as unknown as UnaryCall);
         })
@@ -458,7 +458,7 @@ class Handlers {
     this.#auth
       .requireUnit(call)
       .then((unit) => {
-        const invalid = invalidUtf8Error(call.request);
+        const invalid = undecodableError(call.request);
         if (invalid) throw invalid;
         return unit;
       })
@@ -534,7 +534,7 @@ class Handlers {
       this.#auth
         .requireUnit(call)
         .then((unit) => {
-          const invalid = invalidUtf8Error(call.request);
+          const invalid = undecodableError(call.request);
           if (invalid) throw invalid;
           const spec = watchSpec(unit, side, call.request.options);
           stream.admitted(this.#admit(unit));

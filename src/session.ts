@@ -5,7 +5,7 @@
 // server-streaming watches: only the transport differs.
 import type * as grpc from '@grpc/grpc-js';
 import { Code, RelgateError, asRelgateError, toRpcStatus, toServiceError } from './errors.ts';
-import { invalidUtf8Error } from './utf8.ts';
+import { undecodableError } from './utf8.ts';
 import type { WatchSink, WatchSpec, Watcher } from './watch-hub.ts';
 
 /** Commands executing at once per session; beyond it the stream stops reading. */
@@ -63,7 +63,7 @@ export class Session {
       if (this.#started) {
         return this.#ack({ correlation_id: '', error: toRpcStatus(new RelgateError(Code.FAILED_PRECONDITION, 'start must be the first message of a session', { reason: 'LATE_START' })) });
       }
-      const invalidStart = invalidUtf8Error(message);
+      const invalidStart = undecodableError(message);
       if (invalidStart) return this.#stop(invalidStart);
       return void (this.#watching = this.#start(message.start));
     }
@@ -72,7 +72,7 @@ export class Session {
     const name = command?.command as string | undefined;
     const run = name ? this.#deps.commands[name] : undefined;
     const correlationId = (command?.correlation_id as string | undefined) ?? '';
-    const invalidText = invalidUtf8Error(message);
+    const invalidText = undecodableError(message);
     if (invalidText) return this.#ack({ correlation_id: correlationId, error: toRpcStatus(invalidText) });
     if (!run || !name) {
       return this.#ack({ correlation_id: correlationId, error: toRpcStatus(new RelgateError(Code.INVALID_ARGUMENT, 'a session message must be start (first) or a command', { reason: 'INVALID_COMMAND' })) });

@@ -3,12 +3,15 @@
 // on text its sender never wrote. The raw bytes of each request are checked
 // against its type as they are decoded; a request with invalid UTF-8 is
 // marked, and the handler refuses it with INVALID_ARGUMENT naming the fields.
+// Bytes that are no message of the type at all are refused the same way.
 import { isAscii, isUtf8 } from 'node:buffer';
 import type * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs';
-import { invalidArgument, type RelgateError } from './errors.ts';
+import { Code, invalidArgument, RelgateError } from './errors.ts';
 
 const INVALID_UTF8 = Symbol('relgate.invalidUtf8');
+/** Marks what stands in for a request whose bytes are not a message of its type at all. */
+const MALFORMED = Symbol('relgate.malformed');
 const WIRE_LENGTH_DELIMITED = 2;
 
 /**
@@ -83,7 +86,13 @@ export function checkingUtf8(service: grpc.ServiceDefinition, serviceName: strin
     checked[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer) => {
-        const message = decode(bytes) as object;
+        let message: object;
+        try {
+          message = decode(bytes) as object;
+        } catch (error) {
+          // grpc-js would end the call INTERNAL: the handler refuses it instead (a session, only this message).
+          return Object.defineProperty({}, MALFORMED, { value: `the message is not a valid ${type.fullName.slice(1)}: ${(error as Error).message}` });
+        }
         // Bytes all below 0x80 hold only ASCII text: nothing to walk.
         if (isAscii(bytes)) return message;
         const paths = invalidUtf8Paths(type, bytes);
@@ -95,8 +104,10 @@ export function checkingUtf8(service: grpc.ServiceDefinition, serviceName: strin
   return checked as grpc.ServiceDefinition;
 }
 
-/** INVALID_ARGUMENT for a request decoded with invalid UTF-8, or undefined when it was valid. */
-export function invalidUtf8Error(message: unknown): RelgateError | undefined {
+/** INVALID_ARGUMENT for a request that was not a message of its type or held invalid UTF-8; undefined when it was valid. */
+export function undecodableError(message: unknown): RelgateError | undefined {
+  const malformed = (message as { [MALFORMED]?: string } | null)?.[MALFORMED];
+  if (malformed) return new RelgateError(Code.INVALID_ARGUMENT, malformed, { reason: 'MALFORMED_MESSAGE' });
   const paths = (message as { [INVALID_UTF8]?: string[] } | null)?.[INVALID_UTF8];
   if (!paths) return undefined;
   return invalidArgument(paths.map((field) => ({ field, description: 'is not valid UTF-8' })));

@@ -264,4 +264,25 @@ describe('invalid UTF-8 on the wire', () => {
     expect(good?.error ?? null).toBeNull();
     expect(h.server.store.currentRevision()).toBe(revision + 1);
   });
+
+  test('a session message that is not an OpenRequest at all is acknowledged with INVALID_ARGUMENT; the session stays open', async () => {
+    const revision = h.server.store.currentRevision();
+    const metadata = new grpc.Metadata();
+    metadata.set('relgate-unit', w.requesters[0] as string);
+    const session = w.req().client.makeBidiStreamRequest('/relgate.v1.SessionService/Open', (bytes: Buffer) => bytes, (bytes: Buffer) => OpenResponse.toObject(OpenResponse.decode(bytes)), metadata);
+    const acks: Msg[] = [];
+    const bothAcked = new Promise<void>((resolve) => session.on('data', (message: Msg) => acks.push(message.ack) === 2 && resolve()));
+    const ended = new Promise<grpc.StatusObject>((resolve) => session.on('status', resolve));
+    // Field 1 (start) length-delimited, with a length running past the end of the message.
+    session.write(Buffer.from([0x0a, 0x7f, 0x01]));
+    const create = CreateRequestRequest.encode(CreateRequestRequest.fromObject({ relation_id: w.relationId, fields: struct({ common_name: 'ok.example' }) })).finish();
+    session.write(Buffer.from(protobuf.Writer.create().uint32((2 << 3) | 2).bytes(protobuf.Writer.create().uint32((1 << 3) | 2).string('good').uint32((2 << 3) | 2).bytes(create).finish()).finish()));
+    await bothAcked;
+    session.end();
+    const [bad, good] = acks;
+    expect([bad?.error.code, bad?.error.message]).toEqual([Code.INVALID_ARGUMENT, expect.stringMatching(/^the message is not a valid relgate\.v1\.OpenRequest: /)]);
+    expect([good?.correlation_id, good?.error ?? null]).toEqual(['good', null]);
+    expect((await ended).code).toBe(grpc.status.OK);
+    expect(h.server.store.currentRevision()).toBe(revision + 1);
+  });
 });
