@@ -426,6 +426,8 @@ class Handlers {
 
   async #call(unit: string, q: Req, call: UnaryCall) {
     const aborted = abortOnCancel(call);
+    // Nobody would hear the outcome: store nothing.
+    if (aborted.aborted) throw new RelgateError(Code.CANCELLED, 'the client cancelled the call', { reason: 'CANCELLED' });
     const deadline = serverDeadline(call.getDeadline() as Date | number, DEFAULT_CALL_MS);
     const options = callOptions(q);
     if (options.delivery.mode === 'selector') {
@@ -505,6 +507,11 @@ class Handlers {
           .then((unit) => ({ unit, release: this.#admit(unit) }))
           .then(
             ({ unit, release }) => {
+              // grpc-js says 'cancelled' once: a client that cancelled while it was being authenticated is gone already.
+              if (call.cancelled) {
+                release();
+                return this.#log(method, call, Code.CANCELLED, started);
+              }
               call.on('cancelled', release);
               let untrack = () => {};
               const session = new Session(call, unit, {
@@ -587,8 +594,10 @@ const DEFAULT_CALL_MS = 60_000;
 const MIN_PROGRESS_MS = 50;
 const MAX_PROGRESS_MS = 86_400_000;
 
-function abortOnCancel(call: { on(event: 'cancelled', listener: () => void): unknown }): AbortSignal {
+function abortOnCancel(call: { cancelled: boolean; on(event: 'cancelled', listener: () => void): unknown }): AbortSignal {
   const controller = new AbortController();
+  // grpc-js says 'cancelled' once, perhaps already (while the caller was being authenticated).
+  if (call.cancelled) controller.abort(CALL_CANCELLED);
   // A reason of our own: abort() without one builds a DOMException with a stack, on every cancelled call.
   call.on('cancelled', () => controller.abort(CALL_CANCELLED));
   return controller.signal;

@@ -6,7 +6,8 @@ import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Code } from '../src/errors.ts';
 import { MAX_IN_FLIGHT } from '../src/session.ts';
-import { startHarness, struct, type Harness } from './helpers/harness.ts';
+import * as grpc from '@grpc/grpc-js';
+import { startHarness, struct, v1, type Harness } from './helpers/harness.ts';
 import { CERT, CSR, create, expectError, relate, respond, seconds, type Relation } from './helpers/fixture.ts';
 import { SessionClient, ackError, requestEvent, responseEvent, watch as watchFrom, type Msg } from './helpers/streams.ts';
 
@@ -364,4 +365,57 @@ describe('ending', () => {
     while (h.server.hub.isWatched(r.id, 'responder') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
     expect(h.server.hub.isWatched(r.id, 'responder')).toBe(false);
   });
+});
+
+describe('admission', () => {
+  test('sessions cancelled while their token is being checked give their stream slot back', async () => {
+    const ADMIN = 'admin-token-for-admission';
+    const CAP = 5;
+    const secure = await startHarness({ auth: 'token', adminToken: ADMIN, maxStreamsPerUnit: CAP });
+    try {
+      secure.registry.metadata.set('authorization', `Bearer ${ADMIN}`);
+      const relation = await relate(secure);
+      const bearer = async (unit: string) => {
+        const metadata = new grpc.Metadata();
+        metadata.set('authorization', `Bearer ${(await secure.registry.call('RotateUnitToken', { name: unit })).token}`);
+        return metadata;
+      };
+      const responder = await bearer(relation.responders[0] as string);
+      const requester = relation.req();
+      requester.metadata.remove('relgate-unit');
+      requester.metadata.set('authorization', (await bearer(relation.requesters[0] as string)).get('authorization')[0] as string);
+      const Client = v1.SessionService as unknown as new (address: string, credentials: grpc.ChannelCredentials) => grpc.Client & { Open(md: grpc.Metadata): grpc.ClientDuplexStream<Msg, Msg> };
+      const client = new Client(secure.server.address, grpc.credentials.createInsecure());
+      // Writes keep the store busy, so that checking a token (a store read) waits on them while the client cancels.
+      let writing = true;
+      const load = (async () => {
+        while (writing) await Promise.all(Array.from({ length: 20 }, () => requester.call('CreateRequest', { relation_id: relation.id, fields: struct(CSR) })));
+      })();
+      for (let i = 0; i < 200; i++) {
+        const call = client.Open(responder);
+        call.on('error', () => undefined);
+        await new Promise((resolve) => setTimeout(resolve, i % 4));
+        call.cancel();
+      }
+      writing = false;
+      await load;
+      // After every token check above: reads are served in order.
+      await requester.call('GetRequest', { request_id: randomUUID() }).catch(() => undefined);
+      const sessions = Array.from({ length: CAP }, () => {
+        const call = client.Open(responder);
+        const acked = new Promise<Msg>((resolve, reject) => {
+          call.on('data', (message: Msg) => message.ack && resolve(message.ack));
+          call.on('error', reject);
+        });
+        call.write({ command: { correlation_id: 'probe', release: { request_id: randomUUID() } } });
+        return { call, acked };
+      });
+      const acks = await Promise.all(sessions.map((session) => session.acked));
+      expect(acks.map((ack) => ack.correlation_id)).toEqual(Array(CAP).fill('probe'));
+      for (const session of sessions) session.call.cancel();
+      client.close();
+    } finally {
+      await secure.close();
+    }
+  }, 60_000);
 });
