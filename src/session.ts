@@ -152,8 +152,13 @@ export class Session {
   }
 
   #maybeFinish(): void {
-    if (this.#halfClosed && this.#inFlight === 0) this.#stop();
+    if (!this.#halfClosed || this.#inFlight > 0 || this.#finishing) return;
+    this.#finishing = true;
+    // What the watches owe (a snapshot, the changes of acknowledged commands) reaches the client before the OK.
+    void Promise.all(this.#watchers.map((watcher) => watcher.drained())).then(() => this.#stop());
   }
+
+  #finishing = false;
 
   #stop(error?: RelgateError, cancelled = false): void {
     if (this.#ended) return;

@@ -521,6 +521,11 @@ export class Watcher {
     }
   }
 
+  /** Resolves once the watcher is live and has handed all it holds to the transport, or has stopped. */
+  async drained(): Promise<void> {
+    while (!(this.#live && this.#idle) && !this.#stopped) await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
+  }
+
   /** Resolves once everything queued has been handed to the transport. */
   #writable(): Promise<void> {
     if (this.#idle) return Promise.resolve();

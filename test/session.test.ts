@@ -354,6 +354,21 @@ describe('ending', () => {
     expect(h.server.hub.isWatched(r.id, 'responder')).toBe(false);
   });
 
+  test('a half-close right behind start delivers a snapshot larger than the transport holds, all of it, before the OK', async () => {
+    const r = await relate(h);
+    const creator = await r.session(r.requesters[0] as string);
+    // 40 messages of 500 events: more than grpc-js takes before write() returns false.
+    const count = 20_000;
+    const acks = await Promise.all(Array.from({ length: count }, (_, i) => creator.send({ create: { relation_id: r.id, fields: struct({ common_name: `s${i}.example` }) } })));
+    expect(acks.filter((ack) => ack.error)).toEqual([]);
+    creator.end();
+    const session = new SessionClient(h.server.address, r.responders[0] as string, WATCH_INCOMING(r));
+    session.end();
+    expect(await session.status).toBeNull();
+    const types = session.incoming.items.map((e) => e.type);
+    expect([types.filter((type) => type === 'EVENT_TYPE_ADDED').length, types.at(-1)]).toEqual([count, 'EVENT_TYPE_SNAPSHOT_COMPLETE']);
+  }, 60_000);
+
   test('a cancelled session stops its watches', async () => {
     const r = await relate(h);
     const responder = await r.session(r.responders[0] as string, WATCH_INCOMING(r));
