@@ -121,7 +121,8 @@ export class RequestService {
         response_count: 0,
         state: existing.expected_count === 0 ? 'answered' : 'pending',
         claim: null,
-        expire_time: ttl > 0 ? tx.now + ttl : existing.state === 'expired' ? null : existing.expire_time,
+        // A time to live that ran out (expired, or passed after an answer) does not carry over to the reopened request.
+        expire_time: ttl > 0 ? tx.now + ttl : existing.expire_time !== null && existing.expire_time <= tx.now ? null : existing.expire_time,
         update_time: tx.now,
         revision,
       };

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Code } from '../src/errors.ts';
 import { startHarness, struct, type Harness } from './helpers/harness.ts';
-import { CERT, create, expectError, incoming, relate, respond, seconds, toSelector, toUnit, type Relation } from './helpers/fixture.ts';
+import { CERT, CSR, create, expectError, incoming, relate, respond, seconds, toSelector, toUnit, type Relation } from './helpers/fixture.ts';
 import { requestEvent, watchReady, type Event } from './helpers/streams.ts';
 import { millis } from './helpers/world.ts';
 
@@ -153,6 +153,23 @@ describe('expiry', () => {
     await watch.events.next(requestEvent('MODIFIED', marker.request_id, (e) => e.request.state === 'REQUEST_STATE_EXPIRED'), 10_000);
     expect((await r.req().call('GetRequest', { request_id: request.request_id })).request.state).toBe('REQUEST_STATE_ANSWERED');
     expect(watch.events.items.filter((e) => e.request?.request_id === request.request_id).map((e) => e.request.state)).toEqual(['REQUEST_STATE_PENDING', 'REQUEST_STATE_ANSWERED']);
+    watch.cancel();
+  });
+
+  test('create-or-update reopens an answered request whose time to live has since passed without that expiry', async () => {
+    const r = await relate(h);
+    const watch = await watchReady(r.req(), { relation_id: r.id });
+    const upsert = (common_name: string, ttl?: unknown) =>
+      r.req().call('CreateOrUpdateRequest', { relation_id: r.id, match_fields: ['sans'], fields: struct({ ...CSR, common_name }), ...(ttl ? { ttl } : {}) });
+    const { request } = await upsert('first.example', seconds(1_000));
+    await respond(r, request.request_id, 0);
+    // A later request with the same time to live expires: by then the answered one's has passed too.
+    const marker = await create(r, { ttl: seconds(1_000), fields: struct({ common_name: 'marker.example' }) });
+    await watch.events.next(requestEvent('MODIFIED', marker.request_id, (e) => e.request.state === 'REQUEST_STATE_EXPIRED'), 10_000);
+    const reopened = await upsert('second.example');
+    expect([reopened.updated, reopened.request.request_id, reopened.request.state, reopened.request.expire_time]).toEqual([true, request.request_id, 'REQUEST_STATE_PENDING', null]);
+    await respond(r, request.request_id, 0);
+    expect((await r.req().call('GetRequest', { request_id: request.request_id })).request.state).toBe('REQUEST_STATE_ANSWERED');
     watch.cancel();
   });
 
