@@ -181,9 +181,10 @@ export class RegistryService {
       const relation = await tx.getRelation(relationId);
       if (!relation) throw notFound('relation', relationId);
       const revision = await tx.revision();
+      const units = await tx.listRelationUnits(relationId);
       await tx.deleteRelation(relationId);
       const { counters: _counters, ...logged } = relation;
-      await tx.appendChange(relationId, { kind: 'relation-removed', relation: { ...logged, revision } });
+      await tx.appendChange(relationId, { kind: 'relation-removed', relation: { ...logged, revision }, units });
       return { revision };
     });
   }

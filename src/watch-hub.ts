@@ -8,7 +8,7 @@ import { Code, RelgateError, asRelgateError } from './errors.ts';
 import { isAddressedTo, isNewFor, relationUnitMessage, requestMessage, responseMessage, type Viewer } from './present.ts';
 import { SetMap } from './set-map.ts';
 import { compactedError } from './store/compaction.ts';
-import type { Change, RequestState, SideName, Store, StoreTx } from './store/store.ts';
+import type { Change, RelationUnitRecord, RequestState, SideName, Store, StoreTx } from './store/store.ts';
 
 export type WatchStartName = 'snapshot' | 'now' | 'after';
 
@@ -233,8 +233,7 @@ export class WatchHub {
       for (let cursor = from; cursor < until; ) {
         const { changes, upTo } = await this.#store.changesSince(cursor, this.#options.catchUpPage);
         for (const change of changes) {
-          const membership = membershipOf(change);
-          if (membership && change.revision <= until) found.push(membership);
+          if (change.revision <= until) found.push(...membershipsOf(change));
         }
         if (upTo <= cursor) break;
         cursor = upTo;
@@ -249,9 +248,9 @@ export class WatchHub {
   }
 
   #indexChange(change: Change): void {
-    const membership = membershipOf(change);
-    if (!membership) return;
-    this.#memberships.push(membership);
+    const memberships = membershipsOf(change);
+    if (memberships.length === 0) return;
+    this.#memberships.push(...memberships);
     const compacted = this.#store.compactedRevision();
     const first = this.#memberships[0];
     if (first && first.revision <= compacted) {
@@ -298,10 +297,13 @@ export class WatchHub {
   }
 }
 
-function membershipOf(change: Change): MembershipChange | undefined {
+/** The joins and departures a change records; removing a relation is a departure of each of its members. */
+function membershipsOf(change: Change): MembershipChange[] {
   const data = change.data;
-  if (data.kind !== 'unit-joined' && data.kind !== 'unit-departed') return undefined;
-  return { revision: change.revision, relationId: change.relation_id, unit: data.unit.unit, side: data.unit.side, joined: data.kind === 'unit-joined' };
+  const of = (unit: RelationUnitRecord, joined: boolean) => ({ revision: change.revision, relationId: change.relation_id, unit: unit.unit, side: unit.side, joined });
+  if (data.kind === 'unit-joined' || data.kind === 'unit-departed') return [of(data.unit, data.kind === 'unit-joined')];
+  if (data.kind === 'relation-removed') return (data.units ?? []).map((unit) => of(unit, false));
+  return [];
 }
 
 function shuttingDown(): RelgateError {

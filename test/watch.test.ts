@@ -291,6 +291,26 @@ describe('relation events and flags', () => {
     expectWellFormed(every.batches);
   });
 
+  test('a watch of every relation resumed from before a relation was removed replays what happened in it, then the removal', async () => {
+    const r = await relate(h);
+    const live = await watchReady(r.res(), { relation_id: '' });
+    const from = h.server.hub.revision;
+    const request = await create(r);
+    await h.registry.call('DeleteRelation', { relation_id: r.id });
+    await live.events.next(isType('RELATION_REMOVED'));
+    live.cancel();
+    const resumed = watch(r.res(), { relation_id: '', ...after(from) });
+    await resumed.events.next(isType('RELATION_REMOVED'));
+    resumed.cancel();
+    const seen = (w: Watch) => w.events.items.filter((event) => Number(event.revision) > from && event.relation_id === r.id).map((event) => [event.type, event.request?.request_id, event.revision]);
+    expect(seen(resumed)).toEqual(seen(live));
+    expect(seen(resumed).map(([type, id]) => [type, id])).toEqual([
+      ['EVENT_TYPE_ADDED', request.request_id],
+      ['EVENT_TYPE_FLAGS', undefined],
+      ['EVENT_TYPE_RELATION_REMOVED', undefined],
+    ]);
+  });
+
   test('new-only watches see a request leave when it is answered; all-request watches see it change', async () => {
     const r = await relate(h);
     const all = watch(r.res(), { relation_id: r.id, ...NOW, filter: 'REQUEST_FILTER_ALL' });

@@ -105,7 +105,9 @@ export type ChangeData =
   | RequestChange
   | { kind: 'response'; response: ResponseRecord }
   | { kind: 'unit-joined' | 'unit-departed'; unit: RelationUnitRecord }
-  | { kind: 'relation-created' | 'relation-removed'; relation: Omit<RelationRecord, 'counters'> }
+  | { kind: 'relation-created'; relation: Omit<RelationRecord, 'counters'> }
+  /** `units`: the members it had, so that a watch resumed from before the removal knows it was one (absent from changes logged before it was recorded). */
+  | { kind: 'relation-removed'; relation: Omit<RelationRecord, 'counters'>; units?: RelationUnitRecord[] }
   | { kind: 'flags'; unit: string; side: SideName; flags: FlagsRecord }
   | { kind: 'registry'; what: string; name: string };
 
