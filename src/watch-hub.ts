@@ -505,14 +505,16 @@ export class Watcher {
     let cursor = from;
     try {
       while (!this.#stopped) {
+        // Live only once the snapshot or the last page is with the transport: a live change must never find the
+        // watcher holding them, or a slow reader would be cut off at a point it cannot resume from.
+        await this.#writable();
+        if (this.#stopped) return;
         if (cursor >= this.#hub.revision) {
           // Same tick as the check: nothing can commit in between.
           this.#live = true;
           this.#flush();
           return;
         }
-        await this.#writable();
-        if (this.#stopped) return;
         const { changes, upTo } = await this.#hub.changesSince(cursor);
         const events = changes.flatMap((change) => this.translate(change));
         cursor = upTo;

@@ -8,7 +8,7 @@ import type { Change } from '../src/store/store.ts';
 import { startHarness, struct, type Harness } from './helpers/harness.ts';
 import { ANY, CERT, CSR, create, expectError, relate, respond, type Relation } from './helpers/fixture.ts';
 import { changeEvents, expectWellFormed, revisionsOf } from './helpers/watch-log.ts';
-import { isType, requestEvent, snapshotComplete, watch, watchReady, type Event, type Watch } from './helpers/streams.ts';
+import { isType, requestEvent, snapshotComplete, watch, watchReady, type Event, type Msg, type Watch } from './helpers/streams.ts';
 import { eventually } from './helpers/world.ts';
 
 let h: Harness;
@@ -369,4 +369,33 @@ describe('history compaction', () => {
     expect(revisions[0]).toBe(compacted + 1);
     expect(revisions).toEqual(Array.from({ length: current - compacted }, (_, i) => compacted + 1 + i));
   });
+});
+
+describe('a snapshot larger than the transport holds', () => {
+  test('a reader that stalls during it is not cut off: it gets all of it, then the changes made meanwhile', async () => {
+    const small = await startHarness({ durability: 'normal', watchBuffer: 100 });
+    try {
+      const r = await relate(small);
+      const creator = await r.session(r.requesters[0] as string);
+      // 40 messages of 500 events: more than the paused client buffers (16 messages) and HTTP/2 lets through.
+      const count = 20_000;
+      await Promise.all(Array.from({ length: count }, (_, i) => creator.send({ create: { relation_id: r.id, fields: struct({ common_name: `s${i}.example` }) } })));
+      creator.end();
+      const w = watch(r.res(), { relation_id: r.id, start: 'WATCH_START_SNAPSHOT' });
+      // The reader stalls: the snapshot stays with the server, far more events than the 100 a live watcher may hold back.
+      w.call.pause();
+      const meanwhile = [];
+      for (let i = 0; i < 20; i++) meanwhile.push(await create(r));
+      w.call.resume();
+      await w.events.next(requestEvent('ADDED', (meanwhile.at(-1) as Msg).request_id), 20_000);
+      w.cancel();
+      const added = w.events.items.filter(isType('ADDED')).map((event) => event.request.request_id);
+      expect(added.length).toBe(count + meanwhile.length);
+      expect(added.slice(count)).toEqual(meanwhile.map((request) => request.request_id));
+      expect(w.events.items.findIndex(isType('SNAPSHOT_COMPLETE'))).toBeLessThan(w.events.items.findIndex(requestEvent('ADDED', (meanwhile[0] as Msg).request_id)));
+      expectWellFormed(w.batches);
+    } finally {
+      await small.close();
+    }
+  }, 60_000);
 });
