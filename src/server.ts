@@ -116,7 +116,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   const logger = createLogger(config.logLevel, config.logDestination);
   const interfaces = await InterfaceRegistry.load(config.interfaces);
   const store = await openStore(config);
-  const hub = new WatchHub(store, { maxBufferedEvents: config.watchBuffer, progressIntervalMs: config.progressIntervalMs });
+  const hub = new WatchHub(store, { maxBufferedEvents: config.watchBuffer, progressIntervalMs: config.progressIntervalMs, maxMessageBytes: config.maxSendBytes });
   const registry = new RegistryService(store, interfaces);
   const requests = new RequestService(store, interfaces);
   const metrics = config.metricsListen ? new Metrics(store, hub, interfaces.list().map((i) => i.name)) : undefined;

@@ -52,6 +52,8 @@ export interface HubOptions {
   progressIntervalMs: number;
   /** Revisions read per change-log page during catch-up. */
   catchUpPage: number;
+  /** Largest stream message the transport sends: a message of events stays well below it. */
+  maxMessageBytes: number;
 }
 
 /** Events per stream message; a revision is never split, so one may hold more. */
@@ -66,7 +68,7 @@ interface MembershipChange {
   joined: boolean;
 }
 
-export const DEFAULT_HUB_OPTIONS: HubOptions = { maxBufferedEvents: 10_000, progressIntervalMs: 10_000, catchUpPage: 500 };
+export const DEFAULT_HUB_OPTIONS: HubOptions = { maxBufferedEvents: 10_000, progressIntervalMs: 10_000, catchUpPage: 500, maxMessageBytes: 16 * 1024 * 1024 };
 
 export class WatchHub {
   readonly #store: Store;
@@ -298,6 +300,60 @@ export class WatchHub {
 }
 
 /** The joins and departures a change records; removing a relation is a departure of each of its members. */
+/**
+ * Events as stream messages of at most MAX_BATCH_EVENTS events and about a quarter of the largest message in bytes
+ * (estimated from the text they carry), cut only between events that are not `together`: a group larger than that
+ * goes whole, in a message of its own.
+ */
+export function splitEvents(events: WatchEventMessage[], maxMessageBytes: number, together: (a: WatchEventMessage, b: WatchEventMessage) => boolean): WatchEventMessage[][] {
+  if (events.length <= 1) return [events];
+  const budget = maxMessageBytes / 4;
+  const messages: WatchEventMessage[][] = [];
+  let start = 0;
+  while (start < events.length) {
+    let end = start;
+    let bytes = 0;
+    /** Where the last group inside [start, end) began; start when there is one group. */
+    let cut = start;
+    for (; end < events.length; end++) {
+      const event = events[end] as WatchEventMessage;
+      if (end > start && !together(events[end - 1] as WatchEventMessage, event)) cut = end;
+      bytes += eventBytes(event);
+      if (end - start >= MAX_BATCH_EVENTS || bytes > budget) break;
+    }
+    if (end < events.length) {
+      if (end > start && !together(events[end - 1] as WatchEventMessage, events[end] as WatchEventMessage)) cut = end;
+      // One group fills the budget alone: it goes whole.
+      if (cut === start) for (cut = start + 1; cut < events.length && together(events[cut - 1] as WatchEventMessage, events[cut] as WatchEventMessage); cut++);
+    } else cut = events.length;
+    messages.push(events.slice(start, cut));
+    start = cut;
+  }
+  return messages;
+}
+
+/** A generous estimate of an event's encoded size: the text of the fields it carries, and room for the rest. */
+function eventBytes(event: WatchEventMessage): number {
+  let bytes = eventSizes.get(event);
+  if (bytes === undefined) {
+    const carried = event as { request?: { fields?: unknown }; response?: { fields?: unknown } };
+    eventSizes.set(event, (bytes = 512 + textSize(carried.request?.fields) + textSize(carried.response?.fields)));
+  }
+  return bytes;
+}
+
+/** Watchers of one view share their events: each is measured once. */
+const eventSizes = new WeakMap<WatchEventMessage, number>();
+
+function textSize(value: unknown): number {
+  if (typeof value === 'string') return value.length * 3;
+  if (typeof value !== 'object' || value === null) return 10;
+  let size = 0;
+  if (Array.isArray(value)) for (const item of value) size += 2 + textSize(item);
+  else for (const [key, item] of Object.entries(value)) size += key.length * 3 + 4 + textSize(item);
+  return size;
+}
+
 function membershipsOf(change: Change): MembershipChange[] {
   const data = change.data;
   const of = (unit: RelationUnitRecord, joined: boolean) => ({ revision: change.revision, relationId: change.relation_id, unit: unit.unit, side: unit.side, joined });
@@ -389,10 +445,8 @@ export class Watcher {
   begin(from: number, snapshot: WatchEventMessage[]): void {
     this.#sent = from;
     // Only the snapshot's last message is a resume point; the ones before it say revision 0.
-    for (let i = 0; i < snapshot.length; i += MAX_BATCH_EVENTS) {
-      const last = i + MAX_BATCH_EVENTS >= snapshot.length;
-      this.#enqueue({ events: snapshot.slice(i, i + MAX_BATCH_EVENTS), revision: last ? from : 0 });
-    }
+    const messages = splitEvents(snapshot, this.#options.maxMessageBytes, () => false);
+    messages.forEach((events, i) => this.#enqueue({ events, revision: i === messages.length - 1 ? from : 0 }));
     // A watch from now says at once where it begins: a client whose stream breaks before the first change resumes from there.
     if (this.spec.start === 'now') this.#enqueue({ events: [], revision: from });
     this.#interval = this.spec.progressIntervalMs || this.#options.progressIntervalMs;
@@ -544,17 +598,8 @@ export class Watcher {
 
   /** Queues events (in revision order) as messages of whole revisions; the last one says upTo. */
   #enqueueEvents(events: WatchEventMessage[], upTo: number): void {
-    let start = 0;
-    while (events.length - start > MAX_BATCH_EVENTS) {
-      const next = (events[start + MAX_BATCH_EVENTS] as WatchEventMessage).revision;
-      let end = start + MAX_BATCH_EVENTS;
-      while (end > start && (events[end - 1] as WatchEventMessage).revision === next) end--;
-      if (end === start) while (end < events.length && (events[end] as WatchEventMessage).revision === next) end++;
-      if (end >= events.length) break;
-      this.#enqueue({ events: events.slice(start, end), revision: (events[end - 1] as WatchEventMessage).revision });
-      start = end;
-    }
-    this.#enqueue({ events: start === 0 ? events : events.slice(start), revision: upTo });
+    const messages = splitEvents(events, this.#options.maxMessageBytes, (a, b) => a.revision === b.revision);
+    messages.forEach((part, i) => this.#enqueue({ events: part, revision: i === messages.length - 1 ? upTo : (part.at(-1) as WatchEventMessage).revision }));
   }
 
   #enqueue(batch: WatchBatchMessage): void {

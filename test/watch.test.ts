@@ -2,9 +2,11 @@
 // test: revision order, no gap, no duplicate, whole revisions per message,
 // progress events, the three start modes, relation events and flags in one
 // stream, and resuming at and below the compaction boundary.
+import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Code } from '../src/errors.ts';
 import type { Change } from '../src/store/store.ts';
+import { splitEvents, type WatchEventMessage } from '../src/watch-hub.ts';
 import { startHarness, struct, type Harness } from './helpers/harness.ts';
 import { ANY, CERT, CSR, create, expectError, relate, respond, type Relation } from './helpers/fixture.ts';
 import { changeEvents, expectWellFormed, revisionsOf } from './helpers/watch-log.ts';
@@ -399,3 +401,45 @@ describe('a snapshot larger than the transport holds', () => {
     }
   }, 60_000);
 });
+
+describe('message size', () => {
+  test('events are split into messages of at most 500 events and a quarter of the largest message, never inside a group, in order', () => {
+    const event = (revision: number, text: number): WatchEventMessage =>
+      ({ type: 'EVENT_TYPE_ADDED', revision, relation_id: 'r', request: { fields: { fields: { blob: { string_value: 'x'.repeat(text) } } } } }) as WatchEventMessage;
+    const runs = fc.array(fc.record({ events: fc.integer({ min: 1, max: 40 }), text: fc.integer({ min: 0, max: 3_000 }) }), { maxLength: 40 });
+    fc.assert(
+      fc.property(runs, fc.boolean(), fc.integer({ min: 8_000, max: 400_000 }), (groups, byRevision, maxMessageBytes) => {
+        const events = groups.flatMap((group, revision) => Array.from({ length: group.events }, () => event(revision + 1, group.text)));
+        const together = byRevision ? (a: WatchEventMessage, b: WatchEventMessage) => a.revision === b.revision : () => false;
+        const messages = splitEvents(events, maxMessageBytes, together);
+        expect(messages.flat()).toEqual(events);
+        expect(messages.every((message) => message.length > 0) || events.length === 0).toBe(true);
+        for (const [i, message] of messages.entries()) {
+          const next = messages[i + 1]?.[0];
+          if (next) expect(together(message.at(-1) as WatchEventMessage, next)).toBe(false);
+          // Over a bound only as one whole group (a single event is one).
+          const text = message.reduce((sum, e) => sum + ((e as unknown as { request: { fields: { fields: { blob: { string_value: string } } } } }).request.fields.fields.blob.string_value).length, 0);
+          if (message.length > 500 || text > maxMessageBytes / 4) expect(message.length === 1 || message.every((e) => together(message[0] as WatchEventMessage, e))).toBe(true);
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test('requests too large to share one message reach a snapshot watch and a session in messages of their own', async () => {
+    const r = await relate(h);
+    const big = 'a'.repeat(3_500_000);
+    const created = [];
+    for (let i = 0; i < 5; i++) created.push((await r.req().call('CreateRequest', { relation_id: r.id, fields: struct({ common_name: `n${i}.example`, sans: [big] }) })).request.request_id);
+    const w = await watchReady(r.res(), { relation_id: r.id });
+    w.cancel();
+    expect(w.events.items.filter(isType('ADDED')).map((event) => event.request.request_id)).toEqual(created);
+    expect(w.batches.filter((batch) => batch.events.length > 0).length).toBeGreaterThanOrEqual(5);
+    // Opening waits for the snapshot to complete.
+    const session = await r.session(r.responders[0] as string, { incoming_requests: { relation_id: r.id } });
+    session.end();
+    expect(await session.status).toBeNull();
+    expect(session.incoming.items.filter(isType('ADDED')).map((event) => event.request.request_id)).toEqual(created);
+  }, 60_000);
+});
+
