@@ -350,7 +350,7 @@ function textSize(value: unknown): number {
   if (typeof value !== 'object' || value === null) return 10;
   let size = 0;
   if (Array.isArray(value)) for (const item of value) size += 2 + textSize(item);
-  else for (const [key, item] of Object.entries(value)) size += key.length * 3 + 4 + textSize(item);
+  else for (const key in value) size += key.length * 3 + 4 + textSize((value as Record<string, unknown>)[key]);
   return size;
 }
 
