@@ -306,7 +306,7 @@ export class WatchHub {
  * goes whole, in a message of its own.
  */
 export function splitEvents(events: WatchEventMessage[], maxMessageBytes: number, together: (a: WatchEventMessage, b: WatchEventMessage) => boolean): WatchEventMessage[][] {
-  if (events.length <= 1) return [events];
+  if (events.length <= 1) return events.length === 0 ? [] : [events];
   const budget = maxMessageBytes / 4;
   const messages: WatchEventMessage[][] = [];
   let start = 0;
@@ -598,7 +598,7 @@ export class Watcher {
 
   /** Queues events (in revision order) as messages of whole revisions; the last one says upTo. */
   #enqueueEvents(events: WatchEventMessage[], upTo: number): void {
-    const messages = splitEvents(events, this.#options.maxMessageBytes, (a, b) => a.revision === b.revision);
+    const messages = events.length === 0 ? [events] : splitEvents(events, this.#options.maxMessageBytes, (a, b) => a.revision === b.revision);
     messages.forEach((part, i) => this.#enqueue({ events: part, revision: i === messages.length - 1 ? upTo : (part.at(-1) as WatchEventMessage).revision }));
   }
 
