@@ -19,6 +19,8 @@ export interface CallOutcome {
   complete: boolean;
   /** The request's time to live ended the wait. */
   expired: boolean;
+  /** The request was withdrawn (or its relation removed) before every answer came. */
+  withdrawn?: boolean;
   /** Expected units that did not answer (none for any-delivery). */
   missing: string[];
   /** The request as stored by the call. */
@@ -36,6 +38,7 @@ export interface RemoteWatchers {
 interface CallWaiter {
   arrivals: ResponseMessage[];
   expired: boolean;
+  withdrawn?: boolean;
   /** The request after the latest change to it. */
   latest?: LoggedRequest | undefined;
   wake?: (() => void) | undefined;
@@ -92,8 +95,9 @@ export class CallService {
           const answered = waiter.latest && requestMessage(waiter.latest, { unit: caller, side: 'requester' });
           return { complete: true, expired: false, missing: [], request, answered };
         }
-        // An expired request takes no more answers: waiting on would only run out the deadline.
+        // An expired or withdrawn request takes no more answers: waiting on would only run out the deadline.
         if (waiter.expired) return { complete: false, expired: true, missing: missing(), request };
+        if (waiter.withdrawn) return { complete: false, expired: false, withdrawn: true, missing: missing(), request };
         const timedOut = await waitFor(deadline, cancelled, (resolve) => (waiter.wake = resolve));
         waiter.wake = undefined;
         if (timedOut && waiter.arrivals.length === 0) return { complete: false, expired: false, missing: missing(), request };
@@ -103,7 +107,7 @@ export class CallService {
     }
   }
 
-  /** Hands each response, and each expiry, to the calls waiting for that request. */
+  /** Hands each response, expiry and withdrawal to the calls waiting for that request. */
   #route(changes: readonly Change[]): void {
     if (this.#waiting.isEmpty) return;
     for (const change of changes) {
@@ -113,7 +117,12 @@ export class CallService {
           waiter.arrivals.push(responseMessage(data.response));
           waiter.wake?.();
         }
-      } else if (data.kind === 'request' && data.after) {
+      } else if (data.kind === 'request' && !data.after) {
+        for (const waiter of this.#waiting.get(data.before.request_id)) {
+          waiter.withdrawn = true;
+          waiter.wake?.();
+        }
+      } else if (data.kind === 'request') {
         const expired = data.after.state === 'expired';
         for (const waiter of this.#waiting.get(data.after.request_id)) {
           waiter.latest = data.after;

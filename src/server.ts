@@ -441,6 +441,12 @@ class Handlers {
         metadata: { request_id: String(outcome.request.request_id) },
       });
     }
+    if (outcome.withdrawn) {
+      throw new RelgateError(Code.FAILED_PRECONDITION, `request ${String(outcome.request.request_id)} was withdrawn before it was answered`, {
+        reason: 'REQUEST_WITHDRAWN',
+        metadata: { request_id: String(outcome.request.request_id) },
+      });
+    }
     if (!outcome.complete) {
       throw new RelgateError(Code.DEADLINE_EXCEEDED, `no response before the deadline; request ${String(outcome.request.request_id)} stays stored and can still be answered`, {
         reason: 'CALL_TIMEOUT',
@@ -476,6 +482,8 @@ class Handlers {
       )
       .then(
         (outcome) => {
+          // A client that cancelled hears nothing more.
+          if (aborted.aborted) return this.#log(method, call, grpc.status.CANCELLED, started);
           call.write({ finished: { complete: outcome.complete, missing_units: outcome.missing } });
           this.#log(method, call, grpc.status.OK, started);
           call.end();
