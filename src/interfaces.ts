@@ -254,7 +254,8 @@ function singleProblem(field: protobuf.Field, value: Json, at: string, options: 
   if (type === 'string') return typeof value === 'string' ? undefined : `must be a string, not ${describe(value)}`;
   if (type === 'bool') return typeof value === 'boolean' ? undefined : `must be a boolean, not ${describe(value)}`;
   if (type === 'bytes') return typeof value === 'string' && BASE64.test(value) ? undefined : `must be a base64 string, not ${describe(value)}`;
-  if (FLOAT.has(type)) return typeof value === 'number' ? undefined : `must be a number, not ${describe(value)}`;
+  // NaN and the infinities have no JSON form: stored, they would read back as null.
+  if (FLOAT.has(type)) return typeof value === 'number' && Number.isFinite(value) ? undefined : `must be a finite number, not ${describe(value)}`;
   if (INT32.has(type)) return integerProblem(value, -(2 ** 31), 2 ** 31 - 1, type);
   if (UINT32.has(type)) return integerProblem(value, 0, 2 ** 32 - 1, type);
   if (INT64.has(type)) return int64Problem(value, true, type);
@@ -303,5 +304,5 @@ function describe(value: Json): string {
   if (Array.isArray(value)) return 'a list';
   if (typeof value === 'object') return 'an object';
   if (typeof value === 'string') return `a string`;
-  return `${typeof value} ${JSON.stringify(value)}`;
+  return `${typeof value} ${typeof value === 'number' ? String(value) : JSON.stringify(value)}`;
 }

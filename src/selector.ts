@@ -70,6 +70,8 @@ export function parseSelector(text: string, field = 'delivery.selector'): Requir
           i -= 1;
           fail(`expected "(" after ${op.text}`);
         }
+        // As in Kubernetes, a set needs a value (which may be empty, as in "(a,)").
+        if (peek()?.text === ')') fail(`expected a label value: ${op.text} needs at least one`);
         const values = [expectValue()];
         while (peek()?.text === ',') {
           next();

@@ -261,7 +261,14 @@ const START: Record<string, WatchStartName> = {
 const SIDE: Record<string, SideName | undefined> = { SIDE_UNSPECIFIED: undefined, SIDE_REQUESTER: 'requester', SIDE_RESPONDER: 'responder' };
 
 export function deliveryInput(delivery: Req | null | undefined): DeliveryInput {
-  return { mode: MODE[delivery?.mode as string] ?? 'any', unit: delivery?.unit ?? '', selector: delivery?.selector ?? '' };
+  return { mode: enumValue(MODE, delivery?.mode, 'delivery.mode') ?? 'any', unit: delivery?.unit ?? '', selector: delivery?.selector ?? '' };
+}
+
+/** A proto enum field's value by name: undefined when unset, INVALID_ARGUMENT for a number the proto does not define. */
+function enumValue<T>(table: Record<string, T>, value: unknown, field: string): T | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === 'string' && Object.hasOwn(table, value)) return table[value];
+  throw invalidArgument([{ field, description: `has no value ${String(value)}` }]);
 }
 
 class Handlers {
@@ -626,12 +633,12 @@ function createInput(q: Req) {
 }
 
 function listInput(q: Req) {
-  return { relation_id: q.relation_id, filter: FILTER[q.filter as string] ?? 'all', match_fields: q.match_fields, page_size: q.page_size, page_token: q.page_token };
+  return { relation_id: q.relation_id, filter: enumValue(FILTER, q.filter, 'filter') ?? 'all', match_fields: q.match_fields, page_size: q.page_size, page_token: q.page_token };
 }
 
 function watchSpec(unit: string, side: SideName, options: Req | null | undefined): WatchSpec {
-  const filter = FILTER[options?.filter as string] ?? 'all';
-  const start = START[options?.start as string] ?? 'snapshot';
+  const filter = enumValue(FILTER, options?.filter, 'options.filter') ?? 'all';
+  const start = enumValue(START, options?.start, 'options.start') ?? 'snapshot';
   const afterRevision = Number(options?.after_revision ?? 0);
   const violations = new Violations();
   if (filter === 'answered') violations.add('options.filter', 'watches take ALL or NEW');

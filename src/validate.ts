@@ -88,7 +88,8 @@ export function durationMs(violations: Violations, field: string, duration: Dura
   if (!duration) return 0;
   const seconds = Number(duration.seconds ?? 0);
   const nanos = duration.nanos ?? 0;
-  const ms = seconds * 1000 + Math.trunc(nanos / 1e6);
+  // Up to the next millisecond: a duration under one is not none.
+  const ms = seconds * 1000 + Math.ceil(nanos / 1e6);
   // Check the parts, not ms: a negative duration under a millisecond truncates to -0.
   if (!Number.isFinite(ms) || seconds < 0 || nanos < 0) violations.add(field, 'must not be negative');
   else if (ms > max) violations.add(field, `must be at most ${max / 1000} seconds`);

@@ -7,6 +7,8 @@ import { startHarness, struct, type Harness, type Rpc } from './helpers/harness.
 import { rawFail, statusDetails } from './helpers/status.ts';
 import { makeWorld, snapshot, type World } from './helpers/world.ts';
 import { fromServiceError } from '../src/errors.ts';
+import protobuf from 'protobufjs';
+import { validateFields } from '../src/interfaces.ts';
 
 let h: Harness;
 let w: World;
@@ -76,6 +78,9 @@ const CASES: Case[] = [
   { name: 'an inherited name to match on', rpc: requester, method: 'CreateOrUpdateRequest', request: create({ match_fields: ['hasOwnProperty'] }), ...INVALID, fields: ['match_fields[0]'] },
   { name: 'an inherited name in a response', rpc: responder, method: 'Respond', request: () => ({ request_id: pendingId, fields: struct({ key: 'K', cert: 'C', valueOf: 'x' }) }), ...INVALID, fields: ['fields.valueOf'] },
   { name: 'failure without an error message', rpc: responder, method: 'Respond', request: () => ({ request_id: pendingId, code: 3 }), ...INVALID, fields: ['error'] },
+  // Enum numbers the protos do not define.
+  { name: 'an undefined delivery mode', rpc: requester, method: 'CreateRequest', request: create({ delivery: { mode: 7 } }), ...INVALID, fields: ['delivery.mode'], description: 'has no value 7' },
+  { name: 'an undefined request filter', rpc: requester, method: 'ListRequests', request: () => ({ relation_id: w.relationId, filter: 9 }), ...INVALID, fields: ['filter'] },
 
   // Request-level fields, all reported at once.
   {
@@ -214,5 +219,17 @@ describe('bad input', () => {
     expect(after.request.state).toBe('REQUEST_STATE_PENDING');
     const { interfaces } = await h.registry.call('ListInterfaces');
     expect(interfaces.length).toBeGreaterThan(0);
+  });
+});
+
+describe('interface fields of float types', () => {
+  test('NaN and the infinities are refused: they have no JSON form to be stored in', () => {
+    const type = protobuf.parse('syntax = "proto3"; message Reading { double value = 1; float ratio = 2; }').root.lookupType('Reading');
+    const violations = validateFields(type, { value: Number.NaN, ratio: Number.POSITIVE_INFINITY }, 'fields', { checkRequired: false });
+    expect(violations).toEqual([
+      { field: 'fields.value', description: 'must be a finite number, not number NaN' },
+      { field: 'fields.ratio', description: 'must be a finite number, not number Infinity' },
+    ]);
+    expect(validateFields(type, { value: -1.5, ratio: 0 }, 'fields', { checkRequired: false })).toEqual([]);
   });
 });

@@ -173,6 +173,15 @@ describe('expiry', () => {
     watch.cancel();
   });
 
+  test('a time to live under a millisecond is one millisecond, not none', async () => {
+    const r = await relate(h);
+    const watch = await watchReady(r.req(), { relation_id: r.id });
+    const request = await create(r, { ttl: { seconds: '0', nanos: 1 } });
+    expect(millis(request.expire_time) - millis(request.create_time)).toBe(1);
+    await watch.events.next(requestEvent('MODIFIED', request.request_id, (e) => e.request.state === 'REQUEST_STATE_EXPIRED'), 10_000);
+    watch.cancel();
+  });
+
   test('a time to live above 30 days or negative is refused', async () => {
     const r = await relate(h);
     for (const ttl of [{ seconds: String(30 * 24 * 3600 + 1), nanos: 0 }, { seconds: '0', nanos: -1 }]) {

@@ -179,6 +179,8 @@ describe('delivery to a label selector', () => {
     ['zone=a,,tier', 8, 'expected a label key'],
     ['zone=a b', 8, 'expected "," but found "b"'],
     ['zone in (a', 11, 'expected "," or ")"'],
+    ['zone in ()', 10, 'expected a label value: in needs at least one'],
+    ['zone notin ()', 13, 'expected a label value: notin needs at least one'],
     ['zone=a,-bad', 8, 'invalid label key "-bad"'],
     ['zone=a!', 7, 'expected "," but found "!"'],
     ['zone (a)', 6, 'unexpected "("'],
