@@ -20,8 +20,14 @@ export interface StructMessage {
 
 export function structToJson(struct: StructMessage | null | undefined): JsonObject {
   const out: JsonObject = {};
-  for (const [key, value] of Object.entries(struct?.fields ?? {})) out[key] = valueToJson(value);
+  for (const [key, value] of Object.entries(struct?.fields ?? {})) setOwn(out, key, valueToJson(value));
   return out;
+}
+
+/** Sets an own property, even "__proto__", which plain assignment takes for the object's prototype and loses. */
+function setOwn<T>(object: Record<string, T>, key: string, value: T): void {
+  if (key === '__proto__') Object.defineProperty(object, key, { value, enumerable: true, writable: true, configurable: true });
+  else object[key] = value;
 }
 
 function valueToJson(value: ValueMessage): Json {
@@ -43,7 +49,7 @@ function valueToJson(value: ValueMessage): Json {
 
 export function jsonToStruct(json: JsonObject): StructMessage {
   const fields: Record<string, ValueMessage> = {};
-  for (const [key, value] of Object.entries(json)) fields[key] = jsonToValue(value);
+  for (const [key, value] of Object.entries(json)) setOwn(fields, key, jsonToValue(value));
   return { fields };
 }
 

@@ -74,6 +74,8 @@ const CASES: Case[] = [
   { name: 'unknown field in ResponseByField', rpc: requester, method: 'ResponseByField', request: () => ({ relation_id: w.relationId, match_fields: struct({ colour: 'x' }) }), ...INVALID, fields: ['match_fields.colour'] },
   // Names every JavaScript object inherits are not fields.
   { name: 'inherited names as fields', rpc: requester, method: 'CreateRequest', request: withFields({ common_name: 'x', toString: 'a', constructor: 1 }), ...INVALID, fields: ['fields.toString', 'fields.constructor'], description: 'unknown field' },
+  // Plain assignment would take "__proto__" for the prototype and drop it: it is refused like any unknown field.
+  { name: '"__proto__" as a field', rpc: requester, method: 'CreateRequest', request: withFields(JSON.parse('{"common_name": "x", "__proto__": {"a": 1}}')), ...INVALID, fields: ['fields.__proto__'], description: 'unknown field' },
   { name: 'an inherited name in match_fields', rpc: requester, method: 'ListRequests', request: () => ({ relation_id: w.relationId, match_fields: struct({ toString: [] }) }), ...INVALID, fields: ['match_fields.toString'] },
   { name: 'an inherited name to match on', rpc: requester, method: 'CreateOrUpdateRequest', request: create({ match_fields: ['hasOwnProperty'] }), ...INVALID, fields: ['match_fields[0]'] },
   { name: 'an inherited name in a response', rpc: responder, method: 'Respond', request: () => ({ request_id: pendingId, fields: struct({ key: 'K', cert: 'C', valueOf: 'x' }) }), ...INVALID, fields: ['fields.valueOf'] },
