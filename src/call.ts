@@ -50,6 +50,8 @@ export class CallService {
   readonly #elsewhere: RemoteWatchers | undefined;
   /** Running calls by request id; one listener serves them all. */
   readonly #waiting = new SetMap<CallWaiter>();
+  /** The same calls by relation, which a removal of the relation ends. */
+  readonly #byRelation = new SetMap<CallWaiter>();
 
   constructor(requests: RequestService, hub: WatchHub, elsewhere?: RemoteWatchers) {
     this.#requests = requests;
@@ -76,6 +78,7 @@ export class CallService {
     const requestId = input.request_id.toLowerCase();
     const waiter: CallWaiter = { arrivals: [], expired: false };
     this.#waiting.add(requestId, waiter);
+    this.#byRelation.add(input.relation_id, waiter);
     const seen = new Set<string>();
     try {
       const { request, replayed } = await this.#requests.create(caller, input);
@@ -104,6 +107,7 @@ export class CallService {
       }
     } finally {
       this.#waiting.delete(requestId, waiter);
+      this.#byRelation.delete(input.relation_id, waiter);
     }
   }
 
@@ -115,6 +119,11 @@ export class CallService {
       if (data.kind === 'response') {
         for (const waiter of this.#waiting.get(data.response.request_id)) {
           waiter.arrivals.push(responseMessage(data.response));
+          waiter.wake?.();
+        }
+      } else if (data.kind === 'relation-removed') {
+        for (const waiter of this.#byRelation.get(change.relation_id)) {
+          waiter.withdrawn = true;
           waiter.wake?.();
         }
       } else if (data.kind === 'request' && !data.after) {

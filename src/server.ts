@@ -3,7 +3,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
-import { CallService, serverDeadline } from './call.ts';
+import { CallService, serverDeadline, type CallOutcome } from './call.ts';
 import { readFile } from 'node:fs/promises';
 import { Authenticator, type AuthMode } from './auth.ts';
 import { Code, RelgateError, asRelgateError, invalidArgument, toServiceError } from './errors.ts';
@@ -308,6 +308,22 @@ class Handlers {
     return () => this.#streams.delete(unit, close);
   }
 
+  /**
+   * Tracks a stream or a waiting call of a unit, then checks its token once more before anything reaches it: a
+   * revocation committed between the first check and the tracking would otherwise miss it.
+   */
+  async #guard(unit: string, call: Parameters<Authenticator['requireUnit']>[0], close: (error: RelgateError) => void): Promise<() => void> {
+    const untrack = this.#track(unit, close);
+    if (this.#auth.mode !== 'token') return untrack;
+    try {
+      await this.#auth.requireUnit(call);
+    } catch (error) {
+      untrack();
+      throw error;
+    }
+    return untrack;
+  }
+
   /** Counts a new stream of the unit against its cap; returns the (idempotent) release. */
   #admit(unit: string): () => void {
     const open = this.#admitted.get(unit) ?? 0;
@@ -392,7 +408,7 @@ class Handlers {
       GetRelation: u('GetRelation', (q) => r.getRelation(q.relation_id)),
       ListRelations: u('ListRelations', (q) => r.listRelations(q.application, q.interface)),
       DeleteRelation: u('DeleteRelation', (q) => r.deleteRelation(q.relation_id)),
-      JoinRelation: u('JoinRelation', (q) => r.joinRelation(q.relation_id, q.unit, SIDE[q.side as string])),
+      JoinRelation: u('JoinRelation', (q) => r.joinRelation(q.relation_id, q.unit, enumValue(SIDE, q.side, 'side'))),
       LeaveRelation: u('LeaveRelation', (q) => r.leaveRelation(q.relation_id, q.unit, (tx, relation, unit) => this.#requests.releaseClaimsOf(tx, relation, unit))),
     };
   }
@@ -441,7 +457,15 @@ class Handlers {
       throw invalidArgument([{ field: 'delivery.mode', description: 'Call takes ANY or UNIT delivery; use CallAll for a selector' }]);
     }
     let response: unknown;
-    const outcome = await this.#calls.run(unit, options, deadline, () => undefined, (r) => (response ??= r), aborted);
+    const revoked = new AbortController();
+    const untrack = await this.#guard(unit, call, (error) => revoked.abort(error));
+    let outcome: CallOutcome;
+    try {
+      outcome = await this.#calls.run(unit, options, deadline, () => undefined, (r) => (response ??= r), AbortSignal.any([aborted, revoked.signal]));
+    } finally {
+      untrack();
+    }
+    if (revoked.signal.aborted) throw revoked.signal.reason;
     if (outcome.expired) {
       throw new RelgateError(Code.DEADLINE_EXCEEDED, `request ${String(outcome.request.request_id)} expired (its time to live passed) before it was answered`, {
         reason: 'REQUEST_EXPIRED',
@@ -449,7 +473,7 @@ class Handlers {
       });
     }
     if (outcome.withdrawn) {
-      throw new RelgateError(Code.FAILED_PRECONDITION, `request ${String(outcome.request.request_id)} was withdrawn before it was answered`, {
+      throw new RelgateError(Code.FAILED_PRECONDITION, `request ${String(outcome.request.request_id)} was withdrawn, or its relation removed, before it was answered`, {
         reason: 'REQUEST_WITHDRAWN',
         metadata: { request_id: String(outcome.request.request_id) },
       });
@@ -470,6 +494,8 @@ class Handlers {
     const started = performance.now();
     const aborted = abortOnCancel(call);
     const deadline = serverDeadline(call.getDeadline() as Date | number, DEFAULT_CALL_MS);
+    const revoked = new AbortController();
+    let untrack = () => {};
     this.#auth
       .requireUnit(call)
       .then((unit) => {
@@ -477,16 +503,22 @@ class Handlers {
         if (invalid) throw invalid;
         return unit;
       })
-      .then((unit) =>
-        this.#calls.run(
+      .then(async (unit) => {
+        untrack = await this.#guard(unit, call, (error) => revoked.abort(error));
+        return this.#calls.run(
           unit,
           callOptions(call.request),
           deadline,
           (request) => call.write({ started: { request, expected_count: request.expected_count, expected_units: request.expected_units } }),
           (response) => call.write({ response }),
-          aborted,
-        ),
-      )
+          AbortSignal.any([aborted, revoked.signal]),
+        );
+      })
+      .then((outcome) => {
+        untrack();
+        if (revoked.signal.aborted) throw revoked.signal.reason;
+        return outcome;
+      })
       .then(
         (outcome) => {
           // A client that cancelled hears nothing more.
@@ -496,6 +528,7 @@ class Handlers {
           call.end();
         },
         (error: unknown) => {
+          untrack();
           const status = toServiceError(error);
           this.#log(method, call, status.code, started, error);
           call.emit('error', status);
@@ -517,18 +550,32 @@ class Handlers {
       Open: (call: grpc.ServerDuplexStream<Req, unknown>) => {
         const method = 'SessionService/Open';
         const started = performance.now();
+        // A revocation before the session exists ends it as soon as it does.
+        let revoked: RelgateError | undefined;
+        let end: (error: RelgateError) => void = (error) => {
+          revoked ??= error;
+        };
         this.#auth
           .requireUnit(call)
-          .then((unit) => ({ unit, release: this.#admit(unit) }))
+          .then(async (unit) => {
+            const release = this.#admit(unit);
+            try {
+              // Revocation ends the session, once there is one.
+              return { unit, release, untrack: await this.#guard(unit, call, (error) => end(error)) };
+            } catch (error) {
+              release();
+              throw error;
+            }
+          })
           .then(
-            ({ unit, release }) => {
+            ({ unit, release, untrack }) => {
               // grpc-js says 'cancelled' once: a client that cancelled while it was being authenticated is gone already.
               if (call.cancelled) {
                 release();
+                untrack();
                 return this.#log(method, call, Code.CANCELLED, started);
               }
               call.on('cancelled', release);
-              let untrack = () => {};
               const session = new Session(call, unit, {
                 commands,
                 watchSpec: (caller, side, options) => watchSpec(caller, side, options),
@@ -539,7 +586,8 @@ class Handlers {
                   this.#log(method, call, code, started, error);
                 },
               });
-              untrack = this.#track(unit, (error) => session.end(error));
+              end = (error) => session.end(error);
+              if (revoked) session.end(revoked);
             },
             (error: unknown) => {
               this.#log(method, call, asRelgateError(error).code, started, error);
@@ -555,15 +603,21 @@ class Handlers {
       const stream = new WatchStream(call, method, this.#logCall);
       this.#auth
         .requireUnit(call)
-        .then((unit) => {
+        .then(async (unit) => {
           const invalid = undecodableError(call.request);
           if (invalid) throw invalid;
           const spec = watchSpec(unit, side, call.request.options);
           stream.admitted(this.#admit(unit));
-          return this.#startWatch(spec, stream);
+          const untrack = await this.#guard(unit, call, (error) => stream.end(error));
+          try {
+            return { watcher: await this.#startWatch(spec, stream), untrack };
+          } catch (error) {
+            untrack();
+            throw error;
+          }
         })
         .then(
-          (watcher) => stream.watching(watcher, this.#track(watcher.spec.unit, (error) => watcher.stop(error))),
+          ({ watcher, untrack }) => stream.watching(watcher, untrack),
           (error: unknown) => stream.end(asRelgateError(error)),
         );
     };
@@ -696,6 +750,8 @@ class WatchStream implements WatchSink {
   }
 
   write(batch: WatchBatchMessage): boolean {
+    // Ended (revoked, say) while the watch was starting: its snapshot goes nowhere.
+    if (this.#finished) return true;
     return this.#call.write({ batch });
   }
 

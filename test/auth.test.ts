@@ -186,6 +186,58 @@ test('revocation mid-watch ends the stream and no event reaches it afterwards', 
   expect(events).toBe(0);
 });
 
+test('revocation ends a call waiting for its answer with TOKEN_REVOKED', async () => {
+  const { token } = await admin.call('RotateUnitToken', { name: 'webapp/0' });
+  const incoming = client('ResponderService', tokens['ca/0']).stream('WatchIncomingRequests', { options: { relation_id: r1, start: 'WATCH_START_NOW' } });
+  const stored = new Promise<string>((resolve) =>
+    incoming.on('data', (message: { batch: { events: { request?: { request_id: string } }[] } }) => {
+      const id = message.batch.events.find((event) => event.request)?.request?.request_id;
+      if (id) resolve(id);
+    }),
+  );
+  incoming.on('error', () => undefined);
+  const waiting = client('RequesterService', token)
+    .call('Call', { relation_id: r1, fields: struct({ common_name: 'revoked.example' }), wait_for_responders: true })
+    .then(() => null, (error: grpc.ServiceError) => fromServiceError(error));
+  const requestOfCall = await stored;
+  await admin.call('RevokeUnitToken', { name: 'webapp/0' });
+  const error = await waiting;
+  expect([error?.code, error?.reason]).toEqual([grpc.status.UNAUTHENTICATED, 'TOKEN_REVOKED']);
+  incoming.cancel();
+  await client('ResponderService', tokens['ca/0']).call('Respond', { request_id: requestOfCall, fields: struct({ key: 'K', cert: 'C' }) });
+});
+
+test('a revocation committed while a watch is starting ends it, and nothing of the watch reaches the unit', async () => {
+  const { token } = await admin.call('RotateUnitToken', { name: 'webapp/0' });
+  // The watch's start is held (as a large snapshot would hold it) until the revocation has committed.
+  const hub = h.server.hub;
+  const watch = hub.watch.bind(hub);
+  let entered = () => {};
+  const starting = new Promise<void>((resolve) => (entered = resolve));
+  let release = () => {};
+  const held = new Promise<void>((resolve) => (release = resolve));
+  hub.watch = async (...args: Parameters<typeof watch>) => {
+    entered();
+    await held;
+    return watch(...args);
+  };
+  try {
+    const stream = client('RequesterService', token).stream('WatchResponses', { options: { relation_id: r1 } });
+    let events = 0;
+    stream.on('data', (message: { batch: { events: { request?: unknown }[] } }) => (events += message.batch.events.filter((event) => event.request).length));
+    const ended = new Promise<grpc.ServiceError>((resolve) => stream.on('error', resolve));
+    await starting;
+    await admin.call('RevokeUnitToken', { name: 'webapp/0' });
+    release();
+    const error = fromServiceError(await ended);
+    expect([error.code, error.reason]).toEqual([grpc.status.UNAUTHENTICATED, 'TOKEN_REVOKED']);
+    await client('ResponderService', tokens['ca/0']).call('ClaimRequest', { request_id: requestId }).catch(() => undefined);
+    expect(events).toBe(0);
+  } finally {
+    hub.watch = watch;
+  }
+});
+
 test('leaving the relation mid-watch ends the stream and no event of the relation reaches it afterwards', async () => {
   const relationId = (await admin.call('ListRelations', {})).relations.find((r: { requester_application: string }) => r.requester_application === 'other').id as string;
   const watch = client('ResponderService', tokens['db/0']).stream('WatchIncomingRequests', { options: { relation_id: relationId, start: 'WATCH_START_NOW' } });

@@ -122,6 +122,7 @@ const CASES: Case[] = [
   { name: 'bad unit name: leading zero', rpc: registry, method: 'RegisterUnit', request: () => ({ name: `${w.requesterApp}/01` }), ...INVALID, fields: ['name'] },
   { name: 'bad unit name: empty', rpc: registry, method: 'GetUnit', request: () => ({ name: '' }), ...INVALID, fields: ['name'] },
   { name: 'bad unit name on join', rpc: registry, method: 'JoinRelation', request: () => ({ relation_id: w.relationId, unit: 'web/x' }), ...INVALID, fields: ['unit'] },
+  { name: 'an undefined side on join', rpc: registry, method: 'JoinRelation', request: () => ({ relation_id: w.relationId, unit: w.requesters[0], side: 7 }), ...INVALID, fields: ['side'] },
   { name: 'bad unit name in delivery', rpc: requester, method: 'CreateRequest', request: create({ delivery: { mode: 'DELIVERY_MODE_UNIT', unit: 'nope' } }), ...INVALID, fields: ['delivery.unit'] },
   {
     name: 'bad CIDRs',

@@ -207,6 +207,21 @@ describe('Call', () => {
     watch.cancel();
   });
 
+  test('removing the relation of a waiting call ends the call at once with FAILED_PRECONDITION', async () => {
+    const r = await relate(h);
+    const watch = await watchReady(r.res(0), { relation_id: r.id });
+    const requestId = randomUUID();
+    const started = Date.now();
+    const failing = callFails(r.req(), { relation_id: r.id, request_id: requestId, fields: struct(CSR) }, 30_000);
+    await watch.events.next(requestEvent('ADDED', requestId));
+    await h.registry.call('DeleteRelation', { relation_id: r.id });
+    const error = await failing;
+    expect(Date.now() - started).toBeLessThan(15_000);
+    expect(error.code).toBe(Code.FAILED_PRECONDITION);
+    expect(statusDetails(error).errorInfo).toMatchObject({ reason: 'REQUEST_WITHDRAWN', metadata: { request_id: requestId } });
+    watch.cancel();
+  });
+
   test('a request whose time to live passes ends the call at once, not at the deadline', async () => {
     const r = await relate(h);
     const watch = await watchReady(r.res(0), { relation_id: r.id });
