@@ -157,6 +157,8 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
       for (const name of ['', ...SERVICES]) health.setStatus(name, 'NOT_SERVING');
       for (const timer of timers) clearInterval(timer);
       hub.close();
+      // Sessions without a watch, and calls waiting for an answer, are not the hub's.
+      handlers.shutDown();
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => {
           server.forceShutdown();
@@ -342,6 +344,12 @@ class Handlers {
       if (left === 0) this.#admitted.delete(unit);
       else this.#admitted.set(unit, left);
     };
+  }
+
+  /** Ends every session, watch and waiting call with UNAVAILABLE: the gateway is shutting down. */
+  shutDown(): void {
+    const error = new RelgateError(Code.UNAVAILABLE, 'the gateway is shutting down; reconnect, and resume from the last revision', { reason: 'SHUTTING_DOWN' });
+    for (const close of [...this.#streams.values()]) close(error);
   }
 
   #endStreams(unit: string): void {

@@ -21,6 +21,11 @@ export class SetMap<V> {
     set.add(value);
   }
 
+  /** Every value under every key. */
+  *values(): IterableIterator<V> {
+    for (const set of this.#sets.values()) yield* set;
+  }
+
   delete(key: string, value: V): void {
     const set = this.#sets.get(key);
     if (!set?.delete(value)) return;

@@ -4,12 +4,12 @@
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { Code } from '../src/errors.ts';
+import { Code, fromServiceError } from '../src/errors.ts';
 import { MAX_IN_FLIGHT } from '../src/session.ts';
 import * as grpc from '@grpc/grpc-js';
 import { startHarness, struct, v1, type Harness } from './helpers/harness.ts';
 import { CERT, CSR, create, expectError, relate, respond, seconds, type Relation } from './helpers/fixture.ts';
-import { SessionClient, ackError, requestEvent, responseEvent, watch as watchFrom, type Msg } from './helpers/streams.ts';
+import { SessionClient, ackError, isType, requestEvent, responseEvent, watch as watchFrom, watchReady, type Msg } from './helpers/streams.ts';
 
 let h: Harness;
 let db: Database.Database;
@@ -433,4 +433,21 @@ describe('admission', () => {
       await secure.close();
     }
   }, 60_000);
+});
+
+describe('shutdown', () => {
+  test('ends a session without watches, and a call waiting for its answer, with UNAVAILABLE', async () => {
+    const own = await startHarness({ durability: 'normal' });
+    const r = await relate(own);
+    const session = await r.session(r.requesters[0] as string);
+    expect((await session.send(createCommand(r))).error).toBeNull();
+    const incoming = await watchReady(r.res(), { relation_id: r.id });
+    const waiting = r.req().call('Call', { relation_id: r.id, fields: struct(CSR), wait_for_responders: true }).then(() => null, (error: grpc.ServiceError) => fromServiceError(error));
+    // The call's request is stored before the server stops.
+    await incoming.events.next(isType('ADDED'));
+    await own.close();
+    const [ended, call] = await Promise.all([session.status, waiting]);
+    expect([ended?.code, ended?.reason]).toEqual([Code.UNAVAILABLE, 'SHUTTING_DOWN']);
+    expect([call?.code, call?.reason]).toEqual([Code.UNAVAILABLE, 'SHUTTING_DOWN']);
+  });
 });
