@@ -3,6 +3,7 @@
 // slow-consumer cut and a compacted history, errors, credentials, and the
 // example interfaces run as separate processes.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { getEventListeners } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -193,6 +194,36 @@ describe('SDK on one gateway', () => {
     const other = endpoint.watch();
     other.close();
     expect(await other.closed).toBeUndefined();
+  });
+
+  it('lets go of a shared AbortSignal when its watches close, however they close', async () => {
+    const world = await makeWorld(h);
+    const endpoint = as(world.requesters[0] as string).requester('tls-certificates', { relation: world.relationId });
+    const shared = new AbortController();
+    const watches = Array.from({ length: 5 }, () => endpoint.watch({ signal: shared.signal }));
+    expect(getEventListeners(shared.signal, 'abort')).toHaveLength(5);
+    for (const watch of watches.slice(0, 3)) watch.close();
+    for (const watch of watches.slice(3)) await watch.return?.();
+    await Promise.all(watches.map((watch) => watch.closed));
+    expect(getEventListeners(shared.signal, 'abort')).toHaveLength(0);
+  });
+
+  it('rejects with RelgateError on a closed connection, and a call cancelled before it starts at once', async () => {
+    const world = await makeWorld(h);
+    const connection = connect(h.server.address, { unit: world.requesters[0] as string });
+    const requester = connection.requester('tls-certificates', { relation: world.relationId });
+    const started = Date.now();
+    const cancelled = await requester.callAll({ common_name: 'never.example' }, { signal: AbortSignal.abort(), waitForResponders: true, deadline: Date.now() + 20_000 }).catch((e: unknown) => e);
+    expect([(cancelled as RelgateError).code, Date.now() - started < 10_000]).toEqual([Code.CANCELLED, true]);
+    connection.close();
+    const failures = await Promise.all([
+      requester.create({ common_name: 'closed.example' }).catch((e: unknown) => e),
+      requester.call({ common_name: 'closed.example' }).catch((e: unknown) => e),
+      requester.callAll({ common_name: 'closed.example' }).catch((e: unknown) => e),
+    ]);
+    expect(failures.map((failure) => [failure instanceof RelgateError, (failure as RelgateError).code, (failure as RelgateError).reason])).toEqual(
+      Array(3).fill([true, Code.UNAVAILABLE, 'CONNECTION_CLOSED']),
+    );
   });
 
   it('ends a watch with the gateway error when it cannot be resumed', async () => {

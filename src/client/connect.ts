@@ -9,7 +9,7 @@ import type { ResponderServiceClient } from '../../gen/relgate/v1/ResponderServi
 import type { SessionServiceClient } from '../../gen/relgate/v1/SessionService.ts';
 import { UNIT_METADATA_KEY } from '../auth.ts';
 import { loadApi } from '../protos.ts';
-import { toRelgateError } from './errors.ts';
+import { cannotStart, toRelgateError } from './errors.ts';
 import { Requester } from './requester.ts';
 import { Responder } from './responder.ts';
 import { ClientSession, type SessionOptions } from './session.ts';
@@ -156,11 +156,16 @@ function channelCredentials(tls: ConnectOptions['tls']): grpc.ChannelCredentials
 /** Runs one unary call as a promise; failures become RelgateError. */
 export function unary<T>(start: (callback: (error: grpc.ServiceError | null, response?: T) => void) => grpc.ClientUnaryCall, signal?: AbortSignal): Promise<T> {
   return new Promise((resolve, reject) => {
-    const call = start((error, response) => {
-      signal?.removeEventListener('abort', cancel);
-      if (error) reject(toRelgateError(error));
-      else resolve(response as T);
-    });
+    let call: grpc.ClientUnaryCall;
+    try {
+      call = start((error, response) => {
+        signal?.removeEventListener('abort', cancel);
+        if (error) reject(toRelgateError(error));
+        else resolve(response as T);
+      });
+    } catch (error) {
+      return reject(cannotStart('the call', error));
+    }
     const cancel = () => call.cancel();
     if (signal?.aborted) cancel();
     else signal?.addEventListener('abort', cancel, { once: true });

@@ -21,6 +21,11 @@ export function toRelgateError(error: unknown): RelgateError {
   return new RelgateError(Code.UNKNOWN, error instanceof Error ? error.message : String(error), { reason: '', cause: error });
 }
 
+/** A call that could not start: its connection was closed (or never usable). */
+export function cannotStart(what: string, error: unknown): RelgateError {
+  return new RelgateError(Code.UNAVAILABLE, `${what} cannot start: ${error instanceof Error ? error.message : String(error)}`, { reason: 'CONNECTION_CLOSED', cause: error });
+}
+
 /** A session acknowledgement's google.rpc.Status as a RelgateError. */
 export function fromAckStatus(status: Status__Output): RelgateError {
   const metadata = new Metadata();

@@ -4,9 +4,10 @@ import type { ListRequestsResponse__Output } from '../../gen/relgate/v1/ListRequ
 import type { Request__Output } from '../../gen/relgate/v1/Request.ts';
 import type { Response__Output } from '../../gen/relgate/v1/Response.ts';
 import type { CallAllResponse__Output } from '../../gen/relgate/v1/CallAllResponse.ts';
+import type { RequesterServiceClient } from '../../gen/relgate/v1/RequesterService.ts';
 import { unary } from './connect.ts';
 import { Endpoint, allPages, struct } from './endpoint.ts';
-import { Code, RelgateError, toRelgateError } from './errors.ts';
+import { Code, RelgateError, cannotStart, toRelgateError } from './errors.ts';
 import type { CallOptions, CreateOptions, InterfaceName, Request, RequestFields, RequestFilter, RequesterFlags, Response, ResponseFields, WatchOptions } from './types.ts';
 import { Watch, serverStreamWatch, toRequest, toResponse } from './watch.ts';
 
@@ -121,9 +122,15 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
   /** Creates a request (usually to a selector) and collects every expected response until the deadline. */
   callAll(fields: RequestFields<I>, options: CallOptions = {}): Promise<CallAllResult<RequestFields<I>, ResponseFields<I>>> {
     const body = { ...this.createBody(fields, options), wait_for_responders: options.waitForResponders ?? false };
-    const stream = this.connection.requesterClient.CallAll(body, this.metadata, this.connection.callOptions(options.deadline));
+    let stream: ReturnType<RequesterServiceClient['CallAll']>;
+    try {
+      stream = this.connection.requesterClient.CallAll(body, this.metadata, this.connection.callOptions(options.deadline));
+    } catch (error) {
+      return Promise.reject(cannotStart('the call', error));
+    }
     const cancel = () => stream.cancel();
-    options.signal?.addEventListener('abort', cancel, { once: true });
+    if (options.signal?.aborted) cancel();
+    else options.signal?.addEventListener('abort', cancel, { once: true });
     return new Promise((resolve, reject) => {
       let request: Request<RequestFields<I>> | undefined;
       let result: CallAllResult<RequestFields<I>, ResponseFields<I>> | undefined;

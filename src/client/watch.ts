@@ -14,7 +14,7 @@ import type { WatchBatch__Output } from '../../gen/relgate/v1/WatchBatch.ts';
 import type { WatchEvent__Output } from '../../gen/relgate/v1/WatchEvent.ts';
 import type { WatchOptions as WatchOptionsMessage } from '../../gen/relgate/v1/WatchOptions.ts';
 import { structToJson, type StructMessage } from '../struct.ts';
-import { Code, RelgateError, toRelgateError } from './errors.ts';
+import { Code, RelgateError, cannotStart, toRelgateError } from './errors.ts';
 import type { Request, Response, WatchEvent, WatchEventType, WatchOptions } from './types.ts';
 
 export type { WatchOptionsMessage };
@@ -74,6 +74,9 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
   #paused = false;
   #error: RelgateError | undefined;
   #done = false;
+  readonly #onAbort = () => this.close();
+  /** Stops listening to the caller's signal, which may outlive the watch. */
+  #unlisten = () => {};
 
   constructor(open: OpenWatch, config: WatchConfig) {
     this.#open = open;
@@ -85,7 +88,8 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
       this.close();
       return;
     }
-    signal?.addEventListener('abort', () => this.close(), { once: true });
+    this.#unlisten = () => signal?.removeEventListener('abort', this.#onAbort);
+    signal?.addEventListener('abort', this.#onAbort, { once: true });
     this.#connect();
   }
 
@@ -153,7 +157,7 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
     try {
       return this.#open(options, sink);
     } catch (error) {
-      queueMicrotask(() => this.#finish(new RelgateError(Code.UNAVAILABLE, `the watch cannot start: ${error instanceof Error ? error.message : String(error)}`, { reason: 'CONNECTION_CLOSED', cause: error })));
+      queueMicrotask(() => this.#finish(cannotStart('the watch', error)));
       return { pause() {}, resume() {}, cancel() {} };
     }
   }
@@ -218,6 +222,7 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
     if (this.#done) return;
     this.#done = true;
     this.#error = error;
+    this.#unlisten();
     clearTimeout(this.#retryTimer);
     this.#stream?.cancel();
     this.#stream = undefined;
