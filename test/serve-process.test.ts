@@ -1,14 +1,16 @@
 // The gateway as its own process: `npm start`, the relgate command and every
 // spawn in this project give Node the same flags, and with them a burst of
 // new streams leaves the young generation at Node 20's size.
-import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MAIN, SERVE_NODE_FLAGS } from '../src/cli/serve-process.ts';
+import { MAIN, SERVE_NODE_FLAGS, serveArgv } from '../src/cli/serve-process.ts';
 import { PROJECT_DIR } from '../src/protos.ts';
 import { freePort } from '../bench/lib/processes.ts';
-import { spawnServe, type ServeProcess } from './helpers/grpcurl.ts';
+import { runProgram, spawnServe, type ServeProcess } from './helpers/grpcurl.ts';
 import { clientsOf, setupRelation } from './helpers/harness.ts';
 import { watchReady, type Watch } from './helpers/streams.ts';
 
@@ -59,4 +61,58 @@ describe('a burst of streams', () => {
     expect(newSpace).toBeLessThanOrEqual(NEW_SPACE_LIMIT);
     for (const watch of watches) watch.cancel();
   }, 60_000);
+});
+
+describe('relgate serve on the command line', () => {
+  const run = (args: string[], env: NodeJS.ProcessEnv = {}) => runProgram(process.execPath, serveArgv(args), { env: { ...process.env, ...env } });
+  const withoutStack = (stderr: string) => !/^\s+at /m.test(stderr);
+
+  it('refuses a flag that is not a whole number with a message, not a stack trace', async () => {
+    for (const value of ['abc', '', '1e3', '-5']) {
+      const result = await run(['--max-message-bytes', value, '--db', ':memory:']);
+      expect([result.code, withoutStack(result.stderr)], result.stderr).toEqual([1, true]);
+      expect(result.stderr).toContain('is not a whole number');
+    }
+  });
+
+  it('says why it cannot start, without a stack trace, when its address is taken', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const { port } = taken.address() as net.AddressInfo;
+    try {
+      const result = await run(['--listen', `127.0.0.1:${port}`, '--db', ':memory:']);
+      expect([result.code, withoutStack(result.stderr)], result.stderr).toEqual([1, true]);
+      expect(result.stderr).toMatch(/^relgate serve: cannot start: /m);
+    } finally {
+      taken.close();
+    }
+  });
+
+  it('loads every directory of a colon-separated RELGATE_INTERFACES', async () => {
+    const dirs = ['alpha', 'beta'].map((name) => {
+      const dir = mkdtempSync(path.join(tmpdir(), `relgate-if-${name}-`));
+      const message = (role: string, suffix: string) =>
+        `message ${name}${suffix} {\n  option (relgate.v1.interface) = { name: "${name}" version: 1 role: ${role} };\n  string text = 1;\n}\n`;
+      writeFileSync(path.join(dir, `${name}.proto`), `syntax = "proto3";\npackage test.${name}.v1;\nimport "relgate/v1/options.proto";\n${message('INTERFACE_ROLE_REQUEST', 'Request')}${message('INTERFACE_ROLE_RESPONSE', 'Response')}`);
+      return dir;
+    });
+    const child = spawn(process.execPath, serveArgv(['--listen', '127.0.0.1:0', '--db', ':memory:']), { env: { ...process.env, RELGATE_INTERFACES: dirs.join(':') }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const serving = new Promise<string>((resolve, reject) => {
+      child.stdout.on('data', (data: Buffer) => {
+        output += data.toString();
+        const line = output.split('\n').find((each) => each.includes('relgate serving'));
+        if (line) resolve(line);
+      });
+      child.once('exit', () => reject(new Error(`relgate serve exited:\n${output}`)));
+    });
+    child.stderr.on('data', (data: Buffer) => (output += data.toString()));
+    try {
+      const interfaces = (JSON.parse(await serving) as { interfaces: string[] }).interfaces;
+      expect(interfaces).toEqual(expect.arrayContaining(['alpha@1', 'beta@1']));
+    } finally {
+      child.kill('SIGTERM');
+      for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

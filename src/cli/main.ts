@@ -2,7 +2,7 @@
 // relgate command line: `relgate serve` and its flags, each mirrored by a
 // RELGATE_* environment variable.
 import { readFile } from 'node:fs/promises';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_CONFIG, startServer } from '../server.ts';
 import { addOperatorCommands } from './operator.ts';
 
@@ -13,7 +13,8 @@ const program = new Command()
 
 const integer = (value: string) => {
   const parsed = Number(value);
-  if (!Number.isSafeInteger(parsed) || parsed < 0) throw new Error(`"${value}" is not a whole number`);
+  // Digits only: Number() also reads "", "1e3" and "0x10".
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(parsed)) throw new InvalidArgumentError(`"${value}" is not a whole number`);
   return parsed;
 };
 const collect = (value: string, previous: string[] = []) => [...previous, value];
@@ -45,40 +46,51 @@ program
   .addOption(new Option('--tls-key <path>', 'PEM private key of the server').env('RELGATE_TLS_KEY'))
   .addOption(new Option('--tls-client-ca <path>', 'PEM CA that client certificates must chain to (mutual TLS; required)').env('RELGATE_TLS_CLIENT_CA'))
   .addOption(new Option('--metrics-listen <host:port>', 'HTTP address for /metrics, /healthz and the dashboard (off when unset; no authentication)').env('RELGATE_METRICS_LISTEN'))
-  .action(async (options: Record<string, unknown>) => {
-    const interfaces = options.interfaces;
-    const tokenFile = options.adminTokenFile as string | undefined;
-    const adminToken = tokenFile ? (await readFile(tokenFile, 'utf8')).trim() : process.env.RELGATE_ADMIN_TOKEN;
-    const server = await startServer({
-      listen: options.listen as string,
-      db: options.db as string,
-      store: (options.store as string | undefined) ?? '',
-      durability: options.durability as 'full' | 'normal',
-      interfaces: typeof interfaces === 'string' ? interfaces.split(':').filter(Boolean) : ((interfaces as string[] | undefined) ?? []),
-      logLevel: options.logLevel as string,
-      maxReceiveBytes: options.maxMessageBytes as number,
-      maxSendBytes: options.maxSendBytes as number,
-      maxStreamsPerUnit: options.maxStreamsPerUnit as number,
-      keepaliveTimeMs: options.keepaliveTime as number,
-      keepaliveTimeoutMs: options.keepaliveTimeout as number,
-      maxConnectionAgeMs: options.maxConnectionAge as number,
-      maxConnectionAgeGraceMs: options.maxConnectionAgeGrace as number,
-      watchBuffer: options.watchBuffer as number,
-      progressIntervalMs: options.progressInterval as number,
-      historyRevisions: options.historyRevisions as number,
-      historyAgeMs: (options.historyAge as number) * 1000,
-      shutdownGraceMs: options.shutdownGrace as number,
-      auth: options.auth as 'open' | 'token',
-      adminToken,
-      tlsCert: options.tlsCert as string | undefined,
-      tlsKey: options.tlsKey as string | undefined,
-      tlsClientCa: options.tlsClientCa as string | undefined,
-      metricsListen: options.metricsListen as string | undefined,
-    });
-    const shutdown = () => void server.stop().then(() => process.exit(0));
-    process.once('SIGTERM', shutdown);
-    process.once('SIGINT', shutdown);
+  .action(async (options: Record<string, unknown>, command: Command) => {
+    const listed = (options.interfaces as string[] | undefined) ?? [];
+    // The environment variable holds a colon-separated list; each flag holds one directory.
+    const interfaces = command.getOptionValueSource('interfaces') === 'env' ? listed.flatMap((dirs) => dirs.split(':')).filter(Boolean) : listed;
+    try {
+      await serve(options, interfaces);
+    } catch (error) {
+      console.error(`relgate serve: cannot start: ${error instanceof Error ? error.message : String(error)}`);
+      process.exit(1);
+    }
   });
+
+async function serve(options: Record<string, unknown>, interfaces: string[]): Promise<void> {
+  const tokenFile = options.adminTokenFile as string | undefined;
+  const adminToken = tokenFile ? (await readFile(tokenFile, 'utf8')).trim() : process.env.RELGATE_ADMIN_TOKEN;
+  const server = await startServer({
+    listen: options.listen as string,
+    db: options.db as string,
+    store: (options.store as string | undefined) ?? '',
+    durability: options.durability as 'full' | 'normal',
+    interfaces,
+    logLevel: options.logLevel as string,
+    maxReceiveBytes: options.maxMessageBytes as number,
+    maxSendBytes: options.maxSendBytes as number,
+    maxStreamsPerUnit: options.maxStreamsPerUnit as number,
+    keepaliveTimeMs: options.keepaliveTime as number,
+    keepaliveTimeoutMs: options.keepaliveTimeout as number,
+    maxConnectionAgeMs: options.maxConnectionAge as number,
+    maxConnectionAgeGraceMs: options.maxConnectionAgeGrace as number,
+    watchBuffer: options.watchBuffer as number,
+    progressIntervalMs: options.progressInterval as number,
+    historyRevisions: options.historyRevisions as number,
+    historyAgeMs: (options.historyAge as number) * 1000,
+    shutdownGraceMs: options.shutdownGrace as number,
+    auth: options.auth as 'open' | 'token',
+    adminToken,
+    tlsCert: options.tlsCert as string | undefined,
+    tlsKey: options.tlsKey as string | undefined,
+    tlsClientCa: options.tlsClientCa as string | undefined,
+    metricsListen: options.metricsListen as string | undefined,
+  });
+  const shutdown = () => void server.stop().then(() => process.exit(0));
+  process.once('SIGTERM', shutdown);
+  process.once('SIGINT', shutdown);
+}
 
 addOperatorCommands(program);
 
