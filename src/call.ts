@@ -122,15 +122,9 @@ export class CallService {
           waiter.wake?.();
         }
       } else if (data.kind === 'relation-removed') {
-        for (const waiter of this.#byRelation.get(change.relation_id)) {
-          waiter.withdrawn = true;
-          waiter.wake?.();
-        }
+        withdraw(this.#byRelation.get(change.relation_id));
       } else if (data.kind === 'request' && !data.after) {
-        for (const waiter of this.#waiting.get(data.before.request_id)) {
-          waiter.withdrawn = true;
-          waiter.wake?.();
-        }
+        withdraw(this.#waiting.get(data.before.request_id));
       } else if (data.kind === 'request') {
         const expired = data.after.state === 'expired';
         for (const waiter of this.#waiting.get(data.after.request_id)) {
@@ -160,6 +154,14 @@ export class CallService {
       reason: 'NO_RESPONDERS',
       metadata: { relation_id: options.relation_id, ...(unit ? { unit } : {}) },
     });
+  }
+}
+
+/** Tells calls that their request is gone: withdrawn, or removed with its relation. */
+function withdraw(waiters: Iterable<CallWaiter>): void {
+  for (const waiter of waiters) {
+    waiter.withdrawn = true;
+    waiter.wake?.();
   }
 }
 

@@ -240,6 +240,8 @@ function startBackgroundWork(config: ServerConfig, store: Store, requests: Reque
 // ---- handlers ----
 
 type UnaryCall = grpc.ServerUnaryCall<Record<string, never>, unknown>;
+/** What authentication reads of a call. */
+type CallLike = Parameters<Authenticator['requireUnit']>[0];
 type Req = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 const FILTER: Record<string, RequestFilterName> = {
@@ -314,7 +316,7 @@ class Handlers {
    * Tracks a stream or a waiting call of a unit, then checks its token once more before anything reaches it: a
    * revocation committed between the first check and the tracking would otherwise miss it.
    */
-  async #guard(unit: string, call: Parameters<Authenticator['requireUnit']>[0], close: (error: RelgateError) => void): Promise<() => void> {
+  async #guard(unit: string, call: CallLike, close: (error: RelgateError) => void): Promise<() => void> {
     const untrack = this.#track(unit, close);
     if (this.#auth.mode !== 'token') return untrack;
     try {
@@ -465,15 +467,7 @@ class Handlers {
       throw invalidArgument([{ field: 'delivery.mode', description: 'Call takes ANY or UNIT delivery; use CallAll for a selector' }]);
     }
     let response: unknown;
-    const revoked = new AbortController();
-    const untrack = await this.#guard(unit, call, (error) => revoked.abort(error));
-    let outcome: CallOutcome;
-    try {
-      outcome = await this.#calls.run(unit, options, deadline, () => undefined, (r) => (response ??= r), AbortSignal.any([aborted, revoked.signal]));
-    } finally {
-      untrack();
-    }
-    if (revoked.signal.aborted) throw revoked.signal.reason;
+    const outcome = await this.#runCall(unit, call, aborted, (signal) => this.#calls.run(unit, options, deadline, () => undefined, (r) => (response ??= r), signal));
     if (outcome.expired) {
       throw new RelgateError(Code.DEADLINE_EXCEEDED, `request ${String(outcome.request.request_id)} expired (its time to live passed) before it was answered`, {
         reason: 'REQUEST_EXPIRED',
@@ -502,8 +496,6 @@ class Handlers {
     const started = performance.now();
     const aborted = abortOnCancel(call);
     const deadline = serverDeadline(call.getDeadline() as Date | number, DEFAULT_CALL_MS);
-    const revoked = new AbortController();
-    let untrack = () => {};
     this.#auth
       .requireUnit(call)
       .then((unit) => {
@@ -511,22 +503,18 @@ class Handlers {
         if (invalid) throw invalid;
         return unit;
       })
-      .then(async (unit) => {
-        untrack = await this.#guard(unit, call, (error) => revoked.abort(error));
-        return this.#calls.run(
-          unit,
-          callOptions(call.request),
-          deadline,
-          (request) => call.write({ started: { request, expected_count: request.expected_count, expected_units: request.expected_units } }),
-          (response) => call.write({ response }),
-          AbortSignal.any([aborted, revoked.signal]),
-        );
-      })
-      .then((outcome) => {
-        untrack();
-        if (revoked.signal.aborted) throw revoked.signal.reason;
-        return outcome;
-      })
+      .then((unit) =>
+        this.#runCall(unit, call, aborted, (signal) =>
+          this.#calls.run(
+            unit,
+            callOptions(call.request),
+            deadline,
+            (request) => call.write({ started: { request, expected_count: request.expected_count, expected_units: request.expected_units } }),
+            (response) => call.write({ response }),
+            signal,
+          ),
+        ),
+      )
       .then(
         (outcome) => {
           // A client that cancelled hears nothing more.
@@ -536,12 +524,24 @@ class Handlers {
           call.end();
         },
         (error: unknown) => {
-          untrack();
           const status = toServiceError(error);
           this.#log(method, call, status.code, started, error);
           call.emit('error', status);
         },
       );
+  }
+
+  /** Runs a Call or CallAll of the unit (`run`, until `signal`); a revocation of its token meanwhile ends it with that error. */
+  async #runCall(unit: string, call: CallLike, cancelled: AbortSignal, run: (signal: AbortSignal) => Promise<CallOutcome>): Promise<CallOutcome> {
+    const revoked = new AbortController();
+    const untrack = await this.#guard(unit, call, (error) => revoked.abort(error));
+    try {
+      const outcome = await run(AbortSignal.any([cancelled, revoked.signal]));
+      if (revoked.signal.aborted) throw revoked.signal.reason;
+      return outcome;
+    } finally {
+      untrack();
+    }
   }
 
   session(): grpc.UntypedServiceImplementation {

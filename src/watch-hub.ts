@@ -299,7 +299,6 @@ export class WatchHub {
   }
 }
 
-/** The joins and departures a change records; removing a relation is a departure of each of its members. */
 /**
  * Events as stream messages of at most MAX_BATCH_EVENTS events and about a quarter of the largest message in bytes
  * (estimated from the text they carry), cut only between events that are not `together`: a group larger than that
@@ -313,7 +312,7 @@ export function splitEvents(events: WatchEventMessage[], maxMessageBytes: number
   while (start < events.length) {
     let end = start;
     let bytes = 0;
-    /** Where the last group inside [start, end) began; start when there is one group. */
+    /** Where the last group up to `end` began: start when they are all one group. */
     let cut = start;
     for (; end < events.length; end++) {
       const event = events[end] as WatchEventMessage;
@@ -322,7 +321,6 @@ export function splitEvents(events: WatchEventMessage[], maxMessageBytes: number
       if (end - start >= MAX_BATCH_EVENTS || bytes > budget) break;
     }
     if (end < events.length) {
-      if (end > start && !together(events[end - 1] as WatchEventMessage, events[end] as WatchEventMessage)) cut = end;
       // One group fills the budget alone: it goes whole.
       if (cut === start) for (cut = start + 1; cut < events.length && together(events[cut - 1] as WatchEventMessage, events[cut] as WatchEventMessage); cut++);
     } else cut = events.length;
@@ -354,6 +352,7 @@ function textSize(value: unknown): number {
   return size;
 }
 
+/** The joins and departures a change records; removing a relation is a departure of each of its members. */
 function membershipsOf(change: Change): MembershipChange[] {
   const data = change.data;
   const of = (unit: RelationUnitRecord, joined: boolean) => ({ revision: change.revision, relationId: change.relation_id, unit: unit.unit, side: unit.side, joined });
