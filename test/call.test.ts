@@ -192,29 +192,17 @@ describe('Call', () => {
     expect(again.response).toEqual(late);
     watch.cancel();
   });
-  test('a request withdrawn while its call waits ends the call at once with FAILED_PRECONDITION, not at the deadline', async () => {
+  test.each([
+    ['withdrawing its request', (r: Relation, requestId: string) => r.req().call('WithdrawRequest', { request_id: requestId })],
+    ['removing its relation', (r: Relation) => h.registry.call('DeleteRelation', { relation_id: r.id })],
+  ])('%s ends a waiting call at once with FAILED_PRECONDITION, not at the deadline', async (_how, remove) => {
     const r = await relate(h);
     const watch = await watchReady(r.res(0), { relation_id: r.id });
     const requestId = randomUUID();
     const started = Date.now();
     const failing = callFails(r.req(), { relation_id: r.id, request_id: requestId, fields: struct(CSR) }, 30_000);
     await watch.events.next(requestEvent('ADDED', requestId));
-    await r.req().call('WithdrawRequest', { request_id: requestId });
-    const error = await failing;
-    expect(Date.now() - started).toBeLessThan(15_000);
-    expect(error.code).toBe(Code.FAILED_PRECONDITION);
-    expect(statusDetails(error).errorInfo).toMatchObject({ reason: 'REQUEST_WITHDRAWN', metadata: { request_id: requestId } });
-    watch.cancel();
-  });
-
-  test('removing the relation of a waiting call ends the call at once with FAILED_PRECONDITION', async () => {
-    const r = await relate(h);
-    const watch = await watchReady(r.res(0), { relation_id: r.id });
-    const requestId = randomUUID();
-    const started = Date.now();
-    const failing = callFails(r.req(), { relation_id: r.id, request_id: requestId, fields: struct(CSR) }, 30_000);
-    await watch.events.next(requestEvent('ADDED', requestId));
-    await h.registry.call('DeleteRelation', { relation_id: r.id });
+    await remove(r, requestId);
     const error = await failing;
     expect(Date.now() - started).toBeLessThan(15_000);
     expect(error.code).toBe(Code.FAILED_PRECONDITION);

@@ -240,22 +240,29 @@ describe('invalid UTF-8 on the wire', () => {
     expect(await snapshot(h, [w])).toEqual(before);
   });
 
-  test('in a session command is acknowledged with INVALID_ARGUMENT naming the field; the session stays open', async () => {
-    const revision = h.server.store.currentRevision();
+  /** A session of raw bytes up; `acked` resolves with the first two acknowledgements. */
+  function rawSession() {
     const metadata = new grpc.Metadata();
     metadata.set('relgate-unit', w.requesters[0] as string);
     const session = w.req().client.makeBidiStreamRequest('/relgate.v1.SessionService/Open', (bytes: Buffer) => bytes, (bytes: Buffer) => OpenResponse.toObject(OpenResponse.decode(bytes)), metadata);
     const acks: Msg[] = [];
-    const acked = (count: number) => new Promise<void>((resolve) => session.on('data', (message: Msg) => acks.push(message.ack) === count && resolve()));
-    const bothAcked = acked(2);
-    // OpenRequest{ command: SessionCommand{ correlation_id, create } }, the create holding invalid UTF-8.
-    const command = (id: string, create: Uint8Array) =>
-      Buffer.from(protobuf.Writer.create().uint32((2 << 3) | 2).bytes(protobuf.Writer.create().uint32((1 << 3) | 2).string(id).uint32((2 << 3) | 2).bytes(create).finish()).finish());
+    const acked = new Promise<Msg[]>((resolve) => session.on('data', (message: Msg) => acks.push(message.ack) === 2 && resolve(acks)));
+    return { session, acked };
+  }
+
+  /** OpenRequest{ command: SessionCommand{ correlation_id, create } }, the create as given. */
+  const command = (id: string, create: Uint8Array) =>
+    Buffer.from(protobuf.Writer.create().uint32((2 << 3) | 2).bytes(protobuf.Writer.create().uint32((1 << 3) | 2).string(id).uint32((2 << 3) | 2).bytes(create).finish()).finish());
+  const goodCreate = () => CreateRequestRequest.encode(CreateRequestRequest.fromObject({ relation_id: w.relationId, fields: struct({ common_name: 'ok.example' }) })).finish();
+
+  test('in a session command is acknowledged with INVALID_ARGUMENT naming the field; the session stays open', async () => {
+    const revision = h.server.store.currentRevision();
+    const { session, acked } = rawSession();
+    // The create holding invalid UTF-8.
     session.write(command('bad', encode('common_name', Buffer.from([0x61, 0xff]))));
-    session.write(command('good', CreateRequestRequest.encode(CreateRequestRequest.fromObject({ relation_id: w.relationId, fields: struct({ common_name: 'ok.example' }) })).finish()));
-    await bothAcked;
+    session.write(command('good', goodCreate()));
+    const [bad, good] = await acked;
     session.end();
-    const [bad, good] = acks;
     expect(bad?.correlation_id).toBe('bad');
     expect(bad?.error.code).toBe(Code.INVALID_ARGUMENT);
     const violations = (BadRequest.toObject(BadRequest.decode(bad?.error.details[1].value)) as { field_violations: { field: string }[] }).field_violations;
@@ -267,19 +274,13 @@ describe('invalid UTF-8 on the wire', () => {
 
   test('a session message that is not an OpenRequest at all is acknowledged with INVALID_ARGUMENT; the session stays open', async () => {
     const revision = h.server.store.currentRevision();
-    const metadata = new grpc.Metadata();
-    metadata.set('relgate-unit', w.requesters[0] as string);
-    const session = w.req().client.makeBidiStreamRequest('/relgate.v1.SessionService/Open', (bytes: Buffer) => bytes, (bytes: Buffer) => OpenResponse.toObject(OpenResponse.decode(bytes)), metadata);
-    const acks: Msg[] = [];
-    const bothAcked = new Promise<void>((resolve) => session.on('data', (message: Msg) => acks.push(message.ack) === 2 && resolve()));
+    const { session, acked } = rawSession();
     const ended = new Promise<grpc.StatusObject>((resolve) => session.on('status', resolve));
     // Field 1 (start) length-delimited, with a length running past the end of the message.
     session.write(Buffer.from([0x0a, 0x7f, 0x01]));
-    const create = CreateRequestRequest.encode(CreateRequestRequest.fromObject({ relation_id: w.relationId, fields: struct({ common_name: 'ok.example' }) })).finish();
-    session.write(Buffer.from(protobuf.Writer.create().uint32((2 << 3) | 2).bytes(protobuf.Writer.create().uint32((1 << 3) | 2).string('good').uint32((2 << 3) | 2).bytes(create).finish()).finish()));
-    await bothAcked;
+    session.write(command('good', goodCreate()));
+    const [bad, good] = await acked;
     session.end();
-    const [bad, good] = acks;
     expect([bad?.error.code, bad?.error.message]).toEqual([Code.INVALID_ARGUMENT, expect.stringMatching(/^the message is not a valid relgate\.v1\.OpenRequest: /)]);
     expect([good?.correlation_id, good?.error ?? null]).toEqual(['good', null]);
     expect((await ended).code).toBe(grpc.status.OK);
