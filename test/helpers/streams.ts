@@ -28,7 +28,8 @@ export type Predicate<T> = (item: T) => boolean;
 export class Feed<T> {
   readonly items: T[] = [];
   #cursor = 0;
-  #waiters: { test: Predicate<T>; resolve: (item: T) => void; reject: (error: Error) => void; timer: NodeJS.Timeout }[] = [];
+  /** `scanned`: items before it already failed the waiter's test, so each arrival is tested once. */
+  #waiters: { test: Predicate<T>; scanned: number; resolve: (item: T) => void; reject: (error: Error) => void; timer: NodeJS.Timeout }[] = [];
   #ended: Error | undefined;
   readonly name: string;
 
@@ -69,6 +70,7 @@ export class Feed<T> {
     return new Promise((resolve, reject) => {
       const waiter = {
         test,
+        scanned: this.items.length,
         resolve,
         reject,
         timer: setTimeout(() => {
@@ -88,8 +90,8 @@ export class Feed<T> {
     return out;
   }
 
-  #take(test: Predicate<T>): { item: T } | undefined {
-    for (let i = this.#cursor; i < this.items.length; i++) {
+  #take(test: Predicate<T>, from = this.#cursor): { item: T } | undefined {
+    for (let i = Math.max(from, this.#cursor); i < this.items.length; i++) {
       const item = this.items[i] as T;
       if (test(item)) {
         this.#cursor = i + 1;
@@ -103,8 +105,11 @@ export class Feed<T> {
     while (this.#waiters.length > 0) {
       const waiter = this.#waiters[0];
       if (!waiter) return;
-      const found = this.#take(waiter.test);
-      if (!found) return;
+      const found = this.#take(waiter.test, waiter.scanned);
+      if (!found) {
+        waiter.scanned = this.items.length;
+        return;
+      }
       this.#waiters.shift();
       clearTimeout(waiter.timer);
       waiter.resolve(found.item);
