@@ -399,6 +399,58 @@ describe('SDK watches across gateway restarts', () => {
     watch.close();
   }, 60_000);
 
+  it('keeps at most maxInFlight session commands unacknowledged, sends the rest in order, and sends them all before closing', async () => {
+    const w = await world();
+    const web = as(w.requesters[0] as string);
+    const session = web.openSession({ maxInFlight: 8 });
+    const requester = web.requester('tls-certificates', { relation: w.relationId });
+    let mostInFlight = 0;
+    const creates = Array.from({ length: 300 }, (_, i) =>
+      requester.create({ common_name: `w${i}.example` }).then((request) => {
+        mostInFlight = Math.max(mostInFlight, session.inFlight);
+        return request.request_id;
+      }),
+    );
+    expect([session.inFlight, session.queued]).toEqual([8, 292]);
+    session.close();
+    const created = await Promise.all(creates);
+    expect(await session.closed).toBeUndefined();
+    expect(mostInFlight).toBeLessThanOrEqual(8);
+    expect((await requester.requests()).map((request) => request.request_id)).toEqual(created);
+  });
+
+  it("stops writing session commands while the stream's write buffer is full", async () => {
+    const w = await world();
+    const web = as(w.requesters[0] as string);
+    const session = web.openSession();
+    const requester = web.requester('tls-certificates', { relation: w.relationId });
+    const padding = 'x'.repeat(200_000);
+    const creates = Array.from({ length: 60 }, (_, i) => requester.create({ common_name: `big${i}.example`, sans: [padding] }));
+    // Far below the in-flight bound (1024): what holds the rest back is write() returning false.
+    expect(session.inFlight).toBeLessThan(60);
+    expect(session.queued).toBe(60 - session.inFlight);
+    expect(await Promise.all(creates)).toHaveLength(60);
+    expect([session.inFlight, session.queued]).toEqual([0, 0]);
+    session.close();
+    expect(await session.closed).toBeUndefined();
+  });
+
+  it('sends as unary calls the commands still queued when a lagging watch drains the session', async () => {
+    const w = await world();
+    const web = as(w.requesters[0] as string);
+    const session = web.openSession({ responses: { relation: w.relationId, start: 'now', bufferEvents: 20 }, maxInFlight: 1 });
+    const watch = session.responses<'tls-certificates'>();
+    const requester = web.requester('tls-certificates', { relation: w.relationId });
+    const first = await requester.create({ common_name: 'first.example' });
+    await readUntil(watch, (event) => event.request?.request_id === first.request_id);
+    // One at a time over the stream; nobody reads the watch, so it falls behind and the session drains with commands queued.
+    const created = await Promise.all(Array.from({ length: 200 }, (_, i) => requester.create({ common_name: `q${i}.example` }).then((request) => request.request_id)));
+    expect(session.stats.reconnects).toBeGreaterThanOrEqual(1);
+    const missing = new Set(created);
+    await readUntil(watch, (event) => missing.delete(event.request?.request_id ?? '') && missing.size === 0, 30_000);
+    session.close();
+  });
+
   it('lets a session watch fall behind without stalling commands, missing no event', async () => {
     const w = await world();
     const web = as(w.requesters[0] as string);

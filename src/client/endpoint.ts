@@ -7,7 +7,8 @@ import type { Struct } from '../../gen/google/protobuf/Struct.ts';
 import { newRequestId } from '../request-id.ts';
 import { jsonToStruct, type JsonObject } from '../struct.ts';
 import { unary, type Connection } from './connect.ts';
-import type { CommandBody, CommandName, CommandResult } from './session.ts';
+import { hasReason } from './errors.ts';
+import { COMMAND_NOT_SENT, type CommandBody, type CommandName, type CommandResult } from './session.ts';
 import type { CreateOptions, Delivery, InterfaceName } from './types.ts';
 
 export class Endpoint<I extends InterfaceName> {
@@ -29,8 +30,9 @@ export class Endpoint<I extends InterfaceName> {
   /** Runs a command over the open session, or as the equivalent unary call. */
   protected command<K extends CommandName>(name: K, body: CommandBody<K>, viaUnary: (callback: (error: grpc.ServiceError | null, response?: CommandResult<K>) => void) => grpc.ClientUnaryCall): Promise<CommandResult<K>> {
     const session = this.connection.session;
-    if (session) return session.command(name, body);
-    return unary(viaUnary);
+    if (!session) return unary(viaUnary);
+    // Never sent, so never applied: the unary call is the command's only run.
+    return session.command(name, body).catch((error: unknown) => (hasReason(error, COMMAND_NOT_SENT) ? unary(viaUnary) : Promise.reject(error)));
   }
 
   /** The body of a create: fields as a Struct, a request id chosen here so a retry is a replay. */

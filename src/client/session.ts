@@ -6,7 +6,9 @@
 // their commands as unary calls. A watch whose reader falls behind does not
 // stall the commands: the session ends its stream gracefully (every command
 // sent is still acknowledged) and opens a new one, resuming the watches, once
-// the reader has caught up.
+// the reader has caught up. Flow control: at most `maxInFlight` commands
+// are sent and not yet acknowledged, and none is written while the stream's
+// write buffer is full; the rest wait here, in order.
 import type * as grpc from '@grpc/grpc-js';
 import type { OpenRequest } from '../../gen/relgate/v1/OpenRequest.ts';
 import type { OpenResponse__Output } from '../../gen/relgate/v1/OpenResponse.ts';
@@ -34,6 +36,8 @@ export interface SessionOptions {
   incomingRequests?: SessionWatchOptions & { filter?: 'all' | 'new' };
   /** Carry a watch of the responses to the unit's requests (requester side). */
   responses?: SessionWatchOptions;
+  /** Commands sent and not yet acknowledged, at most (default 1024, the gateway's own bound per session). */
+  maxInFlight?: number;
 }
 
 interface Registered {
@@ -50,6 +54,13 @@ interface Pending {
   reject(error: RelgateError): void;
 }
 
+interface Queued extends Pending {
+  message: OpenRequest;
+}
+
+/** The reason of a command the session gave up before writing it: any command may go as a unary call instead. */
+export const COMMAND_NOT_SENT = 'COMMAND_NOT_SENT';
+
 const RETRIABLE = new Set<number>([Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED, Code.OUT_OF_RANGE]);
 
 export class ClientSession {
@@ -59,7 +70,12 @@ export class ClientSession {
   readonly stats = { reconnects: 0 };
   readonly #connection: Connection;
   readonly #watches = new Map<WatchName, Registered>();
+  /** Commands written and waiting for their acknowledgement, by correlation id. */
   readonly #pending = new Map<string, Pending>();
+  /** Commands waiting to be written: the window is full or the stream's write buffer is. */
+  readonly #queued: Queued[] = [];
+  readonly #maxInFlight: number;
+  #writeBlocked = false;
   #resolveClosed!: (error: RelgateError | undefined) => void;
   #call: grpc.ClientDuplexStream<OpenRequest, OpenResponse__Output> | undefined;
   #wantStream = true;
@@ -74,6 +90,8 @@ export class ClientSession {
   constructor(connection: Connection, options: SessionOptions) {
     this.#connection = connection;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
+    this.#maxInFlight = options.maxInFlight ?? 1024;
+    if (!Number.isInteger(this.#maxInFlight) || this.#maxInFlight < 1) throw new RangeError('maxInFlight must be a whole number of at least 1');
     if (options.incomingRequests) {
       const { relation, filter, ...watchOptions } = options.incomingRequests;
       this.#addWatch('incoming_requests', { relation_id: relation ?? '', filter: filter === 'new' ? 'REQUEST_FILTER_NEW' : 'REQUEST_FILTER_ALL' }, watchOptions);
@@ -94,6 +112,16 @@ export class ClientSession {
     return this.#closed;
   }
 
+  /** Commands sent and not yet acknowledged. */
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  /** Commands waiting to be sent, behind the in-flight bound or a full write buffer. */
+  get queued(): number {
+    return this.#queued.length;
+  }
+
   /** The session's watch of requests addressed to the unit, typed by interface I. */
   incomingRequests<I extends InterfaceName>(): Watch<RequestFields<I>, ResponseFields<I>> {
     return this.#watch('incoming_requests') as Watch<RequestFields<I>, ResponseFields<I>>;
@@ -104,26 +132,54 @@ export class ClientSession {
     return this.#watch('responses') as Watch<RequestFields<I>, ResponseFields<I>>;
   }
 
-  /** Sends a command and resolves with its result once the gateway has made it durable. */
+  /**
+   * Sends a command and resolves with its result once the gateway has made it
+   * durable. A command the session gives up before sending it (the stream
+   * ends or drains first) rejects with UNAVAILABLE and reason COMMAND_NOT_SENT.
+   */
   command<K extends CommandName>(name: K, body: CommandBody<K>): Promise<CommandResult<K>> {
-    const call = this.#call;
-    if (!call || this.#closing || this.#draining) return Promise.reject(new RelgateError(Code.UNAVAILABLE, 'the session is not connected', { reason: 'SESSION_CLOSED' }));
+    if (!this.isConnected) return Promise.reject(notSent('the session is not connected'));
     this.#nextId += 1;
     const correlationId = String(this.#nextId);
     return new Promise((resolve, reject) => {
-      this.#pending.set(correlationId, { name, resolve: resolve as (result: unknown) => void, reject });
-      call.write({ command: { correlation_id: correlationId, [name]: body } });
+      this.#queued.push({ name, resolve: resolve as (result: unknown) => void, reject, message: { command: { correlation_id: correlationId, [name]: body } } });
+      this.#sendQueued();
     });
   }
 
-  /** Ends the session once every command sent has been acknowledged; closes its watches. */
+  /** Ends the session once every command handed to it has been sent and acknowledged; closes its watches. */
   close(): void {
     if (this.#closing) return;
     this.#closing = true;
     clearTimeout(this.#retryTimer);
     for (const registered of this.#watches.values()) registered.watch.close();
     if (!this.#call) return this.#finish(undefined);
-    this.#call.end();
+    this.#sendQueued();
+  }
+
+  /** Writes queued commands while the window and the stream's write buffer allow; half-closes a closing stream once none is left. */
+  #sendQueued(): void {
+    const call = this.#call;
+    if (!call || this.#draining) return;
+    while (!this.#writeBlocked && this.#pending.size < this.#maxInFlight) {
+      const next = this.#queued.shift();
+      if (!next) break;
+      const { message, ...pending } = next;
+      this.#pending.set(message.command?.correlation_id as string, pending);
+      if (!call.write(message)) {
+        this.#writeBlocked = true;
+        call.once('drain', () => {
+          this.#writeBlocked = false;
+          if (this.#call === call) this.#sendQueued();
+        });
+      }
+    }
+    if (this.#closing && this.#queued.length === 0 && !call.writableEnded) call.end();
+  }
+
+  /** Rejects the commands not sent yet: the caller may send them another way. */
+  #dropQueued(why: string): void {
+    for (const queued of this.#queued.splice(0)) queued.reject(notSent(why));
   }
 
   #watch(name: WatchName): Watch<unknown, unknown> {
@@ -195,17 +251,20 @@ export class ClientSession {
     this.#pending.delete(ack.correlation_id);
     if (ack.error) pending.reject(fromAckStatus(ack.error));
     else pending.resolve(ack[pending.name]);
+    this.#sendQueued();
   }
 
   #onStreamEnd(call: grpc.ClientDuplexStream<OpenRequest, OpenResponse__Output>, error: unknown): void {
     if (this.#call !== call) return;
     this.#call = undefined;
+    this.#writeBlocked = false;
     const drained = this.#draining;
     this.#draining = false;
     const failure = error === undefined ? undefined : toRelgateError(error);
     const ended = new RelgateError(Code.UNAVAILABLE, 'the session stream ended', { reason: 'SESSION_CLOSED' });
     for (const pending of this.#pending.values()) pending.reject(failure ?? ended);
     this.#pending.clear();
+    this.#dropQueued('the session stream ended before the command was sent');
     if (this.#closing) return this.#finish(undefined);
     // Each watch decides for itself: resume, start over, or fail.
     for (const registered of this.#watches.values()) {
@@ -236,6 +295,7 @@ export class ClientSession {
     if (paused && this.#call && !this.#draining && !this.#closing) {
       // The gateway acknowledges the commands sent so far, then ends the stream.
       this.#draining = true;
+      this.#dropQueued('the session stream is draining');
       this.#call.end();
     }
     if (!paused) queueMicrotask(() => this.#maybeStart());
@@ -248,6 +308,10 @@ export class ClientSession {
     for (const registered of this.#watches.values()) registered.watch.close();
     this.#resolveClosed(error);
   }
+}
+
+function notSent(why: string): RelgateError {
+  return new RelgateError(Code.UNAVAILABLE, why, { reason: COMMAND_NOT_SENT });
 }
 
 /**
