@@ -163,6 +163,22 @@ describe('delivery to a label selector', () => {
     expect(later.expected_units).toEqual(r.responders);
   });
 
+  test('a matched unit that leaves stays expected: the request waits for it, and it answers once it rejoins', async () => {
+    const r = await relate(h, { responders: 2, labels: { 0: { zone: 'a' }, 1: { zone: 'a' } } });
+    const request = await create(r, { delivery: toSelector('zone=a') });
+    const departing = r.responders[1] as string;
+    await h.registry.call('LeaveRelation', { relation_id: r.id, unit: departing });
+    await respond(r, request.request_id, 0);
+    const waiting = (await r.req().call('GetRequest', { request_id: request.request_id })).request;
+    expect([waiting.state, waiting.response_count, waiting.expected_units]).toEqual(['REQUEST_STATE_PENDING', 1, r.responders]);
+    expectError(await r.res(1).fail('Respond', { request_id: request.request_id, fields: struct(CERT) }), Code.FAILED_PRECONDITION, 'UNIT_NOT_JOINED');
+    await h.registry.call('JoinRelation', { relation_id: r.id, unit: departing });
+    expect(await incoming(r, 1)).toEqual([request.request_id]);
+    await respond(r, request.request_id, 1);
+    const done = (await r.req().call('GetRequest', { request_id: request.request_id })).request;
+    expect([done.state, done.response_count]).toEqual(['REQUEST_STATE_ANSWERED', 2]);
+  });
+
   test('no matching unit: count 0 and the request is complete at once', async () => {
     const r = await relate(h, { responders: 2, labels: { 0: { zone: 'a' }, 1: { zone: 'a' } } });
     const w = await watchReady(r.req(), { relation_id: r.id });
