@@ -87,15 +87,16 @@ export function checkingUtf8(service: grpc.ServiceDefinition, serviceName: strin
       ...method,
       requestDeserialize: (bytes: Buffer) => {
         let message: object;
+        let paths: string[];
         try {
           message = decode(bytes) as object;
+          // Bytes all below 0x80 hold only ASCII text: nothing to walk. The walk reads fields by their wire
+          // type, which decode does not check, so it may fail where decode did not.
+          paths = isAscii(bytes) ? [] : invalidUtf8Paths(type, bytes);
         } catch (error) {
           // grpc-js would end the call INTERNAL: the handler refuses it instead (a session, only this message).
           return Object.defineProperty({}, MALFORMED, { value: `the message is not a valid ${type.fullName.slice(1)}: ${(error as Error).message}` });
         }
-        // Bytes all below 0x80 hold only ASCII text: nothing to walk.
-        if (isAscii(bytes)) return message;
-        const paths = invalidUtf8Paths(type, bytes);
         if (paths.length > 0) Object.defineProperty(message, INVALID_UTF8, { value: paths });
         return message;
       },

@@ -240,6 +240,15 @@ describe('invalid UTF-8 on the wire', () => {
     expect(await snapshot(h, [w])).toEqual(before);
   });
 
+  test('a field sent with another wire type than its own is refused with INVALID_ARGUMENT, MALFORMED_MESSAGE', async () => {
+    const revision = h.server.store.currentRevision();
+    const relation = Buffer.from(w.relationId);
+    // relation_id, then request_id (a string) as a varint followed by a non-ASCII byte.
+    const error = await sendRaw(Buffer.concat([Buffer.from([0x0a, relation.length]), relation, Buffer.from([0x10, 0x02, 0x07, 0xc3])]));
+    expect([error?.code, error?.reason]).toEqual([Code.INVALID_ARGUMENT, 'MALFORMED_MESSAGE']);
+    expect(h.server.store.currentRevision()).toBe(revision);
+  });
+
   /** A session of raw bytes up; `acked` resolves with the first two acknowledgements. */
   function rawSession() {
     const metadata = new grpc.Metadata();
@@ -272,12 +281,16 @@ describe('invalid UTF-8 on the wire', () => {
     expect(h.server.store.currentRevision()).toBe(revision + 1);
   });
 
-  test('a session message that is not an OpenRequest at all is acknowledged with INVALID_ARGUMENT; the session stays open', async () => {
+  test.each([
+    ['a length running past its end', [0x0a, 0x7f, 0x01]],
+    // command{ correlation_id as a varint, then a non-ASCII byte }: protobuf.js decodes a string whatever its wire
+    // type, the UTF-8 check reads by wire type and finds no valid message.
+    ['a string field sent with the varint wire type', [0x12, 0x04, 0x08, 0x02, 0x07, 0xc3]],
+  ])('a session message that is not an OpenRequest at all (%s) is acknowledged with INVALID_ARGUMENT; the session stays open', async (_, bytes) => {
     const revision = h.server.store.currentRevision();
     const { session, acked } = rawSession();
     const ended = new Promise<grpc.StatusObject>((resolve) => session.on('status', resolve));
-    // Field 1 (start) length-delimited, with a length running past the end of the message.
-    session.write(Buffer.from([0x0a, 0x7f, 0x01]));
+    session.write(Buffer.from(bytes));
     session.write(command('good', goodCreate()));
     const [bad, good] = await acked;
     session.end();
