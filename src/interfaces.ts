@@ -1,12 +1,9 @@
 // Interfaces declared in .proto files with relgate's custom options: loading,
-// the schemas served by RegistryService, and validation of request and
-// response fields against their messages.
+// and the schemas served by RegistryService (src/fields.ts validates values).
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import protobuf from 'protobufjs';
 import { BUILTIN_INTERFACE_DIR, PROTO_DIR, newRoot } from './protos.ts';
-import type { FieldViolation } from './errors.ts';
-import { ownValue, type Json, type JsonObject } from './struct.ts';
 
 export interface FieldSchema {
   name: string;
@@ -137,6 +134,11 @@ function interfaceOption(type: protobuf.Type): InterfaceOption | undefined {
   return undefined;
 }
 
+/** Required by relgate's field option, proto2's `required` or editions' LEGACY_REQUIRED. */
+export function isRequired(field: protobuf.Field): boolean {
+  return fieldOption(field).required === true || field.required;
+}
+
 function fieldOption(field: protobuf.Field): { description?: string; required?: boolean } {
   const options = field.options ?? {};
   return {
@@ -162,147 +164,17 @@ function fieldSchemas(type: protobuf.Type, seen: Set<protobuf.Type>): FieldSchem
       repeated: field.repeated,
       map: isMap,
       description: option.description || (field.comment ?? '').replace(/\s*\n\s*/g, ' ').trim(),
-      required: option.required ?? false,
+      required: isRequired(field),
       fields: nested ? fieldSchemas(nested, new Set(seen)) : [],
       enum_values: field.resolvedType instanceof protobuf.Enum ? Object.keys(field.resolvedType.values) : [],
     };
   });
 }
 
-function typeName(field: protobuf.Field): string {
+export function typeName(field: protobuf.Field): string {
   return field.resolvedType ? field.resolvedType.fullName.slice(1) : field.type;
 }
 
 function isWellKnown(type: protobuf.Type): boolean {
   return type.fullName.startsWith('.google.protobuf.');
-}
-
-// Validation of JSON field values against a message type, collecting every
-// violation with its dotted path.
-
-const INT32 = new Set(['int32', 'sint32', 'sfixed32']);
-const UINT32 = new Set(['uint32', 'fixed32']);
-const INT64 = new Set(['int64', 'sint64', 'sfixed64']);
-const UINT64 = new Set(['uint64', 'fixed64']);
-const FLOAT = new Set(['float', 'double']);
-const BASE64 = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$/;
-
-export interface ValidateOptions {
-  /** Check that required fields are present (not for match_fields or failures). */
-  checkRequired: boolean;
-}
-
-export function validateFields(type: protobuf.Type, value: JsonObject, pathPrefix: string, options: ValidateOptions): FieldViolation[] {
-  const violations: FieldViolation[] = [];
-  validateMessage(type, value, pathPrefix, options, violations);
-  return violations;
-}
-
-function validateMessage(type: protobuf.Type, value: JsonObject, at: string, options: ValidateOptions, out: FieldViolation[]): void {
-  for (const [name, fieldValue] of Object.entries(value)) {
-    const field = ownValue(type.fields, name);
-    if (!field) {
-      out.push({ field: `${at}.${name}`, description: `unknown field; ${type.name} has ${type.fieldsArray.map((f) => f.name).join(', ') || 'no fields'}` });
-      continue;
-    }
-    if (fieldValue === null) continue;
-    validateField(field, fieldValue, `${at}.${name}`, options, out);
-  }
-  if (!options.checkRequired) return;
-  for (const field of type.fieldsArray) {
-    if (!fieldOption(field).required) continue;
-    if (isEmpty(ownValue(value, field.name))) out.push({ field: `${at}.${field.name}`, description: 'required field is missing or empty' });
-  }
-}
-
-function isEmpty(value: Json | undefined): boolean {
-  return value === undefined || value === null || value === '' || (Array.isArray(value) && value.length === 0);
-}
-
-function validateField(field: protobuf.Field, value: Json, at: string, options: ValidateOptions, out: FieldViolation[]): void {
-  field.resolve();
-  if (field instanceof protobuf.MapField) {
-    if (!isObject(value)) return void out.push({ field: at, description: `must be an object (map<${field.keyType},${typeName(field)}>), not ${describe(value)}` });
-    for (const [mapKey, item] of Object.entries(value)) {
-      if (field.keyType !== 'string' && field.keyType !== 'bool' && !/^-?\d+$/.test(mapKey)) out.push({ field: `${at}.${mapKey}`, description: `map key must be an integer` });
-      validateSingle(field, item, `${at}.${mapKey}`, options, out);
-    }
-    return;
-  }
-  if (field.repeated) {
-    if (!Array.isArray(value)) return void out.push({ field: at, description: `must be a list of ${typeName(field)}, not ${describe(value)}` });
-    value.forEach((item, i) => validateSingle(field, item, `${at}[${i}]`, options, out));
-    return;
-  }
-  validateSingle(field, value, at, options, out);
-}
-
-function validateSingle(field: protobuf.Field, value: Json, at: string, options: ValidateOptions, out: FieldViolation[]): void {
-  const problem = singleProblem(field, value, at, options, out);
-  if (problem) out.push({ field: at, description: problem });
-}
-
-function singleProblem(field: protobuf.Field, value: Json, at: string, options: ValidateOptions, out: FieldViolation[]): string | undefined {
-  const resolved = field.resolvedType;
-  if (resolved instanceof protobuf.Enum) {
-    if (typeof value === 'string' && Object.hasOwn(resolved.values, value)) return undefined;
-    if (typeof value === 'number' && Object.values(resolved.values).includes(value)) return undefined;
-    return `must be one of ${Object.keys(resolved.values).join(', ')}, not ${describe(value)}`;
-  }
-  if (resolved instanceof protobuf.Type) return messageProblem(resolved, value, at, options, out);
-  const type = field.type;
-  if (type === 'string') return typeof value === 'string' ? undefined : `must be a string, not ${describe(value)}`;
-  if (type === 'bool') return typeof value === 'boolean' ? undefined : `must be a boolean, not ${describe(value)}`;
-  if (type === 'bytes') return typeof value === 'string' && BASE64.test(value) ? undefined : `must be a base64 string, not ${describe(value)}`;
-  // NaN and the infinities have no JSON form: stored, they would read back as null.
-  if (FLOAT.has(type)) return typeof value === 'number' && Number.isFinite(value) ? undefined : `must be a finite number, not ${describe(value)}`;
-  if (INT32.has(type)) return integerProblem(value, -(2 ** 31), 2 ** 31 - 1, type);
-  if (UINT32.has(type)) return integerProblem(value, 0, 2 ** 32 - 1, type);
-  if (INT64.has(type)) return int64Problem(value, true, type);
-  if (UINT64.has(type)) return int64Problem(value, false, type);
-  return `has unsupported type ${type}`;
-}
-
-function messageProblem(type: protobuf.Type, value: Json, at: string, options: ValidateOptions, out: FieldViolation[]): string | undefined {
-  switch (type.fullName) {
-    case '.google.protobuf.Struct':
-      return isObject(value) ? undefined : `must be an object, not ${describe(value)}`;
-    case '.google.protobuf.Value':
-      return undefined;
-    case '.google.protobuf.ListValue':
-      return Array.isArray(value) ? undefined : `must be a list, not ${describe(value)}`;
-    case '.google.protobuf.Timestamp':
-      return typeof value === 'string' && !Number.isNaN(Date.parse(value)) && /^\d{4}-\d\d-\d\dT/.test(value) ? undefined : `must be an RFC 3339 timestamp string, not ${describe(value)}`;
-    case '.google.protobuf.Duration':
-      return typeof value === 'string' && /^-?\d+(\.\d{1,9})?s$/.test(value) ? undefined : `must be a duration string such as "1.5s", not ${describe(value)}`;
-  }
-  if (!isObject(value)) return `must be an object (${type.fullName.slice(1)}), not ${describe(value)}`;
-  validateMessage(type, value, at, options, out);
-  return undefined;
-}
-
-function integerProblem(value: Json, min: number, max: number, type: string): string | undefined {
-  if (typeof value !== 'number' || !Number.isInteger(value)) return `must be an integer (${type}), not ${describe(value)}`;
-  if (value < min || value > max) return `must be between ${min} and ${max} (${type}), not ${value}`;
-  return undefined;
-}
-
-function int64Problem(value: Json, signed: boolean, type: string): string | undefined {
-  const text = typeof value === 'number' && Number.isSafeInteger(value) ? String(value) : typeof value === 'string' ? value : undefined;
-  if (text === undefined || !(signed ? /^-?\d{1,19}$/ : /^\d{1,20}$/).test(text)) return `must be an integer (${type}) as a number or a decimal string, not ${describe(value)}`;
-  const big = BigInt(text);
-  const [min, max] = signed ? [-(2n ** 63n), 2n ** 63n - 1n] : [0n, 2n ** 64n - 1n];
-  return big < min || big > max ? `is out of range for ${type}` : undefined;
-}
-
-function isObject(value: Json): value is JsonObject {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-function describe(value: Json): string {
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'a list';
-  if (typeof value === 'object') return 'an object';
-  if (typeof value === 'string') return `a string`;
-  return `${typeof value} ${typeof value === 'number' ? String(value) : JSON.stringify(value)}`;
 }

@@ -2,7 +2,8 @@
 // flags. Every operation acts as one calling unit.
 import { Code, RelgateError, failedPrecondition, invalidArgument, notFound } from './errors.ts';
 import { mergeRequesterFlags, mergeResponderFlags, requesterFlags, responderFlags } from './flags.ts';
-import { validateFields, type InterfaceRegistry, type InterfaceDefinition } from './interfaces.ts';
+import { canonicalFields, validateFields } from './fields.ts';
+import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
 import { isAddressedTo, isNewFor, requestMessage, responseMessage, type Viewer } from './present.ts';
 import { joinedRelation, joinedRelationIds, recordRequestChange, requireCaller, requireUnit } from './relations.ts';
 import { newRequestId } from './request-id.ts';
@@ -57,7 +58,7 @@ export class RequestService {
       const prepared = await this.#prepareCreate(tx, callerName, input, parsed);
       const { caller, relation } = prepared;
       if (prepared.existing) return { request: requestMessage(prepared.existing, requesterView(caller)), replayed: true };
-      const request = newRequest(caller, relation, prepared.requestId, parsed.fields, input.delivery, prepared.expected, parsed.ttl, tx.now, await tx.revision());
+      const request = newRequest(caller, relation, prepared.requestId, prepared.fields, input.delivery, prepared.expected, parsed.ttl, tx.now, await tx.revision());
       await recordRequestChange(tx, relation, null, request);
       return { request: requestMessage(request, requesterView(caller)), replayed: false };
     });
@@ -73,23 +74,25 @@ export class RequestService {
   async #prepareCreate(tx: StoreTx, callerName: string, input: CreateInput, parsed: ParsedCreate) {
     const caller = await requireCaller(tx, callerName);
     const { relation, units } = await joinedRelation(tx, input.relation_id, caller, 'requester');
-    invalidIfAny(validateFields(this.#definition(relation).requestType, parsed.fields, 'fields', { checkRequired: true }));
+    const type = this.#definition(relation).requestType;
+    invalidIfAny(validateFields(type, parsed.fields, 'fields', { checkRequired: true }));
+    const fields = canonicalFields(type, parsed.fields);
     const requestId = input.request_id.toLowerCase() || newRequestId();
     const existing = await tx.getRequest(requestId);
     if (existing) {
-      if (existing.body === requestBody(relation.id, parsed.fields, input.delivery, parsed.ttl)) return { caller, relation, requestId, existing };
+      if (existing.body === requestBody(relation.id, fields, input.delivery, parsed.ttl)) return { caller, relation, requestId, fields, existing };
       throw new RelgateError(Code.ALREADY_EXISTS, `request ${requestId} already exists with a different body`, {
         reason: 'REQUEST_ID_CONFLICT',
         metadata: { request_id: requestId },
       });
     }
-    return { caller, relation, requestId, existing: undefined, expected: await resolveDelivery(tx, relation, units, input.delivery, parsed.selector) };
+    return { caller, relation, requestId, fields, existing: undefined, expected: await resolveDelivery(tx, relation, units, input.delivery, parsed.selector) };
   }
 
   async createOrUpdate(callerName: string, input: Omit<CreateInput, 'request_id'> & { match_fields: string[] }) {
     const violations = new Violations().required('relation_id', input.relation_id);
     const ttl = durationMs(violations, 'ttl', input.ttl, MAX_TTL_MS);
-    const fields = structToJson(input.fields);
+    const given = structToJson(input.fields);
     const selector = checkDelivery(violations, input.delivery);
     if (input.match_fields.length === 0) violations.add('match_fields', 'name at least one field');
     violations.throwIfAny();
@@ -97,13 +100,14 @@ export class RequestService {
       const caller = await requireCaller(tx, callerName);
       const { relation, units } = await joinedRelation(tx, input.relation_id, caller, 'requester');
       const type = this.#definition(relation).requestType;
-      const fieldViolations = validateFields(type, fields, 'fields', { checkRequired: true });
+      const fieldViolations = validateFields(type, given, 'fields', { checkRequired: true });
       input.match_fields.forEach((name, i) => {
         if (!ownValue(type.fields, name)) fieldViolations.push({ field: `match_fields[${i}]`, description: `"${name}" is not a field of ${type.name}` });
       });
       invalidIfAny(fieldViolations);
+      const fields = canonicalFields(type, given);
       const match = Object.fromEntries(input.match_fields.map((name) => [name, ownValue(fields, name) ?? null]));
-      const existing = await firstMatch(tx, [relation.id], match);
+      const existing = await firstMatch(tx, [relation.id], (request) => fieldsMatch(request.fields, match));
       if (!existing) {
         const revision = await tx.revision();
         const expected = await resolveDelivery(tx, relation, units, input.delivery, selector);
@@ -150,10 +154,10 @@ export class RequestService {
     violations.throwIfAny();
     return this.#store.read(async (tx) => {
       const caller = await requireCaller(tx, callerName);
-      const relationIds = await this.#scope(tx, caller, input.relation_id, side, match);
+      const { relationIds, matches } = await this.#scope(tx, caller, input.relation_id, side, match);
       const view = { unit: caller.name, side };
       const keep = (request: RequestRecord) =>
-        fieldsMatch(request.fields, match) && (side === 'requester' ? requesterFilter(request, input.filter) : responderFilter(request, caller.name, input.filter));
+        matches(request) && (side === 'requester' ? requesterFilter(request, input.filter) : responderFilter(request, caller.name, input.filter));
       const { items, last, more } = await scan(tx, relationIds, after, size, keep, input.filter === 'new');
       return { requests: items.map((request) => requestMessage(request, view)), next_page_token: more ? encodePageToken(last, query) : '' };
     });
@@ -182,8 +186,8 @@ export class RequestService {
     if (Object.keys(match).length === 0) invalidIfAny([{ field: 'match_fields', description: 'name at least one field' }]);
     return this.#store.read(async (tx) => {
       const caller = await requireCaller(tx, callerName);
-      const relationIds = await this.#scope(tx, caller, relationId, 'requester', match);
-      const request = await firstMatch(tx, relationIds, match);
+      const { relationIds, matches } = await this.#scope(tx, caller, relationId, 'requester', match);
+      const request = await firstMatch(tx, relationIds, matches);
       if (!request) return { request: null, responses: [] };
       return { request: requestMessage(request, requesterView(caller)), responses: (await tx.listResponses(request.request_id)).map(responseMessage) };
     });
@@ -205,12 +209,14 @@ export class RequestService {
 
   async respond(callerName: string, input: { request_id: string; code: number; error: string; fields: StructMessage | null }) {
     const violations = new Violations().uuid('request_id', input.request_id);
-    const fields = structToJson(input.fields);
+    const given = structToJson(input.fields);
     if (input.code !== 0 && input.error === '') violations.add('error', 'is required when code is not 0');
     violations.throwIfAny();
     return this.#store.write(async (tx) => {
       const { request, relation } = await this.#visibleRequest(tx, callerName, input.request_id, 'responder');
-      invalidIfAny(validateFields(this.#definition(relation).responseType, fields, 'fields', { checkRequired: input.code === 0 }));
+      const type = this.#definition(relation).responseType;
+      invalidIfAny(validateFields(type, given, 'fields', { checkRequired: input.code === 0 }));
+      const fields = canonicalFields(type, given);
       checkAnswerable(request, callerName, tx.now);
       const revision = await tx.revision();
       const response = {
@@ -324,16 +330,23 @@ export class RequestService {
     return { caller, request, relation: membership.relation, units: membership.units };
   }
 
-  /** Relation ids a list covers: the one named (checked), or every joined one. */
-  async #scope(tx: StoreTx, caller: UnitRecord, relationId: string, side: SideName, match: JsonObject): Promise<string[]> {
+  /**
+   * Relation ids a list covers: the one named (checked), or every joined one;
+   * and whether a request's fields match, in each relation's canonical form.
+   */
+  async #scope(tx: StoreTx, caller: UnitRecord, relationId: string, side: SideName, match: JsonObject) {
     const relations = await this.#relationsInScope(tx, caller, relationId, side);
     const violations: { field: string; description: string }[] = [];
+    const matchByRelation = new Map<string, JsonObject>();
     for (const { relation } of relations) {
       const type = this.#definition(relation).requestType;
-      violations.push(...validateFields(type, match, 'match_fields', { checkRequired: false }));
+      const problems = validateFields(type, match, 'match_fields', { checkRequired: false });
+      violations.push(...problems);
+      if (problems.length === 0) matchByRelation.set(relation.id, canonicalFields(type, match));
     }
     invalidIfAny(relationId ? violations : dedupe(violations));
-    return relations.map(({ relation }) => relation.id);
+    const matches = (request: RequestRecord) => fieldsMatch(request.fields, matchByRelation.get(request.relation_id) ?? match);
+    return { relationIds: relations.map(({ relation }) => relation.id), matches };
   }
 
   async #relationsInScope(tx: StoreTx, caller: UnitRecord, relationId: string, side: SideName) {
@@ -461,8 +474,8 @@ function responderFilter(request: RequestRecord, unit: string, filter: RequestFi
   return isAddressedTo(request, unit) && (filter !== 'new' || isNewFor(request, unit));
 }
 
-async function firstMatch(tx: StoreTx, relationIds: string[], match: JsonObject): Promise<RequestRecord | undefined> {
-  const { items } = await scan(tx, relationIds, 0, 1, (request) => fieldsMatch(request.fields, match));
+async function firstMatch(tx: StoreTx, relationIds: string[], matches: (request: RequestRecord) => boolean): Promise<RequestRecord | undefined> {
+  const { items } = await scan(tx, relationIds, 0, 1, matches);
   return items[0];
 }
 

@@ -25,7 +25,7 @@ export function structToJson(struct: StructMessage | null | undefined): JsonObje
 }
 
 /** Sets an own property, even "__proto__", which plain assignment takes for the object's prototype and loses. */
-function setOwn<T>(object: Record<string, T>, key: string, value: T): void {
+export function setOwn<T>(object: Record<string, T>, key: string, value: T): void {
   if (key === '__proto__') Object.defineProperty(object, key, { value, enumerable: true, writable: true, configurable: true });
   else object[key] = value;
 }

@@ -3,12 +3,15 @@
 // repeats the call's own code and message, and a store left untouched.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Code } from '../src/errors.ts';
-import { startHarness, struct, type Harness, type Rpc } from './helpers/harness.ts';
+import path from 'node:path';
+import { json, startHarness, struct, type Harness, type Rpc } from './helpers/harness.ts';
+import { requestEvent, watchReady } from './helpers/streams.ts';
 import { rawFail, statusDetails } from './helpers/status.ts';
 import { makeWorld, snapshot, type World } from './helpers/world.ts';
 import { fromServiceError } from '../src/errors.ts';
 import protobuf from 'protobufjs';
-import { validateFields } from '../src/interfaces.ts';
+import { MAX_FIELD_DEPTH, validateFields } from '../src/fields.ts';
+import type { Json, JsonObject } from '../src/struct.ts';
 
 let h: Harness;
 let w: World;
@@ -231,8 +234,105 @@ describe('interface fields of float types', () => {
     const violations = validateFields(type, { value: Number.NaN, ratio: Number.POSITIVE_INFINITY }, 'fields', { checkRequired: false });
     expect(violations).toEqual([
       { field: 'fields.value', description: 'must be a finite number, not number NaN' },
-      { field: 'fields.ratio', description: 'must be a finite number, not number Infinity' },
+      { field: 'fields.ratio', description: "must be a finite number within float's range, not number Infinity" },
     ]);
     expect(validateFields(type, { value: -1.5, ratio: 0 }, 'fields', { checkRequired: false })).toEqual([]);
+  });
+});
+
+/** A message type parsed from source, with the well-known types it imports. */
+function parseType(source: string, name: string): protobuf.Type {
+  const parsed = protobuf.parse(source);
+  for (const file of parsed.imports ?? []) parsed.root.addJSON(protobuf.common.get(file)?.nested ?? {});
+  parsed.root.resolveAll();
+  return parsed.root.lookupType(name);
+}
+
+const fieldsOf = (violations: { field: string }[]) => violations.map((violation) => violation.field);
+
+describe('interface fields of other kinds', () => {
+  test('two members of one oneof are refused; a proto3 optional field is no oneof', () => {
+    const type = parseType('syntax = "proto3"; message M { oneof choice { string a = 1; int32 b = 2; } optional string c = 3; optional string d = 4; }', 'M');
+    expect(validateFields(type, { a: 'x', b: 2 }, 'fields', { checkRequired: false })).toEqual([{ field: 'fields.b', description: 'only one of choice (a, b) may be set, and a is' }]);
+    expect(validateFields(type, { a: 'x', b: null, c: 'y', d: 'z' }, 'fields', { checkRequired: false })).toEqual([]);
+  });
+
+  test('map keys are checked against their type', () => {
+    const type = parseType('syntax = "proto3"; message M { map<bool, string> flags = 1; map<int32, string> small = 2; map<uint64, string> big = 3; }', 'M');
+    const bad = { flags: { banana: 'x' }, small: { '99999999999999999999': 'x' }, big: { '-5': 'x' } };
+    expect(fieldsOf(validateFields(type, bad, 'fields', { checkRequired: false }))).toEqual(['fields.flags.banana', 'fields.small.99999999999999999999', 'fields.big.-5']);
+    const good = { flags: { true: 'x', false: 'y' }, small: { '-2147483648': 'x' }, big: { '18446744073709551615': 'x' } };
+    expect(validateFields(type, good, 'fields', { checkRequired: false })).toEqual([]);
+  });
+
+  test("well-known types take protobuf's JSON forms and only those", () => {
+    const type = parseType(
+      `syntax = "proto3";
+       import "google/protobuf/wrappers.proto"; import "google/protobuf/field_mask.proto"; import "google/protobuf/any.proto";
+       import "google/protobuf/timestamp.proto"; import "google/protobuf/duration.proto";
+       message Inner { string note = 1; }
+       message M { google.protobuf.StringValue s = 1; google.protobuf.Int64Value n = 2; google.protobuf.FieldMask mask = 3;
+         google.protobuf.Any any = 4; google.protobuf.Timestamp at = 5; google.protobuf.Duration took = 6; float ratio = 7; }`,
+      'M',
+    );
+    const check = (value: Record<string, unknown>) => fieldsOf(validateFields(type, value as never, 'fields', { checkRequired: false }));
+    expect(check({ s: 'hello', n: '5', mask: 'a.b,c', any: { '@type': 'type.googleapis.com/Inner', note: 'x' } })).toEqual([]);
+    expect(check({ any: { '@type': 'type.googleapis.com/google.protobuf.Duration', value: '1s' }, at: '2026-01-31T12:00:00.5+05:30', took: '-1.5s', ratio: 3.4e38 })).toEqual([]);
+    expect(check({ s: { value: 'hello' }, n: { value: 5 }, mask: { paths: ['a'] } })).toEqual(['fields.s', 'fields.n', 'fields.mask']);
+    expect(check({ any: { note: 'x' } })).toEqual(['fields.any']);
+    expect(check({ any: { '@type': 'type.googleapis.com/Nowhere' } })).toEqual(['fields.any']);
+    expect(check({ any: { '@type': 'type.googleapis.com/Inner', other: 1 } })).toEqual(['fields.any.other']);
+    for (const at of ['2020-01-01T00:00:00', '2021-02-30T00:00:00Z', '2020-01-01 00:00:00Z', '0000-12-31T00:00:00Z', '2020-01-01T24:00:00Z']) expect(check({ at }), at).toEqual(['fields.at']);
+    expect(check({ took: '999999999999999s' })).toEqual(['fields.took']);
+    expect(check({ ratio: 1e300 })).toEqual(['fields.ratio']);
+  });
+
+  test("proto2's required and an empty required map count as missing; 0 and false are values", () => {
+    const legacy = parseType('syntax = "proto2"; message M { required string a = 1; optional int32 b = 2; }', 'M');
+    expect(validateFields(legacy, { b: 1 }, 'fields', { checkRequired: true })).toEqual([{ field: 'fields.a', description: 'required field is missing or empty' }]);
+    const type = parseType('syntax = "proto3"; message M { map<string, string> m = 1 [(relgate.v1.field).required = true]; int32 n = 2 [(relgate.v1.field).required = true]; }', 'M');
+    expect(fieldsOf(validateFields(type, { m: {}, n: 0 }, 'fields', { checkRequired: true }))).toEqual(['fields.m']);
+  });
+});
+
+describe('field values through the gateway', () => {
+  let vh: Harness;
+  let v: World;
+  beforeAll(async () => {
+    vh = await startHarness({ interfaces: [path.join(import.meta.dirname, 'interfaces')] });
+    v = await makeWorld(vh, { iface: 'values' });
+  });
+  afterAll(() => vh.close());
+
+  test('an int64 as a number or a string, an enum by name or number, bytes in either base64 alphabet are one value: stored in one form, matched, updated and replayed as one', async () => {
+    const sent = { name: 'a', count: 5, colour: 1, data: '-_8=', by_number: { '007': 'seven' } };
+    const canonical = { name: 'a', count: '5', colour: 'COLOUR_RED', data: '+/8=', by_number: { '7': 'seven' } };
+    const { request } = await v.req().call('CreateRequest', { relation_id: v.relationId, fields: struct(sent) });
+    expect(json(request.fields)).toEqual(canonical);
+    for (const match of [{ count: '5' }, { count: 5 }, { colour: 'COLOUR_RED' }, { colour: 1 }, { data: '+/8=' }] as JsonObject[]) {
+      const { requests } = await v.req().call('ListRequests', { relation_id: v.relationId, match_fields: struct(match) });
+      expect(requests.map((r: { request_id: string }) => r.request_id), JSON.stringify(match)).toEqual([request.request_id]);
+    }
+    const replay = await v.req().call('CreateRequest', { relation_id: v.relationId, request_id: request.request_id, fields: struct(canonical) });
+    expect(replay.request.request_id).toBe(request.request_id);
+    const upsert = await v.req().call('CreateOrUpdateRequest', { relation_id: v.relationId, match_fields: ['count'], fields: struct({ ...canonical, count: '05', name: 'b' }) });
+    expect([upsert.created, upsert.updated, upsert.request.request_id, json(upsert.request.fields).count]).toEqual([false, true, request.request_id, '5']);
+    const { response } = await v.res().call('Respond', { request_id: request.request_id, fields: struct({ total: 7 }) });
+    expect(json(response.fields)).toEqual({ total: '7' });
+  });
+
+  test(`fields nested more than ${MAX_FIELD_DEPTH} levels are refused with the path, storing nothing; ${MAX_FIELD_DEPTH} levels are stored and sent`, async () => {
+    const nested = (lists: number): Json => (lists === 0 ? 'leaf' : [nested(lists - 1)]);
+    // The fields object is the first level, so a tree of n lists reaches level n + 1.
+    const revision = vh.server.store.currentRevision();
+    const error = await v.req().fail('CreateRequest', { relation_id: v.relationId, fields: struct({ name: 'deep', tree: nested(MAX_FIELD_DEPTH) }) });
+    expect([error.code, fieldsOf(error.fieldViolations)]).toEqual([Code.INVALID_ARGUMENT, [`fields.tree${'[0]'.repeat(MAX_FIELD_DEPTH - 1)}`]]);
+    expect(vh.server.store.currentRevision()).toBe(revision);
+    const watcher = await watchReady(v.res(), { relation_id: v.relationId });
+    const { request } = await v.req().call('CreateRequest', { relation_id: v.relationId, fields: struct({ name: 'deepest', tree: nested(MAX_FIELD_DEPTH - 1) }) });
+    const added = await watcher.events.next(requestEvent('ADDED', request.request_id));
+    expect(json(added.request.fields).tree).toEqual(nested(MAX_FIELD_DEPTH - 1));
+    expect((await v.res().call('ListIncomingRequests', { relation_id: v.relationId })).requests.length).toBeGreaterThan(0);
+    watcher.cancel();
   });
 });

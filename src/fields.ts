@@ -1,0 +1,269 @@
+// Field values of requests and responses against their interface's messages:
+// validation, collecting every violation with its dotted path, and the one
+// canonical form an accepted value is stored, compared and matched in (an
+// int64 as "5" or 5, an enum by name or number, are each one value).
+import protobuf from 'protobufjs';
+import type { FieldViolation } from './errors.ts';
+import { isRequired, typeName } from './interfaces.ts';
+import { ownValue, setOwn, type Json, type JsonObject } from './struct.ts';
+
+/**
+ * Levels of objects and lists a value may nest. Replies wrap fields in a few
+ * messages more, and protobuf.js refuses messages nested 100 deep (a JSON
+ * level is two: a Struct or ListValue, then a Value): a value accepted deeper
+ * could be stored and then never sent.
+ */
+export const MAX_FIELD_DEPTH = 32;
+
+const INT32 = new Set(['int32', 'sint32', 'sfixed32']);
+const UINT32 = new Set(['uint32', 'fixed32']);
+const INT64 = new Set(['int64', 'sint64', 'sfixed64']);
+const UINT64 = new Set(['uint64', 'fixed64']);
+const FLOAT32_MAX = 3.4028234663852886e38;
+const BASE64 = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$/;
+const TIMESTAMP = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.\d{1,9})?(?:Z|([+-])(\d\d):(\d\d))$/;
+const DURATION = /^(-?)(\d+)(?:\.\d{1,9})?s$/;
+const FIELD_MASK = /^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*(?:,[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)*)?$/;
+/** 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, protobuf's Timestamp range, in ms. */
+const [MIN_TIME, MAX_TIME] = [-62_135_596_800_000, 253_402_300_799_999];
+const MAX_DURATION_S = 315_576_000_000n;
+/** Well-known types carried as a bare value of the type they wrap. */
+const WRAPPERS: Record<string, string> = Object.fromEntries(
+  [['Double', 'double'], ['Float', 'float'], ['Int64', 'int64'], ['UInt64', 'uint64'], ['Int32', 'int32'], ['UInt32', 'uint32'], ['Bool', 'bool'], ['String', 'string'], ['Bytes', 'bytes']].map(([name, type]) => [`.google.protobuf.${name}Value`, type as string]),
+);
+/** Well-known types with a JSON form of their own, kept as given. */
+const OPAQUE = new Set(['Struct', 'Value', 'ListValue', 'Timestamp', 'Duration', 'FieldMask', 'Any'].map((name) => `.google.protobuf.${name}`));
+
+export interface ValidateOptions {
+  /** Check that required fields are present (not for match_fields or failures). */
+  checkRequired: boolean;
+}
+
+export function validateFields(type: protobuf.Type, value: JsonObject, pathPrefix: string, options: ValidateOptions): FieldViolation[] {
+  const deep = tooDeep(value, pathPrefix, 1);
+  if (deep) return [{ field: deep, description: `nests objects and lists more than ${MAX_FIELD_DEPTH} levels deep` }];
+  const violations: FieldViolation[] = [];
+  validateMessage(type, value, pathPrefix, options, violations);
+  return violations;
+}
+
+/** Valid fields in their canonical form: 64-bit integers as decimal strings, enums by name, bytes in standard base64. */
+export function canonicalFields(type: protobuf.Type, value: JsonObject): JsonObject {
+  const out: JsonObject = {};
+  for (const [name, item] of Object.entries(value)) {
+    const field = ownValue(type.fields, name);
+    setOwn(out, name, field && item !== null ? canonicalField(field, item) : item);
+  }
+  return out;
+}
+
+/** The path of the first object or list nested past the bound, if any. */
+function tooDeep(value: Json, at: string, depth: number): string | undefined {
+  if (value === null || typeof value !== 'object') return undefined;
+  if (depth > MAX_FIELD_DEPTH) return at;
+  const entries: [string, Json][] = Array.isArray(value) ? value.map((item, i) => [`${at}[${i}]`, item]) : Object.entries(value).map(([key, item]) => [`${at}.${key}`, item]);
+  for (const [path, item] of entries) {
+    const found = tooDeep(item, path, depth + 1);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+function validateMessage(type: protobuf.Type, value: JsonObject, at: string, options: ValidateOptions, out: FieldViolation[]): void {
+  for (const [name, fieldValue] of Object.entries(value)) {
+    const field = ownValue(type.fields, name);
+    if (!field) {
+      out.push({ field: `${at}.${name}`, description: `unknown field; ${type.name} has ${type.fieldsArray.map((f) => f.name).join(', ') || 'no fields'}` });
+      continue;
+    }
+    if (fieldValue === null) continue;
+    validateField(field, fieldValue, `${at}.${name}`, options, out);
+  }
+  for (const oneof of type.oneofsArray) {
+    if (oneof.isProto3Optional) continue;
+    const set = oneof.oneof.filter((name) => (ownValue(value, name) ?? null) !== null);
+    if (set.length > 1) out.push({ field: `${at}.${set[1]}`, description: `only one of ${oneof.name} (${oneof.oneof.join(', ')}) may be set, and ${set[0]} is` });
+  }
+  if (!options.checkRequired) return;
+  for (const field of type.fieldsArray) {
+    if (isRequired(field) && isEmpty(ownValue(value, field.name))) out.push({ field: `${at}.${field.name}`, description: 'required field is missing or empty' });
+  }
+}
+
+/** Missing, null, "", an empty list or an empty map; 0 and false are values. */
+function isEmpty(value: Json | undefined): boolean {
+  return value === undefined || value === null || value === '' || (Array.isArray(value) ? value.length === 0 : isObject(value) && Object.keys(value).length === 0);
+}
+
+function validateField(field: protobuf.Field, value: Json, at: string, options: ValidateOptions, out: FieldViolation[]): void {
+  field.resolve();
+  if (field instanceof protobuf.MapField) {
+    if (!isObject(value)) return void out.push({ field: at, description: `must be an object (map<${field.keyType},${typeName(field)}>), not ${describe(value)}` });
+    for (const [mapKey, item] of Object.entries(value)) {
+      const keyProblem = mapKeyProblem(field.keyType, mapKey);
+      if (keyProblem) out.push({ field: `${at}.${mapKey}`, description: keyProblem });
+      validateSingle(field, item, `${at}.${mapKey}`, options, out);
+    }
+    return;
+  }
+  if (field.repeated) {
+    if (!Array.isArray(value)) return void out.push({ field: at, description: `must be a list of ${typeName(field)}, not ${describe(value)}` });
+    value.forEach((item, i) => validateSingle(field, item, `${at}[${i}]`, options, out));
+    return;
+  }
+  validateSingle(field, value, at, options, out);
+}
+
+function mapKeyProblem(keyType: string, key: string): string | undefined {
+  if (keyType === 'string') return undefined;
+  if (keyType === 'bool') return key === 'true' || key === 'false' ? undefined : `map key must be true or false (bool), not "${key}"`;
+  if (!/^-?\d+$/.test(key)) return `map key must be an integer (${keyType}), not "${key}"`;
+  const problem = scalarProblem(keyType, INT64.has(keyType) || UINT64.has(keyType) ? key : Number(key));
+  return problem && `map key ${problem}`;
+}
+
+function validateSingle(field: protobuf.Field, value: Json, at: string, options: ValidateOptions, out: FieldViolation[]): void {
+  const problem = singleProblem(field, value, at, options, out);
+  if (problem) out.push({ field: at, description: problem });
+}
+
+function singleProblem(field: protobuf.Field, value: Json, at: string, options: ValidateOptions, out: FieldViolation[]): string | undefined {
+  const resolved = field.resolvedType;
+  if (resolved instanceof protobuf.Enum) {
+    if (typeof value === 'string' && Object.hasOwn(resolved.values, value)) return undefined;
+    if (typeof value === 'number' && Object.values(resolved.values).includes(value)) return undefined;
+    return `must be one of ${Object.keys(resolved.values).join(', ')}, not ${describe(value)}`;
+  }
+  if (resolved instanceof protobuf.Type) return messageProblem(resolved, value, at, options, out);
+  return scalarProblem(field.type, value);
+}
+
+function scalarProblem(type: string, value: Json): string | undefined {
+  if (type === 'string') return typeof value === 'string' ? undefined : `must be a string, not ${describe(value)}`;
+  if (type === 'bool') return typeof value === 'boolean' ? undefined : `must be a boolean, not ${describe(value)}`;
+  if (type === 'bytes') return typeof value === 'string' && BASE64.test(value) ? undefined : `must be a base64 string, not ${describe(value)}`;
+  // NaN and the infinities have no JSON form: stored, they would read back as null.
+  if (type === 'double') return typeof value === 'number' && Number.isFinite(value) ? undefined : `must be a finite number, not ${describe(value)}`;
+  if (type === 'float') return typeof value === 'number' && Math.abs(value) <= FLOAT32_MAX ? undefined : `must be a finite number within float's range, not ${describe(value)}`;
+  if (INT32.has(type)) return integerProblem(value, -(2 ** 31), 2 ** 31 - 1, type);
+  if (UINT32.has(type)) return integerProblem(value, 0, 2 ** 32 - 1, type);
+  if (INT64.has(type)) return int64Problem(value, true, type);
+  if (UINT64.has(type)) return int64Problem(value, false, type);
+  return `has unsupported type ${type}`;
+}
+
+function messageProblem(type: protobuf.Type, value: Json, at: string, options: ValidateOptions, out: FieldViolation[]): string | undefined {
+  const wrapped = WRAPPERS[type.fullName];
+  if (wrapped) return scalarProblem(wrapped, value);
+  switch (type.fullName) {
+    case '.google.protobuf.Struct':
+      return isObject(value) ? undefined : `must be an object, not ${describe(value)}`;
+    case '.google.protobuf.Value':
+      return undefined;
+    case '.google.protobuf.ListValue':
+      return Array.isArray(value) ? undefined : `must be a list, not ${describe(value)}`;
+    case '.google.protobuf.Timestamp':
+      return typeof value === 'string' && isTimestamp(value) ? undefined : `must be an RFC 3339 timestamp with Z or an offset, between years 1 and 9999, such as "2026-01-31T12:00:00Z", not ${describe(value)}`;
+    case '.google.protobuf.Duration':
+      return typeof value === 'string' && isDuration(value) ? undefined : `must be a duration string such as "1.5s", within ±315576000000s, not ${describe(value)}`;
+    case '.google.protobuf.FieldMask':
+      return typeof value === 'string' && FIELD_MASK.test(value) ? undefined : `must be a field mask string such as "a.b,c", not ${describe(value)}`;
+    case '.google.protobuf.Any':
+      return anyProblem(type, value, at, options, out);
+  }
+  if (!isObject(value)) return `must be an object (${type.fullName.slice(1)}), not ${describe(value)}`;
+  validateMessage(type, value, at, options, out);
+  return undefined;
+}
+
+/** An Any in its JSON form: "@type" naming a message the loaded protos declare, then that message's fields (or "value" for a well-known type). */
+function anyProblem(type: protobuf.Type, value: Json, at: string, options: ValidateOptions, out: FieldViolation[]): string | undefined {
+  const url = isObject(value) ? ownValue(value, '@type') : undefined;
+  if (typeof url !== 'string') return `must be an object with "@type" naming its message, not ${describe(value)}`;
+  const name = url.slice(url.lastIndexOf('/') + 1);
+  const inner = name === '' ? null : type.root.lookup(name);
+  if (!(inner instanceof protobuf.Type)) return `"@type" names ${JSON.stringify(name)}, which no loaded proto declares`;
+  const { '@type': _, ...rest } = value as JsonObject;
+  if (WRAPPERS[inner.fullName] || OPAQUE.has(inner.fullName)) {
+    const extra = Object.keys(rest).filter((key) => key !== 'value');
+    if (extra.length > 0) return `holds ${inner.fullName.slice(1)} as "value" only, not ${extra.join(', ')}`;
+    return messageProblem(inner, ownValue(rest, 'value') ?? null, `${at}.value`, options, out);
+  }
+  validateMessage(inner, rest, at, options, out);
+  return undefined;
+}
+
+function isTimestamp(text: string): boolean {
+  const parts = TIMESTAMP.exec(text);
+  if (!parts) return false;
+  const [year, month, day, hour, minute, second] = parts.slice(1, 7).map(Number) as [number, number, number, number, number, number];
+  const [sign, offsetHours, offsetMinutes] = [parts[7], Number(parts[8] ?? 0), Number(parts[9] ?? 0)];
+  if (hour > 23 || minute > 59 || second > 59 || offsetHours > 23 || offsetMinutes > 59) return false;
+  const date = new Date(0);
+  date.setUTCFullYear(year, month - 1, day);
+  if (date.getUTCFullYear() !== year || date.getUTCMonth() !== month - 1 || date.getUTCDate() !== day) return false;
+  const offsetMs = (sign === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000;
+  const instant = date.getTime() + ((hour * 60 + minute) * 60 + second) * 1000 - offsetMs;
+  return instant >= MIN_TIME && instant <= MAX_TIME;
+}
+
+function isDuration(text: string): boolean {
+  const parts = DURATION.exec(text);
+  return parts !== null && BigInt(parts[2] as string) <= MAX_DURATION_S;
+}
+
+function integerProblem(value: Json, min: number, max: number, type: string): string | undefined {
+  if (typeof value !== 'number' || !Number.isInteger(value)) return `must be an integer (${type}), not ${describe(value)}`;
+  if (value < min || value > max) return `must be between ${min} and ${max} (${type}), not ${value}`;
+  return undefined;
+}
+
+function int64Problem(value: Json, signed: boolean, type: string): string | undefined {
+  const text = typeof value === 'number' && Number.isSafeInteger(value) ? String(value) : typeof value === 'string' ? value : undefined;
+  if (text === undefined || !(signed ? /^-?\d{1,19}$/ : /^\d{1,20}$/).test(text)) return `must be an integer (${type}) as a number or a decimal string, not ${describe(value)}`;
+  const big = BigInt(text);
+  const [min, max] = signed ? [-(2n ** 63n), 2n ** 63n - 1n] : [0n, 2n ** 64n - 1n];
+  return big < min || big > max ? `is out of range for ${type}` : undefined;
+}
+
+function canonicalField(field: protobuf.Field, value: Json): Json {
+  field.resolve();
+  if (field instanceof protobuf.MapField) {
+    const out: JsonObject = {};
+    const intKeys = field.keyType !== 'string' && field.keyType !== 'bool';
+    for (const [key, item] of Object.entries(value as JsonObject)) setOwn(out, intKeys ? BigInt(key).toString() : key, canonicalSingle(field, item));
+    return out;
+  }
+  if (field.repeated) return (value as Json[]).map((item) => canonicalSingle(field, item));
+  return canonicalSingle(field, value);
+}
+
+function canonicalSingle(field: protobuf.Field, value: Json): Json {
+  const resolved = field.resolvedType;
+  if (value === null) return null;
+  if (resolved instanceof protobuf.Enum) return typeof value === 'number' ? (resolved.valuesById[value] ?? value) : value;
+  if (resolved instanceof protobuf.Type) {
+    const wrapped = WRAPPERS[resolved.fullName];
+    if (wrapped) return canonicalScalar(wrapped, value);
+    return OPAQUE.has(resolved.fullName) ? value : canonicalFields(resolved, value as JsonObject);
+  }
+  return canonicalScalar(field.type, value);
+}
+
+function canonicalScalar(type: string, value: Json): Json {
+  if (INT64.has(type) || UINT64.has(type)) return BigInt(value as string | number).toString();
+  if (type === 'bytes') return Buffer.from(value as string, 'base64').toString('base64');
+  return value;
+}
+
+function isObject(value: Json): value is JsonObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function describe(value: Json): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'a list';
+  if (typeof value === 'object') return 'an object';
+  if (typeof value === 'string') return `a string`;
+  return `${typeof value} ${typeof value === 'number' ? String(value) : JSON.stringify(value)}`;
+}
