@@ -10,8 +10,9 @@ export type Requirement =
 const KEY = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
 const VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/;
 
+/** A Kubernetes label key: an optional DNS prefix of at most 253 characters and '/', then a name of at most 63. */
 export function isLabelKey(key: string): boolean {
-  return key.length <= 317 && KEY.test(key);
+  return key.lastIndexOf('/') <= 253 && KEY.test(key);
 }
 
 export function isLabelValue(value: string): boolean {
@@ -33,7 +34,7 @@ export function parseSelector(text: string, field = 'delivery.selector'): Requir
     // Peek first so that an error names the offending token's position.
     const token = peek();
     if (!token || token.kind !== 'word') return fail('expected a label key');
-    if (!isLabelKey(token.text)) return fail(`invalid label key "${token.text}"`);
+    if (!isLabelKey(token.text)) return fail(`invalid label key ${quote(token.text)}`);
     i += 1;
     return token.text;
   };
@@ -43,7 +44,7 @@ export function parseSelector(text: string, field = 'delivery.selector'): Requir
       i += 1;
       if (!isLabelValue(token.text)) {
         i -= 1;
-        return fail(`invalid label value "${token.text}"`);
+        return fail(`invalid label value ${quote(token.text)}`);
       }
       return token.text;
     }
@@ -88,7 +89,7 @@ export function parseSelector(text: string, field = 'delivery.selector'): Requir
     if (!separator) return requirements;
     if (separator.text !== ',') {
       i -= 1;
-      fail(`expected "," but found "${separator.text}"`);
+      fail(`expected "," but found ${quote(separator.text)}`);
     }
   }
 }
@@ -99,9 +100,15 @@ interface Token {
   pos: number;
 }
 
+/** A token for a message, short enough that the position after it survives the details' length bound. */
+function quote(text: string): string {
+  return `"${text.length > 40 ? `${text.slice(0, 39)}…` : text}"`;
+}
+
 function tokenize(text: string, field: string): Token[] {
   const tokens: Token[] = [];
-  const re = /\s+|(==|!=|=|!|\(|\)|,)|([^\s=!(),]+)/gy;
+  // ASCII white space only, as Kubernetes: any other character is part of a word, and refused there.
+  const re = /[ \t\r\n]+|(==|!=|=|!|\(|\)|,)|([^ \t\r\n=!(),]+)/gy;
   let match: RegExpExecArray | null;
   while (re.lastIndex < text.length && (match = re.exec(text))) {
     if (match[1]) tokens.push({ kind: 'op', text: match[1], pos: match.index + 1 });

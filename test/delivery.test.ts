@@ -201,6 +201,8 @@ describe('delivery to a label selector', () => {
     ['zone=a!', 7, 'expected "," but found "!"'],
     ['zone (a)', 6, 'unexpected "("'],
     ['zone=a,tier=$', 13, 'invalid label value "$"'],
+    ['zone=a,\u00a0tier', 8, 'invalid label key "\u00a0tier"'],
+    [`${'a'.repeat(254)}/zone=a`, 1, 'invalid label key'],
   ])('bad syntax %j: INVALID_ARGUMENT naming position %i', async (selector, position, message) => {
     const r = await relate(h);
     const before = h.server.store.currentRevision();
