@@ -35,13 +35,14 @@ export interface InterfaceDefinition {
 interface InterfaceOption {
   name?: string;
   version?: number;
-  role?: string;
+  role?: string | number;
   description?: string;
 }
 
 const INTERFACE_OPTION = '(relgate.v1.interface)';
 const FIELD_OPTION = '(relgate.v1.field)';
 const INTERFACE_NAME = /^[a-z][a-z0-9]*(-[a-z0-9]+)*$/;
+const ROLES = new Map<unknown, 'request' | 'response'>([['INTERFACE_ROLE_REQUEST', 'request'], [1, 'request'], ['INTERFACE_ROLE_RESPONSE', 'response'], [2, 'response']]);
 
 export class InterfaceRegistry {
   readonly #byKey = new Map<string, InterfaceDefinition>();
@@ -53,7 +54,9 @@ export class InterfaceRegistry {
   /** Loads the built-in interfaces and every .proto file below the given directories. */
   static async load(userDirs: readonly string[] = []): Promise<InterfaceRegistry> {
     const roots = [BUILTIN_INTERFACE_DIR, ...userDirs];
-    const files = (await Promise.all(roots.map((dir) => protoFiles(path.resolve(dir))))).flat();
+    const byRoot = await Promise.all(roots.map((dir) => protoFiles(path.resolve(dir))));
+    checkDistinctPaths([PROTO_DIR, ...userDirs.map((dir) => path.resolve(dir))], byRoot);
+    const files = byRoot.flat();
     const root = newRoot(userDirs.map((dir) => path.resolve(dir)));
     root.loadSync(files, { keepCase: true, alternateCommentMode: true });
     root.resolveAll();
@@ -75,6 +78,20 @@ function key(name: string, version: number): string {
   return `${name}@${version}`;
 }
 
+/** Proto files are known by their path below their root (imports, reflection): one path in two roots is refused. */
+function checkDistinctPaths(roots: string[], byRoot: string[][]): void {
+  const seen = new Map<string, string>();
+  byRoot.forEach((files, i) => {
+    const root = roots[i] as string;
+    for (const file of files) {
+      const relative = path.relative(root, file).split(path.sep).join('/');
+      const other = seen.get(relative);
+      if (other !== undefined && other !== root) throw new Error(`interface file ${relative} is in both ${other} and ${root}: a path below the interface directories may be used once`);
+      seen.set(relative, root);
+    }
+  });
+}
+
 async function protoFiles(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { withFileTypes: true, recursive: true });
   return entries
@@ -92,7 +109,8 @@ function collectInterfaces(root: protobuf.Root, roots: string[]): InterfaceDefin
     if (!option.name || !INTERFACE_NAME.test(option.name)) throw new Error(`${where}: interface name "${option.name ?? ''}" must be lower-case words joined by '-'`);
     if (!option.version || option.version < 1) throw new Error(`${where}: interface version must be 1 or more`);
     const entry = halves.get(key(option.name, option.version)) ?? { option: {} };
-    const role = option.role === 'INTERFACE_ROLE_REQUEST' ? 'request' : option.role === 'INTERFACE_ROLE_RESPONSE' ? 'response' : undefined;
+    // An enum option may be written by name or by number.
+    const role = ROLES.get(option.role);
     if (!role) throw new Error(`${where}: interface role must be INTERFACE_ROLE_REQUEST or INTERFACE_ROLE_RESPONSE`);
     if (entry[role]) throw new Error(`${where}: interface ${option.name} v${option.version} already has a ${role} message (${entry[role].fullName.slice(1)})`);
     entry[role] = type;
@@ -147,16 +165,28 @@ function fieldOption(field: protobuf.Field): { description?: string; required?: 
   };
 }
 
+/**
+ * Levels of nested message fields a schema describes. Each level is two
+ * levels of the reply message, which protobuf.js refuses past 100.
+ */
+const MAX_SCHEMA_DEPTH = 16;
+
 function messageSchema(type: protobuf.Type): MessageSchema {
-  return { full_name: type.fullName.slice(1), fields: fieldSchemas(type, new Set()) };
+  return { full_name: type.fullName.slice(1), fields: fieldSchemas(type, new Set(), 1) };
 }
 
-function fieldSchemas(type: protobuf.Type, seen: Set<protobuf.Type>): FieldSchema[] {
-  seen.add(type);
+/**
+ * A message type's fields, each nested message type described once, at its
+ * first occurrence: described at every use, a few types that use each other
+ * repeatedly multiply into millions of entries.
+ */
+function fieldSchemas(type: protobuf.Type, described: Set<protobuf.Type>, depth: number): FieldSchema[] {
+  described.add(type);
   return type.fieldsArray.map((field) => {
     field.resolve();
     const option = fieldOption(field);
-    const nested = field.resolvedType instanceof protobuf.Type && !seen.has(field.resolvedType) && !isWellKnown(field.resolvedType) ? field.resolvedType : undefined;
+    const resolved = field.resolvedType;
+    const nested = resolved instanceof protobuf.Type && !described.has(resolved) && !isWellKnown(resolved) && depth < MAX_SCHEMA_DEPTH ? resolved : undefined;
     const isMap = field instanceof protobuf.MapField;
     return {
       name: field.name,
@@ -165,7 +195,7 @@ function fieldSchemas(type: protobuf.Type, seen: Set<protobuf.Type>): FieldSchem
       map: isMap,
       description: option.description || (field.comment ?? '').replace(/\s*\n\s*/g, ' ').trim(),
       required: isRequired(field),
-      fields: nested ? fieldSchemas(nested, new Set(seen)) : [],
+      fields: nested ? fieldSchemas(nested, described, depth + 1) : [],
       enum_values: field.resolvedType instanceof protobuf.Enum ? Object.keys(field.resolvedType.values) : [],
     };
   });

@@ -1,7 +1,11 @@
 // RegistryService against a real server and SQLite file: interfaces and
 // their schemas, applications, units, relations, joining and leaving.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { Code } from '../src/errors.ts';
+import { InterfaceRegistry } from '../src/interfaces.ts';
 import { startHarness, struct, type Harness } from './helpers/harness.ts';
 import { appName, makeWorld } from './helpers/world.ts';
 
@@ -78,6 +82,50 @@ describe('interfaces', () => {
     expect(version.message).toContain('http v2');
     const empty = await h.registry.fail('GetInterface', {});
     expect([empty.code, empty.fieldViolations.map((v) => v.field)]).toEqual([Code.INVALID_ARGUMENT, ['name']]);
+  });
+});
+
+describe('interfaces of your own', () => {
+  const dirs: string[] = [];
+  afterAll(() => {
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  });
+  /** A directory holding one interface file; `types` are message declarations that the request and response use. */
+  function interfaceDir(name: string, types: string, request: string, role = { request: 'INTERFACE_ROLE_REQUEST', response: 'INTERFACE_ROLE_RESPONSE' }) {
+    const dir = mkdtempSync(path.join(tmpdir(), 'relgate-interfaces-'));
+    dirs.push(dir);
+    writeFileSync(
+      path.join(dir, `${name.replaceAll('-', '_')}.proto`),
+      `syntax = "proto3"; package test.${name.replaceAll('-', '_')}; import "relgate/v1/options.proto"; ${types}
+       message Req { option (relgate.v1.interface) = { name: "${name}" version: 1 role: ${role.request} }; ${request} }
+       message Res { option (relgate.v1.interface) = { name: "${name}" version: 1 role: ${role.response} }; string ok = 1; }`,
+    );
+    return dir;
+  }
+  const depthOf = (fields: { fields: unknown[] }[]): number => 1 + Math.max(0, ...fields.map((f) => depthOf(f.fields as { fields: unknown[] }[])));
+  const entriesOf = (fields: { fields: unknown[] }[]): number => fields.reduce((n, f) => n + 1 + entriesOf(f.fields as { fields: unknown[] }[]), 0);
+
+  test('types that use each other repeatedly are described once each, a long chain 16 levels deep, and a role may be a number', async () => {
+    // Twelve types each holding three of the next: described at every use, 3^12 entries.
+    const web = Array.from({ length: 12 }, (_, i) => `message W${i} { ${i === 11 ? 'string leaf = 1;' : [1, 2, 3].map((n) => `W${i + 1} f${n} = ${n};`).join(' ')} }`).join(' ');
+    const chain = Array.from({ length: 60 }, (_, i) => `message C${i} { ${i === 59 ? 'string leaf = 1;' : `C${i + 1} next = 1;`} }`).join(' ');
+    const dirs = [interfaceDir('web-of-types', web, 'W0 root = 1;', { request: '1', response: '2' }), interfaceDir('chain-of-types', chain, 'C0 head = 1;')];
+    const own = await startHarness({ interfaces: dirs });
+    try {
+      const { interfaces } = await own.registry.call('ListInterfaces');
+      const byName = new Map(interfaces.map((i: { name: string; request: { fields: { fields: unknown[] }[] } }) => [i.name, i.request.fields]));
+      const webFields = byName.get('web-of-types') as { fields: { fields: unknown[] }[] }[];
+      expect(entriesOf(webFields)).toBe(1 + 11 * 3 + 1);
+      expect(webFields[0]?.fields.map((f) => (f as { fields: unknown[] }).fields.length)).toEqual([3, 0, 0]);
+      expect(depthOf(byName.get('chain-of-types') as { fields: unknown[] }[])).toBe(17);
+    } finally {
+      await own.close();
+    }
+  });
+
+  test('one path in two interface directories is refused, naming both', async () => {
+    const [a, b] = [interfaceDir('same-path', '', 'string x = 1;'), interfaceDir('same-path', '', 'string x = 1;')];
+    await expect(InterfaceRegistry.load([a as string, b as string])).rejects.toThrow(`interface file same_path.proto is in both ${a} and ${b}`);
   });
 });
 

@@ -32,7 +32,9 @@ export interface FieldSchema {
    */
   'required'?: (boolean);
   /**
-   * Fields of a nested message type, when type names a message.
+   * Fields of a nested message type, when type names a message. A message
+   * schema describes each type once, at its first use, and 16 levels deep at
+   * most: elsewhere type alone names it.
    */
   'fields'?: (_relgate_v1_FieldSchema)[];
   /**
@@ -70,7 +72,9 @@ export interface FieldSchema__Output {
    */
   'required': (boolean);
   /**
-   * Fields of a nested message type, when type names a message.
+   * Fields of a nested message type, when type names a message. A message
+   * schema describes each type once, at its first use, and 16 levels deep at
+   * most: elsewhere type alone names it.
    */
   'fields': (_relgate_v1_FieldSchema__Output)[];
   /**
