@@ -73,11 +73,14 @@ export async function startOpsServer(options: OpsServerOptions): Promise<OpsServ
 }
 
 async function route(options: OpsServerOptions, feed: DashboardFeed, request: http.IncomingMessage, response: http.ServerResponse): Promise<void> {
-  const url = new URL(request.url ?? '/', 'http://relgate');
+  const url = URL.parse(request.url ?? '/', 'http://relgate');
+  if (!url) return send(response, 400, 'text/plain', 'bad request target\n');
   if (request.method !== 'GET' && request.method !== 'HEAD') return send(response, 405, 'text/plain', 'only GET\n', { allow: 'GET, HEAD' });
   switch (url.pathname) {
-    case '/metrics':
-      return send(response, 200, options.metrics.registry.contentType, await options.metrics.registry.metrics());
+    case '/metrics': {
+      const { contentType, body } = await options.metrics.text();
+      return send(response, 200, contentType, body);
+    }
     case '/healthz':
       return options.serving() ? send(response, 200, 'text/plain', 'ok\n') : send(response, 503, 'text/plain', 'shutting down\n');
     case '/':
@@ -87,7 +90,7 @@ async function route(options: OpsServerOptions, feed: DashboardFeed, request: ht
     case '/dashboard/state':
       return send(response, 200, 'application/json', JSON.stringify(await feed.state()), SECURITY_HEADERS);
     case '/dashboard/events':
-      return feed.subscribe(response);
+      return request.method === 'HEAD' ? send(response, 200, 'text/event-stream', '', SECURITY_HEADERS) : feed.subscribe(response);
   }
   const asset = ASSETS[url.pathname];
   if (asset) return send(response, 200, asset.type, asset.body, SECURITY_HEADERS);
@@ -103,6 +106,10 @@ function send(response: http.ServerResponse, status: number, type: string, body:
 class DashboardFeed {
   readonly #options: OpsServerOptions;
   readonly #subscribers = new Set<http.ServerResponse>();
+  /** Subscribers whose last write filled their buffer: nothing more until they drain, then the newest state. */
+  readonly #behind = new WeakSet<http.ServerResponse>();
+  /** The newest state sent, as an event. */
+  #latest = '';
   #pending: NodeJS.Timeout | undefined;
   readonly #keepalive: NodeJS.Timeout;
   readonly #unsubscribe: () => void;
@@ -111,7 +118,7 @@ class DashboardFeed {
     this.#options = options;
     this.#unsubscribe = options.hub.onCommit(() => this.#schedule());
     this.#keepalive = setInterval(() => {
-      for (const subscriber of this.#subscribers) subscriber.write(': keepalive\n\n');
+      for (const subscriber of this.#subscribers) if (!this.#behind.has(subscriber)) this.#write(subscriber, ': keepalive\n\n');
     }, FEED_KEEPALIVE_MS);
     this.#keepalive.unref();
   }
@@ -122,9 +129,10 @@ class DashboardFeed {
 
   async subscribe(response: http.ServerResponse): Promise<void> {
     response.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', ...SECURITY_HEADERS });
+    response.flushHeaders();
     this.#subscribers.add(response);
     response.on('close', () => this.#subscribers.delete(response));
-    response.write(event(await this.state()));
+    this.#write(response, event(await this.state()));
   }
 
   close(): void {
@@ -140,11 +148,27 @@ class DashboardFeed {
       this.#pending = undefined;
       this.state().then(
         (state) => {
-          for (const subscriber of this.#subscribers) subscriber.write(event(state));
+          this.#latest = event(state);
+          for (const subscriber of this.#subscribers) this.#send(subscriber);
         },
         (error: unknown) => this.#options.logger.warn({ err: error }, 'dashboard state could not be read'),
       );
     }, FEED_INTERVAL_MS);
+  }
+
+  /** Sends the newest state, unless the subscriber has not read what it was sent: a stalled reader holds one state, not every one. */
+  #send(subscriber: http.ServerResponse): void {
+    if (!this.#behind.has(subscriber)) this.#write(subscriber, this.#latest);
+  }
+
+  #write(subscriber: http.ServerResponse, message: string): void {
+    if (subscriber.write(message)) return;
+    this.#behind.add(subscriber);
+    const sent = this.#latest;
+    subscriber.once('drain', () => {
+      this.#behind.delete(subscriber);
+      if (this.#latest !== sent) this.#send(subscriber);
+    });
   }
 }
 
@@ -154,7 +178,8 @@ function event(state: DashboardState): string {
 
 function splitAddress(listen: string): { host: string; port: number } {
   const colon = listen.lastIndexOf(':');
-  const port = Number(listen.slice(colon + 1));
-  if (colon < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--metrics-listen must be host:port, got "${listen}"`);
+  const digits = listen.slice(colon + 1);
+  const port = Number(digits);
+  if (colon < 0 || !/^\d{1,5}$/.test(digits) || port > 65535) throw new Error(`--metrics-listen must be host:port, got "${listen}"`);
   return { host: listen.slice(0, colon).replace(/^\[(.*)\]$/, '$1') || '0.0.0.0', port };
 }

@@ -5,7 +5,8 @@
 // bounded: gRPC method names, status codes, interface names, watch sides.
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Change, LoggedRequest, RequestState, Store } from './store/store.ts';
+import type { Change, LoggedRequest, RequestRecord, RequestState, Store } from './store/store.ts';
+import { fieldsPreview } from './dashboard/state.ts';
 import type { WatchHub } from './watch-hub.ts';
 
 /** gRPC status codes as go-grpc-prometheus spells them in grpc_code. */
@@ -22,7 +23,8 @@ export interface AnsweredRequest {
   responder_unit: string;
   code: number;
   error: string;
-  fields: unknown;
+  /** The fields as JSON, cut as the dashboard shows them (see fieldsPreview). */
+  fields: string;
   /** Epoch milliseconds of the response. */
   time: number;
   /** Milliseconds from the request's creation to this response. */
@@ -40,6 +42,21 @@ interface MethodSeries {
   handled(code: number): Counter.Internal;
 }
 
+/**
+ * Node's process metrics, collected once per process: prom-client's
+ * collectors cannot be stopped, and each would keep a stopped server's
+ * registry, and with it the server, reachable.
+ */
+let processRegistry: Registry | undefined;
+
+function processMetrics(): Registry {
+  if (!processRegistry) {
+    processRegistry = new Registry();
+    collectDefaultMetrics({ register: processRegistry });
+  }
+  return processRegistry;
+}
+
 export class Metrics {
   readonly registry = new Registry();
   readonly #store: Store;
@@ -51,8 +68,10 @@ export class Metrics {
   readonly #waiting: Gauge<string>;
   readonly #answerTime: Histogram<string>;
   readonly #commitTime: Histogram<string>;
-  /** Pending requests per interface, kept up to date from every commit. */
-  readonly #pending = new Map<string, number>();
+  /** Pending requests per relation, with its interface, kept up to date from every commit. */
+  readonly #pending = new Map<string, { interface: string; count: number }>();
+  /** Interfaces the waiting gauge has a series for: one whose last relation goes drops to 0. */
+  readonly #interfaces = new Set<string>();
   readonly #recent: AnsweredRequest[] = [];
   readonly #recentLimit: number;
 
@@ -60,7 +79,6 @@ export class Metrics {
     this.#store = store;
     this.#recentLimit = options.recentResponses ?? 50;
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry });
     this.#started = new Counter({ name: 'grpc_server_started_total', help: 'Total number of RPCs started on the server.', labelNames: METHOD_LABELS, registers });
     this.#handled = new Counter({ name: 'grpc_server_handled_total', help: 'Total number of RPCs completed on the server, regardless of success or failure.', labelNames: [...METHOD_LABELS, 'grpc_code'], registers });
     this.#handling = new Histogram({ name: 'grpc_server_handling_seconds', help: 'Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.', labelNames: METHOD_LABELS, registers });
@@ -122,7 +140,7 @@ export class Metrics {
     });
     new Gauge({ name: 'relgate_store_revision', help: 'The latest committed revision.', registers, collect: function () { this.set(store.currentRevision()); } });
     new Gauge({ name: 'relgate_store_compacted_revision', help: 'Change-log entries at or below this revision are compacted away.', registers, collect: function () { this.set(store.compactedRevision()); } });
-    for (const name of interfaces) this.#pending.set(name, 0);
+    for (const name of interfaces) this.#interfaces.add(name);
     store.onCommitTime?.((seconds) => this.#commitTime.observe(seconds));
     const walFrames = new Gauge({ name: 'relgate_sqlite_wal_frames', help: 'Pages in the SQLite WAL at its last checkpoint by the checkpoint thread.', registers });
     const walCopied = new Gauge({ name: 'relgate_sqlite_wal_checkpointed_frames', help: 'Of those pages, the ones already copied into the database file.', registers });
@@ -135,27 +153,27 @@ export class Metrics {
 
   /** Counts the requests already waiting (once, at start); later commits keep the count. */
   async start(): Promise<void> {
-    const counted = new Map<string, number>();
+    const counted: RequestRecord[] = [];
     const revision = await this.#store.read(async (tx) => {
       const relationIds = (await tx.listRelations()).map((relation) => relation.id);
       for (let after = 0; relationIds.length > 0; ) {
-        const page = await tx.listRequests({ relationIds, afterCreateRevision: after, limit: 1000 });
-        for (const request of page) if (request.state === 'pending') counted.set(request.interface, (counted.get(request.interface) ?? 0) + 1);
+        const page = await tx.listRequests({ relationIds, afterCreateRevision: after, limit: 1000, pendingOnly: true });
+        counted.push(...page.filter((request) => request.state === 'pending'));
         const last = page.at(-1);
         if (!last || page.length < 1000) break;
         after = last.create_revision;
       }
       return tx.readRevision();
     });
-    for (const [name, count] of counted) this.#pending.set(name, (this.#pending.get(name) ?? 0) + count);
+    for (const request of counted) this.#addPending(request.relation_id, request.interface, 1);
     // Changes committed while counting are in the count when the read saw them.
-    for (const early of this.#early ?? []) if (early.revision > revision) this.#addPending(early.interface, early.by);
+    for (const early of this.#early ?? []) if (early.revision > revision) early.apply();
     this.#early = undefined;
     this.#publishWaiting();
   }
 
   /** Changes to the waiting count seen before start() has counted what was stored. */
-  #early: { revision: number; interface: string; by: number }[] | undefined = [];
+  #early: { revision: number; apply(): void }[] | undefined = [];
 
   /** Responses seen since start, newest first. */
   recentResponses(): readonly AnsweredRequest[] {
@@ -174,6 +192,13 @@ export class Metrics {
       series.handling.observe((performance.now() - started) / 1000);
     };
     series.started.inc();
+    // grpc-js sends some statuses itself on the inner call, past sendStatus below: its deadline, its message size limits.
+    const inner = call as { sendStatus(status: Partial<grpc.StatusObject>): void };
+    const sendStatus = inner.sendStatus.bind(inner);
+    inner.sendStatus = (status) => {
+      finish(status.code ?? grpc.status.UNKNOWN);
+      sendStatus(status);
+    };
     return new grpc.ServerInterceptingCall(call, {
       start: (next) =>
         next({
@@ -221,9 +246,11 @@ export class Metrics {
     const requests = new Map<string, LoggedRequest>();
     for (const change of changes) {
       const data = change.data;
+      // Removing a relation deletes its requests without a change of their own.
+      if (data.kind === 'relation-removed') this.#whenCounted(change.revision, () => this.#pending.delete(change.relation_id));
       if (data.kind !== 'request') continue;
-      this.#countPending(data.before, -1, change.revision);
-      this.#countPending(data.after, 1, change.revision);
+      this.#countPending(change.relation_id, data.before, -1, change.revision);
+      this.#countPending(change.relation_id, data.after, 1, change.revision);
       const request = data.after === null ? data.before : data.after;
       requests.set(request.request_id, request);
     }
@@ -234,24 +261,40 @@ export class Metrics {
       if (!request) continue;
       const latency = Math.max(0, response.create_time - request.create_time);
       this.#answerTime.observe({ interface: request.interface }, latency / 1000);
-      this.#recent.unshift({ ...response, interface: request.interface, time: response.create_time, latency_ms: latency });
+      const { request_id, relation_id, responder_unit, code, error } = response;
+      this.#recent.unshift({ request_id, relation_id, responder_unit, code, error, fields: fieldsPreview(response.fields), interface: request.interface, time: response.create_time, latency_ms: latency });
       if (this.#recent.length > this.#recentLimit) this.#recent.pop();
     }
     this.#publishWaiting();
   }
 
-  #countPending(request: RequestState | null, by: number, revision: number): void {
+  #countPending(relationId: string, request: RequestState | null, by: number, revision: number): void {
     if (request?.state !== 'pending') return;
-    if (this.#early) this.#early.push({ revision, interface: request.interface, by });
-    else this.#addPending(request.interface, by);
+    this.#whenCounted(revision, () => this.#addPending(relationId, request.interface, by));
   }
 
-  #addPending(name: string, by: number): void {
-    this.#pending.set(name, (this.#pending.get(name) ?? 0) + by);
+  /** Applies a change now, or once start() has counted, if the count did not see it. */
+  #whenCounted(revision: number, apply: () => void): void {
+    if (this.#early) this.#early.push({ revision, apply });
+    else apply();
+  }
+
+  #addPending(relationId: string, name: string, by: number): void {
+    const entry = this.#pending.get(relationId) ?? { interface: name, count: 0 };
+    entry.count += by;
+    this.#pending.set(relationId, entry);
+    this.#interfaces.add(name);
   }
 
   #publishWaiting(): void {
-    for (const [name, count] of this.#pending) this.#waiting.set({ interface: name }, count);
+    const byInterface = new Map([...this.#interfaces].map((name) => [name, 0]));
+    for (const entry of this.#pending.values()) byInterface.set(entry.interface, (byInterface.get(entry.interface) ?? 0) + entry.count);
+    for (const [name, count] of byInterface) this.#waiting.set({ interface: name }, count);
+  }
+
+  /** The text /metrics serves: this server's series, then the process's. */
+  async text(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: `${await this.registry.metrics()}\n${await processMetrics().metrics()}` };
   }
 }
 

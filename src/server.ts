@@ -10,7 +10,7 @@ import { Code, RelgateError, asRelgateError, invalidArgument, toServiceError } f
 import { Violations } from './validate.ts';
 import { InterfaceRegistry } from './interfaces.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { startOpsServer } from './http-server.ts';
+import { startOpsServer, type OpsServer } from './http-server.ts';
 import { Metrics } from './metrics.ts';
 import { API_FILES, PROTO_DIR, compileDescriptors, loadApi, newRoot } from './protos.ts';
 import { RegistryService } from './registry-service.ts';
@@ -133,21 +133,33 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   server.addService(checked('ResponderService'), handlers.responder());
   server.addService(checked('SessionService'), handlers.session());
 
-  const descriptors = await compileDescriptors([PROTO_DIR, ...config.interfaces]);
-  new ReflectionService({ relgate: { fileDescriptorProtos: descriptors } } as never).addToServer(server);
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICES].map((name) => [name, 'SERVING'])));
   health.addToServer(server);
 
-  const credentials = await serverCredentials(config);
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(config.listen, credentials, (error, bound) => (error ? reject(error) : resolve(bound))),
-  );
+  let stopping: Promise<void> | undefined;
+  let listening = false;
+  let ops: OpsServer | undefined;
+  let port: number;
+  try {
+    const descriptors = await compileDescriptors([PROTO_DIR, ...config.interfaces]);
+    new ReflectionService({ relgate: { fileDescriptorProtos: descriptors } } as never).addToServer(server);
+    await metrics?.start();
+    // Before the gRPC port: a metrics address already taken fails the start before any client is served.
+    ops = metrics && config.metricsListen ? await startOpsServer({ listen: config.metricsListen, metrics, store, hub, logger, serving: () => listening && !stopping }) : undefined;
+    const credentials = await serverCredentials(config);
+    port = await new Promise<number>((resolve, reject) => server.bindAsync(config.listen, credentials, (error, bound) => (error ? reject(error) : resolve(bound))));
+  } catch (error) {
+    // Nothing is left listening or open behind a failed start.
+    server.forceShutdown();
+    hub.close();
+    await ops?.close();
+    await store.close();
+    throw error;
+  }
+  listening = true;
   const host = config.listen.slice(0, config.listen.lastIndexOf(':'));
   const address = `${host}:${port}`;
   const timers = startBackgroundWork(config, store, requests, logger);
-  let stopping: Promise<void> | undefined;
-  await metrics?.start();
-  const ops = metrics && config.metricsListen ? await startOpsServer({ listen: config.metricsListen, metrics, store, hub, logger, serving: () => !stopping }) : undefined;
   logger.info({ address, ...(config.store ? { store: 'postgres' } : { db: config.db, durability: config.durability }), auth: config.auth, tls: Boolean(config.tlsCert), mtls: Boolean(config.tlsClientCa), interfaces: interfaces.list().map((i) => `${i.name}@${i.version}`) }, 'relgate serving');
   if (config.auth === 'open' && !isLoopback(host)) logger.warn({ address }, 'open mode on a non-loopback address: any client can act as any unit; use --auth token');
 

@@ -2,8 +2,14 @@
 // server, /metrics holds exactly the counts those calls imply, with
 // go-grpc-prometheus names and bounded labels; /healthz follows shutdown.
 import * as grpc from '@grpc/grpc-js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../src/errors.ts';
+import { startServer } from '../src/server.ts';
+import { freePort } from '../bench/lib/processes.ts';
 import { setupRelation, startHarness, struct, type Harness } from './helpers/harness.ts';
 import { snapshotComplete, watch, watchReady } from './helpers/streams.ts';
 import { eventually } from './helpers/world.ts';
@@ -228,6 +234,94 @@ describe('metrics', () => {
       expect(metrics.value('relgate_sqlite_wal_checkpointed_frames')).toBeLessThanOrEqual(metrics.value('relgate_sqlite_wal_frames'));
     } finally {
       await fresh.close();
+    }
+  });
+
+  it('drops the waiting count of a relation that is removed with its requests', async () => {
+    const fresh = await startHarness({ metricsListen: '127.0.0.1:0' });
+    try {
+      const waiting = async () => new Scrape(await (await fetch(`http://${fresh.server.metricsAddress}/metrics`)).text()).value('relgate_requests_waiting', { interface: 'tls-certificates' });
+      const kept = await setupRelation(fresh);
+      const removed = await setupRelation(fresh, { requesters: ['shop/0'], responders: ['ca/1'] });
+      await fresh.requester('webapp/0').call('CreateRequest', { relation_id: kept, fields: struct({ common_name: 'kept.example' }) });
+      for (const name of ['a', 'b', 'c']) await fresh.requester('shop/0').call('CreateRequest', { relation_id: removed, fields: struct({ common_name: `${name}.example` }) });
+      expect(await waiting()).toBe(4);
+      await fresh.registry.call('DeleteRelation', { relation_id: removed });
+      expect(await waiting()).toBe(1);
+    } finally {
+      await fresh.close();
+    }
+  });
+
+  it('counts the statuses grpc-js sends itself under their own codes: a deadline, a message over the send limit', async () => {
+    const small = await startHarness({ metricsListen: '127.0.0.1:0', maxSendBytes: 2048 });
+    try {
+      const relationId = await setupRelation(small);
+      const responder = small.responder('ca/0');
+      const late = (responder.client.WatchIncomingRequests as (...args: unknown[]) => grpc.ClientReadableStream<unknown>).call(responder.client, { options: { relation_id: relationId } }, responder.metadata, { deadline: Date.now() + 300 });
+      const lateStatus = new Promise<grpc.StatusObject>((resolve) => late.on('status', resolve));
+      late.on('data', () => undefined);
+      late.on('error', () => undefined);
+      expect((await lateStatus).code).toBe(grpc.status.DEADLINE_EXCEEDED);
+      // Each request fits a message; the list of both does not.
+      for (const name of ['a', 'b']) await small.requester('webapp/0').call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: name.repeat(1200) }) });
+      const tooBig = await responder.fail('ListIncomingRequests', { relation_id: relationId });
+      expect(tooBig.code).toBe(Code.RESOURCE_EXHAUSTED);
+      const m = await eventually(async () => {
+        const scraped = new Scrape(await (await fetch(`http://${small.server.metricsAddress}/metrics`)).text());
+        expect(scraped.value('grpc_server_handled_total', { grpc_method: 'ListIncomingRequests', grpc_code: 'ResourceExhausted' })).toBe(1);
+        return scraped;
+      });
+      expect(m.value('grpc_server_handled_total', { grpc_method: 'WatchIncomingRequests', grpc_code: 'DeadlineExceeded' })).toBe(1);
+      expect(m.value('grpc_server_handled_total', { grpc_method: 'WatchIncomingRequests', grpc_code: 'Canceled' })).toBe(0);
+      expect(m.value('grpc_server_handled_total', { grpc_method: 'ListIncomingRequests', grpc_code: 'Canceled' })).toBe(0);
+    } finally {
+      await small.close();
+    }
+  });
+
+  it('answers a request target it cannot parse with 400, HEAD of the live feed at once, and refuses a port that is not digits', async () => {
+    const [host, port] = (h.server.metricsAddress as string).split(':') as [string, string];
+    const raw = (line: string) =>
+      new Promise<string>((resolve, reject) => {
+        const socket = net.connect(Number(port), host, () => socket.end(`${line}\r\nHost: relgate\r\nConnection: close\r\n\r\n`));
+        let text = '';
+        socket.on('data', (chunk) => (text += chunk.toString()));
+        socket.on('end', () => resolve(text));
+        socket.on('error', reject);
+      });
+    expect(await raw('GET //[ HTTP/1.1')).toMatch(/^HTTP\/1\.1 400 /);
+    const head = await raw('HEAD /dashboard/events HTTP/1.1');
+    expect(head).toMatch(/^HTTP\/1\.1 200 /);
+    expect(head).toContain('content-type: text/event-stream');
+    for (const listen of ['127.0.0.1:', '127.0.0.1:0x2000', '127.0.0.1: 1e4']) {
+      await expect(startHarness({ metricsListen: listen }), listen).rejects.toThrow(`--metrics-listen must be host:port, got "${listen}"`);
+    }
+  });
+
+  it("sends the dashboard a preview of each request's and response's fields, not the fields", async () => {
+    const relationId = await setupRelation(h, { requesters: ['preview/0'], responders: ['ca/2'] });
+    const big = 'x'.repeat(10_000);
+    const { request } = await h.requester('preview/0').call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: big }) });
+    const waiting = await h.requester('preview/0').call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: 'small.example' }) });
+    await h.responder('ca/2').call('Respond', { request_id: request.request_id, fields: struct({ key: big, cert: 'C' }) });
+    const state = (await (await fetch(`${base}/dashboard/state`)).json()) as { waiting: { request_id: string; fields: string }[]; responses: { request_id: string; fields: string }[] };
+    expect(state.waiting.find((w) => w.request_id === waiting.request.request_id)?.fields).toBe(JSON.stringify({ common_name: 'small.example' }));
+    const response = state.responses.find((r) => r.request_id === request.request_id)?.fields ?? '';
+    expect([response.length, response.endsWith('…'), response.startsWith('{"key":"xxx')]).toEqual([301, true, true]);
+  });
+
+  it('leaves nothing listening or open when the metrics address is taken', async () => {
+    const taken = h.server.metricsAddress as string;
+    const dir = mkdtempSync(path.join(tmpdir(), 'relgate-start-'));
+    try {
+      const listen = `127.0.0.1:${await freePort()}`;
+      await expect(startServer({ listen, db: path.join(dir, 'r.db'), metricsListen: taken, logLevel: 'silent' })).rejects.toThrow(/EADDRINUSE/);
+      // The gRPC port is free again and the database closed: a second start on both succeeds.
+      const again = await startServer({ listen, db: path.join(dir, 'r.db'), logLevel: 'silent' });
+      await again.stop();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -3,18 +3,11 @@
 // field values are data from the units.
 'use strict';
 
-const FIELDS_SHOWN = 300;
-
 function cell(row, text, className) {
   const td = row.insertCell();
   td.textContent = text;
   if (className) td.className = className;
   return td;
-}
-
-function fieldsText(fields) {
-  const text = JSON.stringify(fields ?? {});
-  return text.length > FIELDS_SHOWN ? `${text.slice(0, FIELDS_SHOWN)}…` : text;
 }
 
 function duration(ms) {
@@ -71,7 +64,7 @@ function renderWaiting(row, request) {
   cell(row, request.responses);
   cell(row, request.claimed_by || '-');
   cell(row, duration(Math.max(0, gatewayNow() - request.create_time)), 'age').dataset.created = String(request.create_time);
-  cell(row, fieldsText(request.fields), 'fields');
+  cell(row, request.fields, 'fields');
 }
 
 /** Waiting times grow between updates. */
@@ -87,7 +80,7 @@ function renderResponse(row, response) {
   cell(row, response.code === 0 ? '0' : `${response.code} ${response.error}`, response.code === 0 ? '' : 'error');
   cell(row, duration(response.latency_ms), 'latency');
   cell(row, new Date(response.time).toISOString(), 'id');
-  cell(row, fieldsText(response.fields), 'fields');
+  cell(row, response.fields, 'fields');
 }
 
 function render(state) {

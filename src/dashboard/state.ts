@@ -6,6 +6,8 @@ import type { RequestRecord, Store } from '../store/store.ts';
 
 /** Waiting requests listed at most; the total is always given. */
 const WAITING_SHOWN = 100;
+/** Characters of a request's or response's fields (as JSON) the dashboard shows. */
+const FIELDS_SHOWN = 300;
 const SCAN_PAGE = 1000;
 
 export interface DashboardState {
@@ -30,7 +32,8 @@ export interface DashboardState {
     responses: string;
     claimed_by: string;
     create_time: number;
-    fields: unknown;
+    /** The fields as JSON, cut to their first 300 characters and "…": a state carries many, each up to megabytes. */
+    fields: string;
   }[];
   waiting_total: number;
   responses: readonly AnsweredRequest[];
@@ -57,7 +60,7 @@ export async function readDashboardState(store: Store, responses: readonly Answe
     let total = 0;
     const relationIds = relations.map((relation) => relation.id);
     for (let after = 0; relationIds.length > 0; ) {
-      const page = await tx.listRequests({ relationIds, afterCreateRevision: after, limit: SCAN_PAGE });
+      const page = await tx.listRequests({ relationIds, afterCreateRevision: after, limit: SCAN_PAGE, pendingOnly: true });
       for (const request of page) {
         if (request.state !== 'pending') continue;
         total += 1;
@@ -82,6 +85,11 @@ function waitingRequest(request: RequestRecord): DashboardState['waiting'][numbe
     responses: `${request.response_count}/${request.expected_count}`,
     claimed_by: request.claim?.unit ?? '',
     create_time: request.create_time,
-    fields: request.fields,
+    fields: fieldsPreview(request.fields),
   };
+}
+
+export function fieldsPreview(fields: unknown): string {
+  const text = JSON.stringify(fields ?? {});
+  return text.length > FIELDS_SHOWN ? `${text.slice(0, FIELDS_SHOWN)}…` : text;
 }
