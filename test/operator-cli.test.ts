@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RESPONSE_FAILED } from '../src/cli/operator.ts';
 import { MAIN } from '../src/cli/serve-process.ts';
 import { Code } from '../src/errors.ts';
 import { PROJECT_DIR } from '../src/protos.ts';
@@ -22,14 +23,14 @@ interface Result {
   stderr: string;
 }
 
-function start(args: string[]): ChildProcess {
+function start(args: string[], extraEnv: Record<string, string> = {}): ChildProcess {
   // Only the flags given here count, not the environment of the test run.
   const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^RELGATE_(ADDRESS|UNIT|TOKEN|TOKEN_FILE|TLS_CA)$/.test(name)));
-  return spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  return spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...env, ...extraEnv } });
 }
 
-function relgate(args: string[]): Promise<Result> {
-  const child = start(args);
+function relgate(args: string[], env: Record<string, string> = {}): Promise<Result> {
+  const child = start(args, env);
   let stdout = '';
   let stderr = '';
   child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
@@ -98,14 +99,20 @@ describe('operator CLI', () => {
   });
 
   it('exits with the gRPC status code and prints the status', async () => {
-    const [missing, anonymous, invalid, notJson, usage, unreachable] = await Promise.all([
+    const [missing, anonymous, invalid, notJson, usage, unreachable, noUnit] = await Promise.all([
       relgate(['requests', '--relation', 'tls-certificates:999', '--unit', 'webapp/0', ...address]),
       relgate(['requests', '--relation', relationId, ...address]),
       relgate(['call', '--relation', relationId, '--unit', 'webapp/0', '--fields', '{"sans": ["x"]}', ...address]),
       relgate(['call', '--relation', relationId, '--unit', 'webapp/0', '--fields', '{oops', ...address]),
       relgate(['requests', ...address]),
       relgate(['interfaces', '--address', '127.0.0.1:1', '--timeout', '2000']),
+      // An empty --to (an unset variable, say) is refused, not taken for "any responder".
+      relgate(['call', '--relation', relationId, '--unit', 'webapp/0', '--fields', '{"common_name": "nobody.example"}', '--to', '', '--wait-for-responders', ...address]),
     ]);
+    expect([noUnit.code, noUnit.stderr]).toEqual([Code.INVALID_ARGUMENT, expect.stringContaining('delivery.unit')]);
+    for (const args of [['nosuchcommand'], ['--bogus'], ['interfaces', '--timeout', '1e3'], ['interfaces', '--timeout', ''], ['interfaces', '--timeout', '2147483001'], ['watch', 'requests', '--relation', relationId, '--after-revision', '0x10']]) {
+      expect((await relgate([...args, ...address])).code, args.join(' ')).toBe(Code.INVALID_ARGUMENT);
+    }
     expect(missing.code).toBe(Code.NOT_FOUND);
     expect(missing.stderr).toMatch(/^NOT_FOUND: .*tls-certificates:999.* \(RELATION_NOT_FOUND\)$/m);
     expect(anonymous.code).toBe(Code.UNAUTHENTICATED);
@@ -149,12 +156,36 @@ describe('operator CLI', () => {
     const event = await incoming.events.next((e) => requestEvent('ADDED')(e) && e.request.fields.fields.common_name.stringValue === 'call.example');
     await responder.call('Respond', { request_id: event.request.request_id, fields: struct({ key: 'K', cert: 'C' }) });
     const result = await called;
-    incoming.cancel();
     expect(result.code).toBe(0);
     const { request, response } = JSON.parse(result.stdout);
     expect(request.request_id).toBe(event.request.request_id);
     expect(request.state).toBe('REQUEST_STATE_ANSWERED');
     expect(response).toMatchObject({ responder_unit: 'ca/0', code: 0, fields: { key: 'K', cert: 'C' } });
+
+    // An answer reporting a failure is printed, and is no success for a script.
+    const refused = relgate(['call', '--relation', relationId, '--unit', 'webapp/0', '--fields', '{"common_name": "refused.example"}', ...address]);
+    const second = await incoming.events.next((e) => requestEvent('ADDED')(e) && e.request.fields.fields.common_name.stringValue === 'refused.example');
+    await responder.call('Respond', { request_id: second.request.request_id, code: 7, error: 'policy forbids it' });
+    const failed = await refused;
+    expect([failed.code, failed.stdout]).toEqual([RESPONSE_FAILED, expect.stringMatching(/ca\/0\s+7 policy forbids it/)]);
+    incoming.cancel();
+  });
+
+  it('prints field values as stored, also one shaped like a Timestamp; ends quietly when its reader goes away', async () => {
+    const own = await startHarness({ interfaces: [path.join(import.meta.dirname, 'interfaces')] });
+    try {
+      const relation = await setupRelation(own, { iface: 'values', requesters: ['app/0'], responders: ['svc/0'] });
+      const fields = { name: 'span', delay: { seconds: '5', nanos: 0 } };
+      for (let i = 0; i < 300; i++) await own.requester('app/0').call('CreateRequest', { relation_id: relation, fields: struct({ ...fields, name: `span${i}` }) });
+      const at = ['--relation', relation, '--unit', 'app/0', '--address', own.server.address];
+      const listed = JSON.parse((await relgate(['requests', ...at, '--json'])).stdout) as { fields: unknown }[];
+      expect(listed[0]?.fields).toEqual({ ...fields, name: 'span0' });
+      const piped = await shell(`${JSON.stringify(process.execPath)} ${JSON.stringify(MAIN)} requests ${at.join(' ')} --json | head -c 100 > /dev/null; echo "exit \${PIPESTATUS[0]}"`);
+      expect(piped.stdout.trim()).toBe('exit 0');
+      expect(piped.stderr).toBe('');
+    } finally {
+      await own.close();
+    }
   });
 
   it('uses tokens and TLS like any client', async () => {
@@ -171,6 +202,9 @@ describe('operator CLI', () => {
       expect(JSON.parse(ok.stdout)).toEqual([]);
       expect((await relgate(['relations', ...at])).code).toBe(Code.UNAUTHENTICATED);
       expect((await relgate(['relations', '--token', 'wrong', ...at])).code).toBe(Code.UNAUTHENTICATED);
+      // A flag given beats a variable set; the variable serves when no flag is given.
+      expect((await relgate(['relations', '--token-file', tokenFile, ...at], { RELGATE_TOKEN: 'wrong' })).code).toBe(0);
+      expect((await relgate(['relations', ...at], { RELGATE_TOKEN_FILE: tokenFile })).code).toBe(0);
       // Plaintext to a TLS port never connects.
       expect((await relgate(['relations', '--token', admin, '--timeout', '2000', '--address', `localhost:${secure.server.port}`])).code).toBe(Code.UNAVAILABLE);
     } finally {

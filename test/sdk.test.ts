@@ -178,6 +178,19 @@ describe('SDK on one gateway', () => {
     expect((refused as RelgateError).code).toBe(Code.UNAVAILABLE);
   });
 
+  it('keeps a call with a deadline weeks away waiting (at most 24.8 days, what a gRPC server reads right)', async () => {
+    const world = await makeWorld(h);
+    const requester = as(world.requesters[0] as string).requester('tls-certificates', { relation: world.relationId });
+    const responder = as(world.responders[0] as string).responder('tls-certificates', { relation: world.relationId });
+    const called = requester.call({ common_name: 'patient.example' }, { deadline: Date.now() + 30 * 86_400_000, waitForResponders: true });
+    const outcome = called.then(() => 'answered', (error: unknown) => error);
+    // Sent as 30 days, the deadline wrapped around in the server and ended the call at once, the request stored.
+    await expect.poll(async () => (await responder.newRequests()).length, { timeout: 10_000 }).toBe(1);
+    const [request] = await responder.newRequests();
+    await responder.respond(request as { request_id: string }, { key: 'K', cert: 'C' });
+    expect(await outcome).toBe('answered');
+  });
+
   it('watches every relation of an endpoint, and ends a watch by close() or an AbortSignal', async () => {
     const world = await makeWorld(h);
     const web = as(world.requesters[0] as string);

@@ -8,7 +8,8 @@
 //   node examples/ts/registry.ts leave <relation-id> <unit>
 //
 // The gateway address comes from RELGATE_ADDRESS (default 127.0.0.1:50051),
-// the admin token, in token mode, from RELGATE_ADMIN_TOKEN.
+// the admin token, in token mode, from RELGATE_ADMIN_TOKEN; each unit it
+// registers in token mode has its token printed on standard error.
 import * as grpc from '@grpc/grpc-js';
 import type { ProtoGrpcType } from '../../gen/registry.ts';
 import { loadApi } from '../../src/protos.ts';
@@ -40,7 +41,9 @@ const application = (unit: string) => unit.split('/')[0] as string;
 
 async function registerUnit(unit: string): Promise<void> {
   await call('RegisterApplication', { name: application(unit) });
-  await call('RegisterUnit', { name: unit, ingress_address: '127.0.0.1' });
+  const registered = (await call('RegisterUnit', { name: unit, ingress_address: '127.0.0.1' })) as { token?: string } | undefined;
+  // In token mode the gateway shows a unit's token this once: the unit's example needs it (--token).
+  if (registered?.token) process.stderr.write(`${unit} token: ${registered.token}\n`);
 }
 
 async function relate(iface: string, requester: string, responders: string[]): Promise<string> {

@@ -2,8 +2,10 @@
 // relgate command line: `relgate serve` and its flags, each mirrored by a
 // RELGATE_* environment variable.
 import { readFile } from 'node:fs/promises';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, InvalidArgumentError, type CommanderError, Option } from 'commander';
+import { Code } from '../errors.ts';
 import { DEFAULT_CONFIG, startServer } from '../server.ts';
+import { wholeNumber } from './numbers.ts';
 import { addOperatorCommands } from './operator.ts';
 
 const program = new Command()
@@ -11,11 +13,11 @@ const program = new Command()
   .description('A durable gRPC gateway for request/response interfaces between related applications.')
   .showHelpAfterError();
 
-const integer = (value: string) => {
-  const parsed = Number(value);
-  // Digits only: Number() also reads "", "1e3" and "0x10".
-  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(parsed)) throw new InvalidArgumentError(`"${value}" is not a whole number`);
-  return parsed;
+const integer = wholeNumber;
+/** An empty path would be SQLite's temporary database, deleted at exit: nothing acknowledged would survive. */
+const dbPath = (value: string) => {
+  if (value === '') throw new InvalidArgumentError('an empty path is no database file; name a file, or :memory:');
+  return value;
 };
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
@@ -23,7 +25,7 @@ program
   .command('serve')
   .description('Start the gateway.')
   .addOption(new Option('--listen <host:port>', 'address to listen on').env('RELGATE_LISTEN').default(DEFAULT_CONFIG.listen))
-  .addOption(new Option('--db <path>', 'SQLite database file, or :memory:').env('RELGATE_DB').default(DEFAULT_CONFIG.db))
+  .addOption(new Option('--db <path>', 'SQLite database file, or :memory:').argParser(dbPath).env('RELGATE_DB').default(DEFAULT_CONFIG.db))
   .addOption(new Option('--store <url>', 'postgres:// connection string: replicas on one PostgreSQL instead of the SQLite file').env('RELGATE_STORE'))
   .addOption(new Option('--durability <level>', 'full: fsync every commit; normal: survive a process kill only').choices(['full', 'normal']).env('RELGATE_DURABILITY').default(DEFAULT_CONFIG.durability))
   .addOption(new Option('--interfaces <dir>', 'directory of interface .proto files (repeatable; RELGATE_INTERFACES takes a colon-separated list)').argParser(collect).env('RELGATE_INTERFACES'))
@@ -93,5 +95,12 @@ async function serve(options: Record<string, unknown>, interfaces: string[]): Pr
 }
 
 addOperatorCommands(program);
+// An unknown command or option is a bad command line, as for each command.
+program.exitOverride((error: CommanderError) => process.exit(error.exitCode === 0 ? 0 : Code.INVALID_ARGUMENT));
+// A reader that goes away (`relgate watch ... | head`) ends the output, not with a stack trace.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code !== 'EPIPE') throw error;
+  process.exit(0);
+});
 
 await program.parseAsync();

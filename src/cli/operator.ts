@@ -4,10 +4,11 @@
 // 3 INVALID_ARGUMENT for a bad command line).
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { Argument, type Command, type CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Argument, type Command, type CommanderError, Option } from 'commander';
 import { Code, RelgateError, fromServiceError, isRelgateError } from '../errors.ts';
 import { loadApi } from '../protos.ts';
 import { jsonToStruct, structToJson, type JsonObject, type StructMessage } from '../struct.ts';
+import { deadlineMs, wholeNumber } from './numbers.ts';
 
 type Message = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 type AnyClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -26,24 +27,20 @@ interface ConnectionFlags {
   json?: boolean;
 }
 
-const integer = (value: string) => {
-  const parsed = Number(value);
-  if (!Number.isSafeInteger(parsed) || parsed < 0) throw new InvalidArgumentError(`"${value}" is not a whole number`);
-  return parsed;
-};
 
 /** The flags every operator command takes: where the gateway is and who is asking. */
 function withConnectionFlags(command: Command): Command {
   return command
     .addOption(new Option('--address <host:port>', 'gateway address').env('RELGATE_ADDRESS').default('127.0.0.1:50051'))
     .addOption(new Option('--unit <name>', 'act as this unit (open mode; with a token or certificate, must name the same unit)').env('RELGATE_UNIT'))
-    .addOption(new Option('--token <token>', 'bearer token: the admin token or a unit token').env('RELGATE_TOKEN'))
-    .addOption(new Option('--token-file <path>', 'file holding the bearer token').env('RELGATE_TOKEN_FILE'))
+    // Their variables are read in Gateway, after both flags: a flag given beats a variable set.
+    .addOption(new Option('--token <token>', 'bearer token: the admin token or a unit token (env: RELGATE_TOKEN)'))
+    .addOption(new Option('--token-file <path>', 'file holding the bearer token (env: RELGATE_TOKEN_FILE)'))
     .addOption(new Option('--tls', 'connect with TLS, trusting the system roots'))
     .addOption(new Option('--tls-ca <path>', 'connect with TLS, trusting this PEM CA').env('RELGATE_TLS_CA'))
     .addOption(new Option('--tls-cert <path>', 'PEM client certificate (mutual TLS)'))
     .addOption(new Option('--tls-key <path>', 'PEM client key (mutual TLS)'))
-    .addOption(new Option('--timeout <ms>', 'deadline of each call').argParser(integer).default(10_000))
+    .addOption(new Option('--timeout <ms>', 'deadline of each call').argParser(deadlineMs).default(10_000))
     .addOption(new Option('--json', 'print JSON (one document, or one line per event when watching)'));
 }
 
@@ -74,7 +71,7 @@ export function addOperatorCommands(program: Command): void {
       .requiredOption('--relation <id>', 'relation id')
       .addOption(new Option('--new', 'requests: only the ones still new for the unit'))
       .addOption(new Option('--now', 'skip the snapshot: only what changes from now on'))
-      .addOption(new Option('--after-revision <n>', 'resume after this revision').argParser(integer))
+      .addOption(new Option('--after-revision <n>', 'resume after this revision').argParser(wholeNumber))
       .action(run(watch)),
     program
       .command('call')
@@ -132,7 +129,7 @@ class Gateway {
   constructor(flags: ConnectionFlags) {
     this.#flags = flags;
     this.#credentials = credentials(flags);
-    const token = flags.token ?? (flags.tokenFile ? readFileSync(flags.tokenFile, 'utf8').trim() : undefined);
+    const token = tokenOf(flags.token, flags.tokenFile) ?? tokenOf(process.env.RELGATE_TOKEN, process.env.RELGATE_TOKEN_FILE);
     if (token) this.#metadata.set('authorization', `Bearer ${token}`);
     if (flags.unit) this.#metadata.set('relgate-unit', flags.unit);
   }
@@ -163,6 +160,10 @@ class Gateway {
   close(): void {
     for (const client of this.#clients) client.close();
   }
+}
+
+function tokenOf(token: string | undefined, file: string | undefined): string | undefined {
+  return token || (file ? readFileSync(file, 'utf8').trim() : undefined);
 }
 
 function credentials(flags: ConnectionFlags): grpc.ChannelCredentials {
@@ -223,7 +224,7 @@ async function listRequests(flags: ConnectionFlags & { relation: string; new?: b
         throw error;
       });
     }
-    if (flags.json) return printJson(requests.map((request) => plain(request)));
+    if (flags.json) return printJson(requests);
     printTable(
       ['REQUEST', 'STATE', 'FROM', 'DELIVERY', 'RESPONSES', 'CREATED', 'FIELDS'],
       requests.map((r) => [r.request_id, enumName(r.state, 'REQUEST_STATE_'), r.source_unit, deliveryText(r.delivery), `${r.response_count}/${r.expected_count}`, timeText(r.create_time), fieldsText(r.fields)]),
@@ -296,11 +297,14 @@ async function call(flags: ConnectionFlags & { relation: string; fields: string;
       relation_id: flags.relation,
       request_id: flags.requestId ?? '',
       fields: jsonToStruct(fields),
-      delivery: flags.to ? { mode: 'DELIVERY_MODE_UNIT', unit: flags.to } : { mode: 'DELIVERY_MODE_ANY' },
+      // --to "" (an unset variable, say) is the gateway's to refuse, not "any responder".
+      delivery: flags.to !== undefined ? { mode: 'DELIVERY_MODE_UNIT', unit: flags.to } : { mode: 'DELIVERY_MODE_ANY' },
       wait_for_responders: Boolean(flags.waitForResponders),
     });
-    if (flags.json) return printJson(plain(result));
     const { request, response } = result;
+    // An answer that reports a failure is not a success for a script.
+    if (response.code !== 0) process.exitCode = RESPONSE_FAILED;
+    if (flags.json) return printJson(result);
     printTable(
       ['REQUEST', 'RESPONDER', 'CODE', 'FIELDS'],
       [[request.request_id, response.responder_unit, response.code === 0 ? '0' : `${response.code} ${response.error}`, fieldsText(response.fields)]],
@@ -318,6 +322,9 @@ function parseFields(text: string): JsonObject {
   if (!value || typeof value !== 'object' || Array.isArray(value)) throw badCommandLine('--fields must be a JSON object');
   return value as JsonObject;
 }
+
+/** The exit code of a `call` answered with a failure: past the gRPC codes, which exit codes 0-16 are. */
+export const RESPONSE_FAILED = 20;
 
 // ---- output ----
 

@@ -63,6 +63,9 @@ export function connect(address: string, options: ConnectOptions = {}): Connecti
   return new Connection(address, options);
 }
 
+/** grpc-js sends a deadline this far away as whole seconds, rounded up, and its server reads it into a 32-bit integer of ms. */
+const MAX_DEADLINE_MS = 2_147_483_000;
+
 export class Connection {
   readonly address: string;
   readonly unit: string | undefined;
@@ -90,9 +93,14 @@ export class Connection {
     this.sessionClient = new v1.SessionService(address, credentials, { ...options.channelOptions, channelOverride });
   }
 
-  /** Options of a unary call: its deadline. */
+  /**
+   * Options of a unary call: its deadline, at most 24.8 days away. A grpc-js
+   * server keeps a call's timeout in a 32-bit integer: a longer one wraps
+   * around, and the call ends at once, its request stored.
+   */
   callOptions(deadline?: Date | number): grpc.CallOptions {
-    return { deadline: deadline ?? Date.now() + this.timeoutMs };
+    const latest = Date.now() + MAX_DEADLINE_MS;
+    return { deadline: Math.min(Number(deadline ?? Date.now() + this.timeoutMs), latest) };
   }
 
   /** Metadata for a call: the unit's name and token; the call waits for the connection rather than failing at once. */

@@ -183,19 +183,18 @@ func (r *requester) watchOnce(options *relgatev1.WatchOptions, afterRevision *in
 		if err != nil {
 			return err
 		}
-		done := false
 		for _, event := range message.GetBatch().GetEvents() {
 			if event.GetType() == relgatev1.EventType_EVENT_TYPE_SNAPSHOT_COMPLETE {
 				inSnapshot = false
 			} else if response := event.GetResponse(); response != nil && event.GetType() == relgatev1.EventType_EVENT_TYPE_ADDED {
-				done = onResponse(response, event.GetRevision()) || done
+				if onResponse(response, event.GetRevision()) {
+					// Enough: the rest of the batch is left unread, so the resume point stays before it.
+					return nil
+				}
 			}
 		}
 		if !inSnapshot {
 			*afterRevision = message.GetBatch().GetRevision()
-		}
-		if done {
-			return nil
 		}
 	}
 }
