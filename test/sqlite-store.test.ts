@@ -1,8 +1,9 @@
 // SQLite-only behaviour: opening a database written by an older relgate, the
 // revision a reopened store carries on from, and the bounded caches of
 // records in front of the database.
+import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -192,6 +193,21 @@ describe('the checkpoint thread', () => {
     const { changes } = await again.changesSince(0, 1_000);
     expect(changes.map((change) => change.data)).toEqual(Array.from({ length: 200 }, (_, i) => registered(`n${i}`)));
     await again.close();
+  });
+
+  it('keeps a process with nothing else to do up until the store has closed', () => {
+    const file = tempFile();
+    const store = JSON.stringify(path.resolve('src/store/sqlite-store.ts'));
+    // 64 commits start the thread, which is unref'd while it runs.
+    const script = `const { SqliteStore } = await import(${store});
+      const store = new SqliteStore({ path: ${JSON.stringify(file)} });
+      for (let i = 0; i < 64; i++) await store.write(async (tx) => tx.appendChange('r1', { kind: 'registry', what: 'unit', name: 'n' + i }));
+      await store.close();
+      console.log('closed');`;
+    // A file, not -e: workers inherit the process's --input-type, and refuse it.
+    const program = path.join(path.dirname(file), 'close.mjs');
+    writeFileSync(program, script);
+    expect(execFileSync(process.execPath, [program], { encoding: 'utf8' })).toBe('closed\n');
   });
 
   it('that stops says why in a process warning, and closing it afterwards still returns', async () => {

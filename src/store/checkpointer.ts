@@ -29,6 +29,9 @@ export class Checkpointer {
 
   /** Lets a running checkpoint finish, then closes the thread's connection. */
   async close(): Promise<void> {
+    // Unref'd while it runs, so that it alone never keeps the process up; its close must, or a process with nothing
+    // else left would exit before the store finished closing.
+    this.#worker?.ref();
     this.#worker?.postMessage('close');
     await this.#exited;
   }
