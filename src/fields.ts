@@ -50,11 +50,14 @@ export function validateFields(type: protobuf.Type, value: JsonObject, pathPrefi
 /** Valid fields in their canonical form: 64-bit integers as decimal strings, enums by name, bytes in standard base64. */
 export function canonicalFields(type: protobuf.Type, value: JsonObject): JsonObject {
   const out: JsonObject = {};
-  for (const [name, item] of Object.entries(value)) {
-    const field = ownValue(type.fields, name);
-    setOwn(out, name, field && item !== null ? canonicalField(field, item) : item);
-  }
+  for (const [name, item] of Object.entries(value)) setOwn(out, name, canonicalValue(type, name, item));
   return out;
+}
+
+/** One field's value in its canonical form; a value of no field of the type, or null, as it is. */
+export function canonicalValue(type: protobuf.Type, name: string, value: Json): Json {
+  const field = ownValue(type.fields, name);
+  return field && value !== null ? canonicalField(field, value) : value;
 }
 
 /** The path of the first object or list nested past the bound, if any. */
@@ -226,15 +229,19 @@ function int64Problem(value: Json, signed: boolean, type: string): string | unde
   return big < min || big > max ? `is out of range for ${type}` : undefined;
 }
 
+// Canonical forms are also taken of stored values, which an interface file
+// edited since may no longer describe: a value of another shape stays as it is.
+
 function canonicalField(field: protobuf.Field, value: Json): Json {
   field.resolve();
   if (field instanceof protobuf.MapField) {
+    if (!isObject(value)) return value;
     const out: JsonObject = {};
     const intKeys = field.keyType !== 'string' && field.keyType !== 'bool';
-    for (const [key, item] of Object.entries(value as JsonObject)) setOwn(out, intKeys ? BigInt(key).toString() : key, canonicalSingle(field, item));
+    for (const [key, item] of Object.entries(value)) setOwn(out, intKeys ? canonicalInteger(key) : key, canonicalSingle(field, item));
     return out;
   }
-  if (field.repeated) return (value as Json[]).map((item) => canonicalSingle(field, item));
+  if (field.repeated) return Array.isArray(value) ? value.map((item) => canonicalSingle(field, item)) : value;
   return canonicalSingle(field, value);
 }
 
@@ -245,15 +252,19 @@ function canonicalSingle(field: protobuf.Field, value: Json): Json {
   if (resolved instanceof protobuf.Type) {
     const wrapped = WRAPPERS[resolved.fullName];
     if (wrapped) return canonicalScalar(wrapped, value);
-    return OPAQUE.has(resolved.fullName) ? value : canonicalFields(resolved, value as JsonObject);
+    return OPAQUE.has(resolved.fullName) || !isObject(value) ? value : canonicalFields(resolved, value);
   }
   return canonicalScalar(field.type, value);
 }
 
 function canonicalScalar(type: string, value: Json): Json {
-  if (INT64.has(type) || UINT64.has(type)) return BigInt(value as string | number).toString();
-  if (type === 'bytes') return Buffer.from(value as string, 'base64').toString('base64');
+  if ((INT64.has(type) || UINT64.has(type)) && (typeof value === 'string' || typeof value === 'number')) return canonicalInteger(value);
+  if (type === 'bytes' && typeof value === 'string') return Buffer.from(value, 'base64').toString('base64');
   return value;
+}
+
+function canonicalInteger<T extends string | number>(value: T): string | T {
+  return /^-?\d+$/.test(String(value)) ? BigInt(value).toString() : value;
 }
 
 function isObject(value: Json): value is JsonObject {

@@ -2,7 +2,8 @@
 // flags. Every operation acts as one calling unit.
 import { Code, RelgateError, failedPrecondition, invalidArgument, notFound } from './errors.ts';
 import { mergeRequesterFlags, mergeResponderFlags, requesterFlags, responderFlags } from './flags.ts';
-import { canonicalFields, validateFields } from './fields.ts';
+import type protobuf from 'protobufjs';
+import { canonicalFields, canonicalValue, validateFields } from './fields.ts';
 import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
 import { isAddressedTo, isNewFor, requestMessage, responseMessage, type Viewer } from './present.ts';
 import { joinedRelation, joinedRelationIds, recordRequestChange, requireCaller, requireUnit } from './relations.ts';
@@ -80,7 +81,9 @@ export class RequestService {
     const requestId = input.request_id.toLowerCase() || newRequestId();
     const existing = await tx.getRequest(requestId);
     if (existing) {
-      if (existing.body === requestBody(relation.id, fields, input.delivery, parsed.ttl)) return { caller, relation, requestId, fields, existing };
+      // A request stored before values had one canonical form kept the body of the spelling it was sent in.
+      const bodies = [requestBody(relation.id, fields, input.delivery, parsed.ttl), requestBody(relation.id, parsed.fields, input.delivery, parsed.ttl)];
+      if (bodies.includes(existing.body)) return { caller, relation, requestId, fields, existing };
       throw new RelgateError(Code.ALREADY_EXISTS, `request ${requestId} already exists with a different body`, {
         reason: 'REQUEST_ID_CONFLICT',
         metadata: { request_id: requestId },
@@ -107,7 +110,7 @@ export class RequestService {
       invalidIfAny(fieldViolations);
       const fields = canonicalFields(type, given);
       const match = Object.fromEntries(input.match_fields.map((name) => [name, ownValue(fields, name) ?? null]));
-      const existing = await firstMatch(tx, [relation.id], (request) => fieldsMatch(request.fields, match));
+      const existing = await firstMatch(tx, [relation.id], (request) => fieldsMatch(type, request.fields, match));
       if (!existing) {
         const revision = await tx.revision();
         const expected = await resolveDelivery(tx, relation, units, input.delivery, selector);
@@ -115,7 +118,8 @@ export class RequestService {
         await recordRequestChange(tx, relation, null, request);
         return { request: requestMessage(request, requesterView(caller)), created: true, updated: false };
       }
-      if (jsonEqual(existing.fields, fields)) return { request: requestMessage(existing, requesterView(caller)), created: false, updated: false };
+      // Fields stored before values had one canonical form are compared in it.
+      if (jsonEqual(canonicalFields(type, existing.fields), fields)) return { request: requestMessage(existing, requesterView(caller)), created: false, updated: false };
       const revision = await tx.revision();
       const updated: RequestRecord = {
         ...existing,
@@ -337,15 +341,18 @@ export class RequestService {
   async #scope(tx: StoreTx, caller: UnitRecord, relationId: string, side: SideName, match: JsonObject) {
     const relations = await this.#relationsInScope(tx, caller, relationId, side);
     const violations: { field: string; description: string }[] = [];
-    const matchByRelation = new Map<string, JsonObject>();
+    const matchByRelation = new Map<string, { type: protobuf.Type; match: JsonObject }>();
     for (const { relation } of relations) {
       const type = this.#definition(relation).requestType;
       const problems = validateFields(type, match, 'match_fields', { checkRequired: false });
       violations.push(...problems);
-      if (problems.length === 0) matchByRelation.set(relation.id, canonicalFields(type, match));
+      if (problems.length === 0) matchByRelation.set(relation.id, { type, match: canonicalFields(type, match) });
     }
     invalidIfAny(relationId ? violations : dedupe(violations));
-    const matches = (request: RequestRecord) => fieldsMatch(request.fields, matchByRelation.get(request.relation_id) ?? match);
+    const matches = (request: RequestRecord) => {
+      const scoped = matchByRelation.get(request.relation_id);
+      return scoped !== undefined && fieldsMatch(scoped.type, request.fields, scoped.match);
+    };
     return { relationIds: relations.map(({ relation }) => relation.id), matches };
   }
 
@@ -460,8 +467,9 @@ function checkAnswerable(request: RequestRecord, unit: string, now: number): voi
   }
 }
 
-function fieldsMatch(fields: JsonObject, match: JsonObject): boolean {
-  return Object.entries(match).every(([name, value]) => jsonEqual(ownValue(fields, name) ?? null, value));
+/** Whether stored fields hold the (canonical) match's values; stored values are compared in their canonical form. */
+function fieldsMatch(type: protobuf.Type, fields: JsonObject, match: JsonObject): boolean {
+  return Object.entries(match).every(([name, value]) => jsonEqual(canonicalValue(type, name, ownValue(fields, name) ?? null), value));
 }
 
 function requesterFilter(request: RequestRecord, filter: RequestFilterName): boolean {

@@ -7,7 +7,8 @@ import path from 'node:path';
 import { json, startHarness, struct, type Harness, type Rpc } from './helpers/harness.ts';
 import { requestEvent, watchReady } from './helpers/streams.ts';
 import { rawFail, statusDetails } from './helpers/status.ts';
-import { makeWorld, snapshot, type World } from './helpers/world.ts';
+import { makeWorld, must, snapshot, type World } from './helpers/world.ts';
+import { recordRequestChange } from '../src/relations.ts';
 import { fromServiceError } from '../src/errors.ts';
 import protobuf from 'protobufjs';
 import { MAX_FIELD_DEPTH, validateFields } from '../src/fields.ts';
@@ -319,6 +320,24 @@ describe('field values through the gateway', () => {
     expect([upsert.created, upsert.updated, upsert.request.request_id, json(upsert.request.fields).count]).toEqual([false, true, request.request_id, '5']);
     const { response } = await v.res().call('Respond', { request_id: request.request_id, fields: struct({ total: 7 }) });
     expect(json(response.fields)).toEqual({ total: '7' });
+  });
+
+  test('a request stored before values had one canonical form still matches, updates and replays in the spelling it was sent in', async () => {
+    const { request } = await v.req().call('CreateRequest', { relation_id: v.relationId, fields: struct({ name: 'older', count: 6 }) });
+    // Rewrite it as an older relgate stored it: the value as sent, and the body of that spelling.
+    await vh.server.store.write(async (tx) => {
+      const stored = must(await tx.getRequest(request.request_id), 'stored request');
+      const relation = must(await tx.getRelation(v.relationId), 'relation');
+      const older = { ...stored, fields: { name: 'older', count: 6 }, body: stored.body.replace('"count":"6"', '"count":6'), revision: await tx.revision() };
+      expect(older.body).not.toBe(stored.body);
+      await recordRequestChange(tx, relation, stored, older);
+    });
+    const { requests } = await v.req().call('ListRequests', { relation_id: v.relationId, match_fields: struct({ count: 6 }) });
+    expect(requests.map((r: { request_id: string }) => r.request_id)).toEqual([request.request_id]);
+    const replay = await v.req().call('CreateRequest', { relation_id: v.relationId, request_id: request.request_id, fields: struct({ name: 'older', count: 6 }) });
+    expect(replay.request.request_id).toBe(request.request_id);
+    const same = await v.req().call('CreateOrUpdateRequest', { relation_id: v.relationId, match_fields: ['name'], fields: struct({ name: 'older', count: '6' }) });
+    expect([same.created, same.updated, same.request.request_id]).toEqual([false, false, request.request_id]);
   });
 
   test(`fields nested more than ${MAX_FIELD_DEPTH} levels are refused with the path, storing nothing; ${MAX_FIELD_DEPTH} levels are stored and sent`, async () => {
