@@ -23,6 +23,7 @@ const FLOAT32_MAX = 3.4028234663852886e38;
 const BASE64 = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$/;
 const TIMESTAMP = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.\d{1,9})?(?:Z|([+-])(\d\d):(\d\d))$/;
 const DURATION = /^(-?)(\d+)(?:\.\d{1,9})?s$/;
+const DECIMAL = /^-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/;
 const FIELD_MASK = /^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*(?:,[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)*)?$/;
 /** 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, protobuf's Timestamp range, in ms. */
 const [MIN_TIME, MAX_TIME] = [-62_135_596_800_000, 253_402_300_799_999];
@@ -102,9 +103,15 @@ function validateField(field: protobuf.Field, value: Json, at: string, options: 
   field.resolve();
   if (field instanceof protobuf.MapField) {
     if (!isObject(value)) return void out.push({ field: at, description: `must be an object (map<${field.keyType},${typeName(field)}>), not ${describe(value)}` });
+    const keys = new Map<string, string>();
     for (const [mapKey, item] of Object.entries(value)) {
       const keyProblem = mapKeyProblem(field.keyType, mapKey);
+      // "1" and "01" are one integer key: stored in one form, one value would be lost.
+      const canonical = keyProblem ? undefined : canonicalKey(field.keyType, mapKey);
+      const earlier = canonical === undefined ? undefined : keys.get(canonical);
       if (keyProblem) out.push({ field: `${at}.${mapKey}`, description: keyProblem });
+      else if (earlier !== undefined) out.push({ field: `${at}.${mapKey}`, description: `map key is ${canonical}, as "${earlier}" is` });
+      if (canonical !== undefined) keys.set(canonical, mapKey);
       validateSingle(field, item, `${at}.${mapKey}`, options, out);
     }
     return;
@@ -145,11 +152,11 @@ function scalarProblem(type: string, value: Json): string | undefined {
   if (type === 'string') return typeof value === 'string' ? undefined : `must be a string, not ${describe(value)}`;
   if (type === 'bool') return typeof value === 'boolean' ? undefined : `must be a boolean, not ${describe(value)}`;
   if (type === 'bytes') return typeof value === 'string' && BASE64.test(value) ? undefined : `must be a base64 string, not ${describe(value)}`;
-  // NaN and the infinities have no JSON form: stored, they would read back as null.
-  if (type === 'double') return typeof value === 'number' && Number.isFinite(value) ? undefined : `must be a finite number, not ${describe(value)}`;
-  if (type === 'float') return typeof value === 'number' && Math.abs(value) <= FLOAT32_MAX ? undefined : `must be a finite number within float's range, not ${describe(value)}`;
-  if (INT32.has(type)) return integerProblem(value, -(2 ** 31), 2 ** 31 - 1, type);
-  if (UINT32.has(type)) return integerProblem(value, 0, 2 ** 32 - 1, type);
+  // NaN and the infinities (and protobuf's "NaN" and "Infinity") are refused: a client reading them back as JSON numbers cannot.
+  if (type === 'double') return Number.isFinite(numberOf(value)) ? undefined : `must be a finite number, not ${describe(value)}`;
+  if (type === 'float') return Math.abs(numberOf(value)) <= FLOAT32_MAX ? undefined : `must be a finite number within float's range, not ${describe(value)}`;
+  if (INT32.has(type)) return integerProblem(integerOf(value), -(2 ** 31), 2 ** 31 - 1, type);
+  if (UINT32.has(type)) return integerProblem(integerOf(value), 0, 2 ** 32 - 1, type);
   if (INT64.has(type)) return int64Problem(value, true, type);
   if (UINT64.has(type)) return int64Problem(value, false, type);
   return `has unsupported type ${type}`;
@@ -182,10 +189,9 @@ function messageProblem(type: protobuf.Type, value: Json, at: string, options: V
 /** An Any in its JSON form: "@type" naming a message the loaded protos declare, then that message's fields (or "value" for a well-known type). */
 function anyProblem(type: protobuf.Type, value: Json, at: string, options: ValidateOptions, out: FieldViolation[]): string | undefined {
   const url = isObject(value) ? ownValue(value, '@type') : undefined;
-  if (typeof url !== 'string') return `must be an object with "@type" naming its message, not ${describe(value)}`;
-  const name = url.slice(url.lastIndexOf('/') + 1);
-  const inner = name === '' ? null : type.root.lookup(name);
-  if (!(inner instanceof protobuf.Type)) return `"@type" names ${JSON.stringify(name)}, which no loaded proto declares`;
+  if (typeof url !== 'string' || !url.includes('/')) return `must be an object with "@type" a type URL such as "type.googleapis.com/pkg.Message", not ${describe(value)}`;
+  const inner = anyType(type, url);
+  if (!inner) return `"@type" names ${JSON.stringify(url.slice(url.lastIndexOf('/') + 1))}, which no loaded proto declares by that full name`;
   const { '@type': _, ...rest } = value as JsonObject;
   if (WRAPPERS[inner.fullName] || OPAQUE.has(inner.fullName)) {
     const extra = Object.keys(rest).filter((key) => key !== 'value');
@@ -194,6 +200,13 @@ function anyProblem(type: protobuf.Type, value: Json, at: string, options: Valid
   }
   validateMessage(inner, rest, at, options, out);
   return undefined;
+}
+
+/** The message an Any's type URL names by its full name, if the loaded protos declare it. */
+function anyType(any: protobuf.Type, url: string): protobuf.Type | undefined {
+  const name = url.slice(url.lastIndexOf('/') + 1);
+  const found = name === '' ? null : any.root.lookup(`.${name}`);
+  return found instanceof protobuf.Type && found.fullName === `.${name}` ? found : undefined;
 }
 
 function isTimestamp(text: string): boolean {
@@ -213,6 +226,17 @@ function isTimestamp(text: string): boolean {
 function isDuration(text: string): boolean {
   const parts = DURATION.exec(text);
   return parts !== null && BigInt(parts[2] as string) <= MAX_DURATION_S;
+}
+
+/** A number, or a number written as a decimal string (protobuf's JSON takes both); NaN otherwise. */
+function numberOf(value: Json): number {
+  if (typeof value === 'number') return value;
+  return typeof value === 'string' && DECIMAL.test(value) ? Number(value) : Number.NaN;
+}
+
+/** A whole number written as a string is the number; any other value is as it is, for integerProblem to judge. */
+function integerOf(value: Json): Json {
+  return typeof value === 'string' && /^-?\d+$/.test(value) ? Number(value) : value;
 }
 
 function integerProblem(value: Json, min: number, max: number, type: string): string | undefined {
@@ -237,8 +261,7 @@ function canonicalField(field: protobuf.Field, value: Json): Json {
   if (field instanceof protobuf.MapField) {
     if (!isObject(value)) return value;
     const out: JsonObject = {};
-    const intKeys = field.keyType !== 'string' && field.keyType !== 'bool';
-    for (const [key, item] of Object.entries(value)) setOwn(out, intKeys ? canonicalInteger(key) : key, canonicalSingle(field, item));
+    for (const [key, item] of Object.entries(value)) setOwn(out, canonicalKey(field.keyType, key), canonicalSingle(field, item));
     return out;
   }
   if (field.repeated) return Array.isArray(value) ? value.map((item) => canonicalSingle(field, item)) : value;
@@ -250,17 +273,38 @@ function canonicalSingle(field: protobuf.Field, value: Json): Json {
   if (value === null) return null;
   if (resolved instanceof protobuf.Enum) return typeof value === 'number' ? (resolved.valuesById[value] ?? value) : value;
   if (resolved instanceof protobuf.Type) {
-    const wrapped = WRAPPERS[resolved.fullName];
-    if (wrapped) return canonicalScalar(wrapped, value);
-    return OPAQUE.has(resolved.fullName) || !isObject(value) ? value : canonicalFields(resolved, value);
+    return canonicalMessage(resolved, value);
   }
   return canonicalScalar(field.type, value);
 }
 
+function canonicalMessage(type: protobuf.Type, value: Json): Json {
+  const wrapped = WRAPPERS[type.fullName];
+  if (wrapped) return canonicalScalar(wrapped, value);
+  if (type.fullName === '.google.protobuf.Any') return canonicalAny(type, value);
+  return OPAQUE.has(type.fullName) || !isObject(value) ? value : canonicalFields(type, value);
+}
+
+/** An Any with the message it holds in its canonical form, "@type" first. */
+function canonicalAny(any: protobuf.Type, value: Json): Json {
+  const url = isObject(value) ? ownValue(value, '@type') : undefined;
+  const inner = typeof url === 'string' ? anyType(any, url) : undefined;
+  if (!inner || !isObject(value)) return value;
+  const { '@type': _, ...rest } = value;
+  if (WRAPPERS[inner.fullName] || OPAQUE.has(inner.fullName)) return { '@type': url as string, value: canonicalMessage(inner, ownValue(rest, 'value') ?? null) };
+  return { '@type': url as string, ...canonicalFields(inner, rest) };
+}
+
 function canonicalScalar(type: string, value: Json): Json {
   if ((INT64.has(type) || UINT64.has(type)) && (typeof value === 'string' || typeof value === 'number')) return canonicalInteger(value);
+  if ((INT32.has(type) || UINT32.has(type)) && typeof value === 'string') return integerOf(value);
+  if ((type === 'float' || type === 'double') && typeof value === 'string' && DECIMAL.test(value)) return Number(value);
   if (type === 'bytes' && typeof value === 'string') return Buffer.from(value, 'base64').toString('base64');
   return value;
+}
+
+function canonicalKey(keyType: string, key: string): string {
+  return keyType === 'string' || keyType === 'bool' ? key : canonicalInteger(key);
 }
 
 function canonicalInteger<T extends string | number>(value: T): string | T {

@@ -81,9 +81,8 @@ export class RequestService {
     const requestId = input.request_id.toLowerCase() || newRequestId();
     const existing = await tx.getRequest(requestId);
     if (existing) {
-      // A request stored before values had one canonical form kept the body of the spelling it was sent in.
-      const bodies = [requestBody(relation.id, fields, input.delivery, parsed.ttl), requestBody(relation.id, parsed.fields, input.delivery, parsed.ttl)];
-      if (bodies.includes(existing.body)) return { caller, relation, requestId, fields, existing };
+      const body = requestBody(relation.id, fields, input.delivery, parsed.ttl);
+      if (existing.body === body || canonicalBody(type, existing.body) === body) return { caller, relation, requestId, fields, existing };
       throw new RelgateError(Code.ALREADY_EXISTS, `request ${requestId} already exists with a different body`, {
         reason: 'REQUEST_ID_CONFLICT',
         metadata: { request_id: requestId },
@@ -450,6 +449,12 @@ function newRequest(caller: UnitRecord, relation: RelationRecord, requestId: str
     create_revision: revision,
     revision,
   };
+}
+
+/** A body stored before values had one canonical form (in the spelling first sent), in that form. */
+function canonicalBody(type: protobuf.Type, stored: string): string {
+  const body = JSON.parse(stored) as JsonObject;
+  return canonicalJson({ ...body, fields: canonicalFields(type, (body.fields ?? {}) as JsonObject) });
 }
 
 /** What makes two creates with the same request id the same request. */

@@ -11,7 +11,7 @@ import { makeWorld, must, snapshot, type World } from './helpers/world.ts';
 import { recordRequestChange } from '../src/relations.ts';
 import { fromServiceError } from '../src/errors.ts';
 import protobuf from 'protobufjs';
-import { MAX_FIELD_DEPTH, validateFields } from '../src/fields.ts';
+import { MAX_FIELD_DEPTH, canonicalFields, validateFields } from '../src/fields.ts';
 import type { Json, JsonObject } from '../src/struct.ts';
 
 let h: Harness;
@@ -264,6 +264,8 @@ describe('interface fields of other kinds', () => {
     expect(fieldsOf(validateFields(type, bad, 'fields', { checkRequired: false }))).toEqual(['fields.flags.banana', 'fields.small.99999999999999999999', 'fields.big.-5']);
     const good = { flags: { true: 'x', false: 'y' }, small: { '-2147483648': 'x' }, big: { '18446744073709551615': 'x' } };
     expect(validateFields(type, good, 'fields', { checkRequired: false })).toEqual([]);
+    // One integer written twice: stored in one form, one of the values would be lost.
+    expect(validateFields(type, { small: { '1': 'one', '01': 'uno' } }, 'fields', { checkRequired: false })).toEqual([{ field: 'fields.small.01', description: 'map key is 1, as "1" is' }]);
   });
 
   test("well-known types take protobuf's JSON forms and only those", () => {
@@ -283,9 +285,25 @@ describe('interface fields of other kinds', () => {
     expect(check({ any: { note: 'x' } })).toEqual(['fields.any']);
     expect(check({ any: { '@type': 'type.googleapis.com/Nowhere' } })).toEqual(['fields.any']);
     expect(check({ any: { '@type': 'type.googleapis.com/Inner', other: 1 } })).toEqual(['fields.any.other']);
+    // A type URL names a message by its full name, after a "/".
+    expect(check({ any: { '@type': 'Inner', note: 'x' } })).toEqual(['fields.any']);
     for (const at of ['2020-01-01T00:00:00', '2021-02-30T00:00:00Z', '2020-01-01 00:00:00Z', '0000-12-31T00:00:00Z', '2020-01-01T24:00:00Z']) expect(check({ at }), at).toEqual(['fields.at']);
     expect(check({ took: '999999999999999s' })).toEqual(['fields.took']);
     expect(check({ ratio: 1e300 })).toEqual(['fields.ratio']);
+  });
+
+  test("numbers take protobuf's string forms too, and are stored as numbers; inside an Any as well", () => {
+    const type = parseType(
+      `syntax = "proto3"; import "google/protobuf/any.proto";
+       message Inner { int64 big = 1; int32 small = 2; }
+       message M { int32 small = 1; uint32 count = 2; double ratio = 3; float part = 4; google.protobuf.Any any = 5; }`,
+      'M',
+    );
+    const sent = { small: '-5', count: '7', ratio: '1.5e2', part: '-0.25', any: { '@type': 'type.googleapis.com/Inner', big: 5, small: '6' } };
+    expect(validateFields(type, sent, 'fields', { checkRequired: false })).toEqual([]);
+    expect(canonicalFields(type, sent)).toEqual({ small: -5, count: 7, ratio: 150, part: -0.25, any: { '@type': 'type.googleapis.com/Inner', big: '5', small: 6 } });
+    for (const ratio of ['NaN', 'Infinity', '-Infinity', '1.5x', '']) expect(fieldsOf(validateFields(type, { ratio }, 'fields', { checkRequired: false })), ratio).toEqual(['fields.ratio']);
+    expect(fieldsOf(validateFields(type, { small: '1.5', count: '-1' }, 'fields', { checkRequired: false }))).toEqual(['fields.small', 'fields.count']);
   });
 
   test("proto2's required and an empty required map count as missing; 0 and false are values", () => {
@@ -334,8 +352,10 @@ describe('field values through the gateway', () => {
     });
     const { requests } = await v.req().call('ListRequests', { relation_id: v.relationId, match_fields: struct({ count: 6 }) });
     expect(requests.map((r: { request_id: string }) => r.request_id)).toEqual([request.request_id]);
-    const replay = await v.req().call('CreateRequest', { relation_id: v.relationId, request_id: request.request_id, fields: struct({ name: 'older', count: 6 }) });
-    expect(replay.request.request_id).toBe(request.request_id);
+    for (const count of [6, '6', '06']) {
+      const replay = await v.req().call('CreateRequest', { relation_id: v.relationId, request_id: request.request_id, fields: struct({ name: 'older', count }) });
+      expect(replay.request.request_id, String(count)).toBe(request.request_id);
+    }
     const same = await v.req().call('CreateOrUpdateRequest', { relation_id: v.relationId, match_fields: ['name'], fields: struct({ name: 'older', count: '6' }) });
     expect([same.created, same.updated, same.request.request_id]).toEqual([false, false, request.request_id]);
   });
