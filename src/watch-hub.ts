@@ -93,6 +93,7 @@ export class WatchHub {
     this.#revision = store.currentRevision();
     this.#indexedAfter = this.#revision;
     store.onCommit((changes) => this.#publish(changes));
+    store.onGap?.((compacted) => this.#missed(compacted));
   }
 
   /** The revision up to which every live watcher has been given its changes. */
@@ -258,6 +259,15 @@ export class WatchHub {
     if (first && first.revision <= compacted) {
       this.#memberships = this.#memberships.filter((entry) => entry.revision > compacted);
       this.#indexedAfter = Math.max(this.#indexedAfter, compacted);
+    }
+  }
+
+  /** Changes up to `compacted` will never come: live watchers behind it resume, and are told to start over. */
+  #missed(compacted: number): void {
+    this.#memberships = this.#memberships.filter((entry) => entry.revision > compacted);
+    this.#indexedAfter = Math.max(this.#indexedAfter, compacted);
+    for (const watcher of [...this.#watchers]) {
+      if (watcher.isLive && watcher.lastSentRevision < compacted) watcher.stop(compactedError(watcher.lastSentRevision, compacted));
     }
   }
 

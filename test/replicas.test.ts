@@ -190,6 +190,93 @@ describe('replicas on one PostgreSQL', () => {
   });
 });
 
+describe('replicas when the database misbehaves', () => {
+  const presenceOf = (h: Harness) => (h.server.store as unknown as { presence: { replica: string } }).presence.replica;
+  const rowsOf = async (db: string, replica: string) => (await sql(db, 'SELECT unit, count FROM watchers WHERE replica = $1 ORDER BY unit', [replica])).rows;
+
+  it('a read whose connection the database ends fails that read only; the process and the next reads go on', async () => {
+    const db = await cluster.createDatabase();
+    const own = await startHarness({ store: db });
+    try {
+      const w = await makeWorld(own);
+      const read = () => w.req().call('ListRequests', { relation_id: w.relationId }).then(() => 'ok', (error: grpc.ServiceError) => fromServiceError(error).reason);
+      const outcomes = new Set<string>();
+      for (let round = 0; round < 10; round++) {
+        const reads = Array.from({ length: 8 }, read);
+        await sql(db, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()');
+        for (const outcome of await Promise.all(reads)) outcomes.add(outcome);
+      }
+      // Connections ended mid-read reach the client as the store being unavailable, never as a crash.
+      expect([...outcomes].every((outcome) => outcome === 'ok' || outcome === 'STORE_UNAVAILABLE'), [...outcomes].join()).toBe(true);
+      await until(async () => (await read()) === 'ok', 'reads work again');
+    } finally {
+      await own.close();
+    }
+  });
+
+  it('a replica that falls behind while another compacts ends its live watches with REVISION_COMPACTED, not a silent gap', async () => {
+    const db = await cluster.createDatabase();
+    const writer = await startHarness({ store: db });
+    const lagging: ServeProcess = await spawnServe(['--listen', '127.0.0.1:0', '--store', db, '--log-level', 'info']);
+    const onLagging = clientsOf(lagging.address);
+    try {
+      const w = await makeWorld(writer);
+      const watcher = await watchReady(onLagging.responder(w.responders[0] as string), { relation_id: w.relationId, filter: 'REQUEST_FILTER_ALL' });
+      const first = (await w.req().call('CreateRequest', { relation_id: w.relationId, fields: struct(CSR) })).request.request_id;
+      await watcher.events.next(requestEvent('ADDED', first), 10_000);
+      lagging.child.kill('SIGSTOP');
+      for (let i = 0; i < 10; i++) await w.req().call('CreateRequest', { relation_id: w.relationId, fields: struct(CSR) });
+      await writer.server.store.compact(writer.server.store.currentRevision() - 2);
+      lagging.child.kill('SIGCONT');
+      const status = await watcher.status;
+      expect([status?.code, status?.reason]).toEqual([Code.OUT_OF_RANGE, 'REVISION_COMPACTED']);
+      const added = watcher.events.items.filter((event) => event.type === 'EVENT_TYPE_ADDED');
+      expect(added).toHaveLength(1);
+    } finally {
+      onLagging.close();
+      await lagging.stop();
+      await writer.close();
+    }
+  });
+
+  it('a watch that ends while its row cannot be written, or starts after its replica was cleared away, leaves the rows right by the next heartbeat', async () => {
+    const db = await cluster.createDatabase();
+    const [one, other] = await Promise.all([startHarness({ store: db }), startHarness({ store: db })]);
+    try {
+      const w = await makeWorld(one, { responders: 2 });
+      const replica = presenceOf(one);
+      const watching = await watchReady(w.res(0), { relation_id: w.relationId });
+      expect(await rowsOf(db, replica)).toEqual([{ unit: w.responders[0], count: 1 }]);
+      // The watch ends while no row of watchers can change.
+      await sql(db, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$");
+      await sql(db, 'CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON watchers FOR EACH ROW EXECUTE FUNCTION refuse()');
+      watching.cancel();
+      await until(() => !one.server.hub.isWatched(w.relationId, 'responder', w.responders[0] as string), 'the watch has ended');
+      // A watch that cannot be recorded is refused, and leaves no count behind.
+      const refused = await watch(w.res(1), { relation_id: w.relationId }).status;
+      expect([refused?.code, refused?.reason]).toEqual([Code.UNAVAILABLE, 'STORE_UNAVAILABLE']);
+      await sql(db, 'DROP TRIGGER refuse ON watchers');
+      await until(async () => (await rowsOf(db, replica)).length === 0, 'the next heartbeat deletes the row of the ended watch');
+      const noOne = await on(other, w).req().fail('Call', { relation_id: w.relationId, fields: struct(CSR) });
+      expect([noOne.code, noOne.reason]).toEqual([Code.UNAVAILABLE, 'NO_RESPONDERS']);
+
+      // Another replica clears this one away (as after 30 s of silence); a watch started then records it again.
+      const kept = await watchReady(w.res(0), { relation_id: w.relationId });
+      await sql(db, 'DELETE FROM replicas WHERE id = $1', [replica]);
+      const started = await watchReady(w.res(1), { relation_id: w.relationId });
+      await until(async () => (await rowsOf(db, replica)).length === 2, 'the heartbeat writes the rows the clearing took');
+      expect(await rowsOf(db, replica)).toEqual([
+        { unit: w.responders[0], count: 1 },
+        { unit: w.responders[1], count: 1 },
+      ]);
+      kept.cancel();
+      started.cancel();
+    } finally {
+      await Promise.all([one.close(), other.close()]);
+    }
+  });
+});
+
 describe('README "Scaling out"', () => {
   const readme = readFileSync(path.join(PROJECT_DIR, 'README.md'), 'utf8');
   const start = readme.indexOf('\n## Scaling out\n');

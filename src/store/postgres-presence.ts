@@ -2,7 +2,9 @@
 // replica knows about responders watching on another (NO_RESPONDERS). Each
 // replica keeps its own rows in `watchers` and a heartbeat in `replicas`;
 // rows of a replica whose heartbeat stopped (killed, cut off) stop counting
-// and are removed by the survivors.
+// and are removed by the survivors. Each row is written as the count this
+// replica holds; a write that fails leaves the rows to the next heartbeat,
+// which writes them all again, so a database outage leaves no phantom.
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { Code, RelgateError } from '../errors.ts';
@@ -30,6 +32,8 @@ export class PostgresPresence {
   readonly #counts = new Map<string, number>();
   /** Row changes run one after another, so an add and its removal reach the table in order. */
   #chain: Promise<unknown> = Promise.resolve();
+  /** A row write failed, or the replica's row was made again: the next heartbeat rewrites every row. */
+  #stale = false;
   #timer: NodeJS.Timeout | undefined;
 
   constructor(pool: pg.Pool, options: Partial<PresenceOptions> = {}) {
@@ -46,24 +50,20 @@ export class PostgresPresence {
   /** Records a watcher before it starts; resolves once other replicas can see it. Returns its removal. */
   async add(key: WatcherKey): Promise<() => void> {
     const id = JSON.stringify([key.unit, key.side, key.relationId]);
-    const count = (this.#counts.get(id) ?? 0) + 1;
-    this.#counts.set(id, count);
-    await this.#serially(() =>
-      this.#query(
-        'INSERT INTO watchers (replica, unit, side, relation_id, count) VALUES ($1, $2, $3, $4, 1) ON CONFLICT (replica, unit, side, relation_id) DO UPDATE SET count = watchers.count + 1',
-        [this.replica, key.unit, key.side, key.relationId],
-      ),
-    );
+    this.#count(id, 1);
+    try {
+      await this.#serially(() => this.#write(id));
+    } catch (error) {
+      this.#count(id, -1);
+      this.#stale = true;
+      throw new RelgateError(Code.UNAVAILABLE, 'the store is unavailable', { reason: 'STORE_UNAVAILABLE', cause: error });
+    }
     let removed = false;
     return () => {
       if (removed) return;
       removed = true;
-      const left = (this.#counts.get(id) ?? 1) - 1;
-      if (left === 0) this.#counts.delete(id);
-      else this.#counts.set(id, left);
-      const where = 'WHERE replica = $1 AND unit = $2 AND side = $3 AND relation_id = $4';
-      const statement = left === 0 ? `DELETE FROM watchers ${where}` : `UPDATE watchers SET count = count - 1 ${where}`;
-      void this.#serially(() => this.#pool.query(statement, [this.replica, key.unit, key.side, key.relationId])).catch(() => undefined);
+      this.#count(id, -1);
+      void this.#serially(() => this.#write(id)).catch(() => (this.#stale = true));
     };
   }
 
@@ -93,19 +93,57 @@ export class PostgresPresence {
       'INSERT INTO replicas (id, heartbeat) VALUES ($1, now()) ON CONFLICT (id) DO UPDATE SET heartbeat = now() RETURNING (xmax = 0) AS created',
       [this.replica],
     );
-    // Silent long enough to be cleared away by another replica: write our watchers again.
-    if (rows[0]?.created && this.#counts.size > 0) await this.#serially(() => this.#restore());
+    // Silent long enough to be cleared away by another replica, or a row write failed: write our watchers again.
+    if (rows[0]?.created || this.#stale) await this.#serially(() => this.#restore());
     await this.#pool.query('DELETE FROM replicas WHERE heartbeat < now() - make_interval(secs => $1::float8 / 1000)', [this.#options.staleMs * 3]);
   }
 
+  /** Makes this replica's rows what it holds: every count written, every other row of it deleted. */
   async #restore(): Promise<void> {
-    for (const [id, count] of this.#counts) {
-      const [unit, side, relationId] = JSON.parse(id) as [string, SideName, string];
+    this.#stale = false;
+    try {
+      const keys = [...this.#counts.keys()].map((id) => JSON.parse(id) as [string, SideName, string]);
       await this.#pool.query(
-        'INSERT INTO watchers (replica, unit, side, relation_id, count) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (replica, unit, side, relation_id) DO UPDATE SET count = excluded.count',
-        [this.replica, unit, side, relationId, count],
+        `DELETE FROM watchers WHERE replica = $1
+           AND (unit, side, relation_id) NOT IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))`,
+        [this.replica, keys.map((key) => key[0]), keys.map((key) => key[1]), keys.map((key) => key[2])],
       );
+      for (const id of this.#counts.keys()) await this.#write(id);
+    } catch (error) {
+      this.#stale = true;
+      throw error;
     }
+  }
+
+  #count(id: string, by: number): void {
+    const count = (this.#counts.get(id) ?? 0) + by;
+    if (count > 0) this.#counts.set(id, count);
+    else this.#counts.delete(id);
+  }
+
+  /**
+   * Writes one row as the count this replica holds now (none: deleted). The
+   * replica's own row is made again if another replica cleared it away, and
+   * the heartbeat then rewrites the rows that went with it.
+   */
+  async #write(id: string): Promise<void> {
+    const [unit, side, relationId] = JSON.parse(id) as [string, SideName, string];
+    const count = this.#counts.get(id) ?? 0;
+    if (count === 0) {
+      await this.#pool.query('DELETE FROM watchers WHERE replica = $1 AND unit = $2 AND side = $3 AND relation_id = $4', [this.replica, unit, side, relationId]);
+      return;
+    }
+    const { rows } = await this.#pool.query<{ created: boolean }>(
+      `WITH replica AS (
+         INSERT INTO replicas (id, heartbeat) VALUES ($1, now()) ON CONFLICT (id) DO UPDATE SET heartbeat = replicas.heartbeat RETURNING (xmax = 0) AS created
+       ), watcher AS (
+         INSERT INTO watchers (replica, unit, side, relation_id, count) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (replica, unit, side, relation_id) DO UPDATE SET count = excluded.count
+       )
+       SELECT created FROM replica`,
+      [this.replica, unit, side, relationId, count],
+    );
+    if (rows[0]?.created) this.#stale = true;
   }
 
   async #query(text: string, values: unknown[]): Promise<pg.QueryResult> {

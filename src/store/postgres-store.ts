@@ -194,6 +194,10 @@ export class PostgresStore implements Store {
     this.#pool = new pg.Pool({ ...connection(options.url), max: this.#options.poolSize });
     // An idle pooled connection that dies is replaced on next use.
     this.#pool.on('error', () => undefined);
+    // pg-pool listens for a connection's death only while it is idle; one that dies while checked out (a database
+    // restart, a terminated backend) would emit 'error' to nobody and end the process. Its statements fail on their
+    // own, and the pool drops it when it comes back.
+    this.#pool.on('connect', (client) => client.on('error', () => undefined));
     this.presence = new PostgresPresence(this.#pool, options.presence);
   }
 
@@ -233,6 +237,12 @@ export class PostgresStore implements Store {
 
   onCommit(listener: CommitListener): void {
     this.#listeners.push(listener);
+  }
+
+  readonly #gapListeners: ((compacted: number) => void)[] = [];
+
+  onGap(listener: (compacted: number) => void): void {
+    this.#gapListeners.push(listener);
   }
 
   /** The newest revision handed to onCommit listeners: everything below it is visible here. */
@@ -543,7 +553,7 @@ export class PostgresStore implements Store {
     const after = this.#delivered;
     this.#recheck = false;
     // One statement, so one snapshot: the head revision and the changes up to it agree.
-    // Changes compacted by another replica before this one read them are gone; the rest is told.
+    // Changes compacted by another replica before this one read them are gone: listeners hear of the gap first.
     const { rows } = await this.#query<{ head: number; compacted: number; doc: string | null }>(
       `WITH head AS (SELECT revision, compacted, LEAST(revision, $1::bigint + $2::bigint) AS bound FROM state)
        SELECT head.revision AS head, head.compacted, c.doc
@@ -552,10 +562,12 @@ export class PostgresStore implements Store {
       [after, this.#options.catchUpPage],
     );
     const head = rows[0]?.head ?? after;
-    this.#compacted = Math.max(this.#compacted, rows[0]?.compacted ?? 0);
+    const compacted = rows[0]?.compacted ?? 0;
+    this.#compacted = Math.max(this.#compacted, compacted);
     this.#known = Math.max(this.#known, head);
     const upTo = Math.min(head, after + this.#options.catchUpPage);
     if (this.#delivered !== after || upTo <= after) return;
+    if (compacted > after) for (const listener of this.#gapListeners) listener(compacted);
     // The left join gives one row without a change when there is none.
     this.#emit(changesOfLogRows(rows.flatMap((row) => (row.doc === null ? [] : [{ doc: row.doc }])), after, upTo), upTo);
   }

@@ -209,6 +209,11 @@ export interface Store {
   revisionAt(time: number): Promise<number>;
   /** Called in revision order after every commit. */
   onCommit(listener: CommitListener): void;
+  /**
+   * Called when changes up to `compacted` were compacted away (by another
+   * replica) before this store handed them to onCommit: listeners missed them.
+   */
+  onGap?(listener: (compacted: number) => void): void;
   /** Called with the seconds each commit took to become durable (for metrics). */
   onCommitTime?(listener: (seconds: number) => void): void;
   /** Called after each checkpoint of the SQLite WAL by the checkpoint thread (for metrics). */
