@@ -67,12 +67,16 @@ describe('relgate serve on the command line', () => {
   const run = (args: string[], env: NodeJS.ProcessEnv = {}) => runProgram(process.execPath, serveArgv(args), { env: { ...process.env, ...env } });
   const withoutStack = (stderr: string) => !/^\s+at /m.test(stderr);
 
-  it('refuses a flag that is not a whole number with a message, not a stack trace', async () => {
+  it('refuses a flag that is not a whole number, or an empty --db, with a message, not a stack trace', async () => {
     for (const value of ['abc', '', '1e3', '-5']) {
       const result = await run(['--max-message-bytes', value, '--db', ':memory:']);
       expect([result.code, withoutStack(result.stderr)], result.stderr).toEqual([1, true]);
       expect(result.stderr).toContain('is not a whole number');
     }
+    // An empty path would be SQLite's temporary database, deleted at exit.
+    const noFile = await run(['--db', '']);
+    expect([noFile.code, withoutStack(noFile.stderr)], noFile.stderr).toEqual([1, true]);
+    expect(noFile.stderr).toContain('an empty path is no database file');
   });
 
   it('says why it cannot start, without a stack trace, when its address is taken', async () => {
