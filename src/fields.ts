@@ -23,6 +23,7 @@ const FLOAT32_MAX = 3.4028234663852886e38;
 const BASE64 = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$/;
 const TIMESTAMP = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.\d{1,9})?(?:Z|([+-])(\d\d):(\d\d))$/;
 const DURATION = /^(-?)(\d+)(?:\.\d{1,9})?s$/;
+const INTEGER = /^-?\d+$/;
 const DECIMAL = /^-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/;
 const FIELD_MASK = /^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*(?:,[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)*)?$/;
 /** 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, protobuf's Timestamp range, in ms. */
@@ -127,7 +128,7 @@ function validateField(field: protobuf.Field, value: Json, at: string, options: 
 function mapKeyProblem(keyType: string, key: string): string | undefined {
   if (keyType === 'string') return undefined;
   if (keyType === 'bool') return key === 'true' || key === 'false' ? undefined : `map key must be true or false (bool), not "${key}"`;
-  if (!/^-?\d+$/.test(key)) return `map key must be an integer (${keyType}), not "${key}"`;
+  if (!INTEGER.test(key)) return `map key must be an integer (${keyType}), not "${key}"`;
   const problem = scalarProblem(keyType, INT64.has(keyType) || UINT64.has(keyType) ? key : Number(key));
   return problem && `map key ${problem}`;
 }
@@ -236,7 +237,7 @@ function numberOf(value: Json): number {
 
 /** A whole number written as a string is the number; any other value is as it is, for integerProblem to judge. */
 function integerOf(value: Json): Json {
-  return typeof value === 'string' && /^-?\d+$/.test(value) ? Number(value) : value;
+  return typeof value === 'string' && INTEGER.test(value) ? Number(value) : value;
 }
 
 function integerProblem(value: Json, min: number, max: number, type: string): string | undefined {
@@ -272,9 +273,7 @@ function canonicalSingle(field: protobuf.Field, value: Json): Json {
   const resolved = field.resolvedType;
   if (value === null) return null;
   if (resolved instanceof protobuf.Enum) return typeof value === 'number' ? (resolved.valuesById[value] ?? value) : value;
-  if (resolved instanceof protobuf.Type) {
-    return canonicalMessage(resolved, value);
-  }
+  if (resolved instanceof protobuf.Type) return canonicalMessage(resolved, value);
   return canonicalScalar(field.type, value);
 }
 
@@ -308,7 +307,7 @@ function canonicalKey(keyType: string, key: string): string {
 }
 
 function canonicalInteger<T extends string | number>(value: T): string | T {
-  return /^-?\d+$/.test(String(value)) ? BigInt(value).toString() : value;
+  return INTEGER.test(String(value)) ? BigInt(value).toString() : value;
 }
 
 function isObject(value: Json): value is JsonObject {

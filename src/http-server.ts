@@ -118,7 +118,7 @@ class DashboardFeed {
     this.#options = options;
     this.#unsubscribe = options.hub.onCommit(() => this.#schedule());
     this.#keepalive = setInterval(() => {
-      for (const subscriber of this.#subscribers) if (!this.#behind.has(subscriber)) this.#write(subscriber, ': keepalive\n\n');
+      for (const subscriber of this.#subscribers) this.#send(subscriber, ': keepalive\n\n');
     }, FEED_KEEPALIVE_MS);
     this.#keepalive.unref();
   }
@@ -156,9 +156,9 @@ class DashboardFeed {
     }, FEED_INTERVAL_MS);
   }
 
-  /** Sends the newest state, unless the subscriber has not read what it was sent: a stalled reader holds one state, not every one. */
-  #send(subscriber: http.ServerResponse): void {
-    if (!this.#behind.has(subscriber)) this.#write(subscriber, this.#latest);
+  /** Sends the newest state (or a message), unless the subscriber has not read what it was sent: a stalled reader holds one state, not every one. */
+  #send(subscriber: http.ServerResponse, message = this.#latest): void {
+    if (!this.#behind.has(subscriber)) this.#write(subscriber, message);
   }
 
   #write(subscriber: http.ServerResponse, message: string): void {

@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Change, LoggedRequest, RequestRecord, RequestState, Store } from './store/store.ts';
 import { fieldsPreview } from './dashboard/state.ts';
+import { pendingRequests } from './relations.ts';
 import type { WatchHub } from './watch-hub.ts';
 
 /** gRPC status codes as go-grpc-prometheus spells them in grpc_code. */
@@ -68,10 +69,10 @@ export class Metrics {
   readonly #waiting: Gauge<string>;
   readonly #answerTime: Histogram<string>;
   readonly #commitTime: Histogram<string>;
-  /** Pending requests per relation, with its interface, kept up to date from every commit. */
-  readonly #pending = new Map<string, { interface: string; count: number }>();
-  /** Interfaces the waiting gauge has a series for: one whose last relation goes drops to 0. */
-  readonly #interfaces = new Set<string>();
+  /** Pending requests per interface, kept up to date from every commit: the waiting gauge. */
+  readonly #pending = new Map<string, number>();
+  /** Pending requests per relation, with its interface: what a relation's removal takes away. */
+  readonly #pendingByRelation = new Map<string, { interface: string; count: number }>();
   readonly #recent: AnsweredRequest[] = [];
   readonly #recentLimit: number;
 
@@ -140,7 +141,7 @@ export class Metrics {
     });
     new Gauge({ name: 'relgate_store_revision', help: 'The latest committed revision.', registers, collect: function () { this.set(store.currentRevision()); } });
     new Gauge({ name: 'relgate_store_compacted_revision', help: 'Change-log entries at or below this revision are compacted away.', registers, collect: function () { this.set(store.compactedRevision()); } });
-    for (const name of interfaces) this.#interfaces.add(name);
+    for (const name of interfaces) this.#pending.set(name, 0);
     store.onCommitTime?.((seconds) => this.#commitTime.observe(seconds));
     const walFrames = new Gauge({ name: 'relgate_sqlite_wal_frames', help: 'Pages in the SQLite WAL at its last checkpoint by the checkpoint thread.', registers });
     const walCopied = new Gauge({ name: 'relgate_sqlite_wal_checkpointed_frames', help: 'Of those pages, the ones already copied into the database file.', registers });
@@ -155,14 +156,7 @@ export class Metrics {
   async start(): Promise<void> {
     const counted: RequestRecord[] = [];
     const revision = await this.#store.read(async (tx) => {
-      const relationIds = (await tx.listRelations()).map((relation) => relation.id);
-      for (let after = 0; relationIds.length > 0; ) {
-        const page = await tx.listRequests({ relationIds, afterCreateRevision: after, limit: 1000, pendingOnly: true });
-        counted.push(...page.filter((request) => request.state === 'pending'));
-        const last = page.at(-1);
-        if (!last || page.length < 1000) break;
-        after = last.create_revision;
-      }
+      for await (const request of pendingRequests(tx, (await tx.listRelations()).map((relation) => relation.id))) counted.push(request);
       return tx.readRevision();
     });
     for (const request of counted) this.#addPending(request.relation_id, request.interface, 1);
@@ -247,7 +241,7 @@ export class Metrics {
     for (const change of changes) {
       const data = change.data;
       // Removing a relation deletes its requests without a change of their own.
-      if (data.kind === 'relation-removed') this.#whenCounted(change.revision, () => this.#pending.delete(change.relation_id));
+      if (data.kind === 'relation-removed') this.#whenCounted(change.revision, () => this.#removeRelation(change.relation_id));
       if (data.kind !== 'request') continue;
       this.#countPending(change.relation_id, data.before, -1, change.revision);
       this.#countPending(change.relation_id, data.after, 1, change.revision);
@@ -280,16 +274,21 @@ export class Metrics {
   }
 
   #addPending(relationId: string, name: string, by: number): void {
-    const entry = this.#pending.get(relationId) ?? { interface: name, count: 0 };
+    const entry = this.#pendingByRelation.get(relationId) ?? { interface: name, count: 0 };
     entry.count += by;
-    this.#pending.set(relationId, entry);
-    this.#interfaces.add(name);
+    this.#pendingByRelation.set(relationId, entry);
+    this.#pending.set(name, (this.#pending.get(name) ?? 0) + by);
+  }
+
+  #removeRelation(relationId: string): void {
+    const entry = this.#pendingByRelation.get(relationId);
+    if (!entry) return;
+    this.#pendingByRelation.delete(relationId);
+    this.#pending.set(entry.interface, (this.#pending.get(entry.interface) ?? 0) - entry.count);
   }
 
   #publishWaiting(): void {
-    const byInterface = new Map([...this.#interfaces].map((name) => [name, 0]));
-    for (const entry of this.#pending.values()) byInterface.set(entry.interface, (byInterface.get(entry.interface) ?? 0) + entry.count);
-    for (const [name, count] of byInterface) this.#waiting.set({ interface: name }, count);
+    for (const [name, count] of this.#pending) this.#waiting.set({ interface: name }, count);
   }
 
   /** The text /metrics serves: this server's series, then the process's. */

@@ -39,6 +39,17 @@ export async function joinedRelationIds(tx: StoreTx, unit: string, side: SideNam
 }
 
 /** Stores a request change with its counters, change-log entry and flags. */
+/** Every pending request of the relations, oldest first, read a page at a time. */
+export async function* pendingRequests(tx: StoreTx, relationIds: string[], pageSize = 1000): AsyncGenerator<RequestRecord> {
+  for (let after = 0; relationIds.length > 0; ) {
+    const page = await tx.listRequests({ relationIds, afterCreateRevision: after, limit: pageSize, pendingOnly: true });
+    yield* page;
+    const last = page.at(-1);
+    if (!last || page.length < pageSize) return;
+    after = last.create_revision;
+  }
+}
+
 export async function recordRequestChange(tx: StoreTx, relation: RelationRecord, before: RequestRecord | null, after: RequestRecord | null): Promise<void> {
   const revision = await tx.revision();
   if (after) await tx.putRequest(after);

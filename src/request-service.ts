@@ -339,18 +339,13 @@ export class RequestService {
    */
   async #scope(tx: StoreTx, caller: UnitRecord, relationId: string, side: SideName, match: JsonObject) {
     const relations = await this.#relationsInScope(tx, caller, relationId, side);
-    const violations: { field: string; description: string }[] = [];
-    const matchByRelation = new Map<string, { type: protobuf.Type; match: JsonObject }>();
-    for (const { relation } of relations) {
-      const type = this.#definition(relation).requestType;
-      const problems = validateFields(type, match, 'match_fields', { checkRequired: false });
-      violations.push(...problems);
-      if (problems.length === 0) matchByRelation.set(relation.id, { type, match: canonicalFields(type, match) });
-    }
+    const types = new Map(relations.map(({ relation }) => [relation.id, this.#definition(relation).requestType]));
+    const violations = [...types.values()].flatMap((type) => validateFields(type, match, 'match_fields', { checkRequired: false }));
     invalidIfAny(relationId ? violations : dedupe(violations));
+    const scoped = new Map([...types].map(([id, type]) => [id, { type, match: canonicalFields(type, match) }]));
     const matches = (request: RequestRecord) => {
-      const scoped = matchByRelation.get(request.relation_id);
-      return scoped !== undefined && fieldsMatch(scoped.type, request.fields, scoped.match);
+      const scope = scoped.get(request.relation_id);
+      return scope !== undefined && fieldsMatch(scope.type, request.fields, scope.match);
     };
     return { relationIds: relations.map(({ relation }) => relation.id), matches };
   }

@@ -256,16 +256,18 @@ export class WatchHub {
     this.#memberships.push(...memberships);
     const compacted = this.#store.compactedRevision();
     const first = this.#memberships[0];
-    if (first && first.revision <= compacted) {
-      this.#memberships = this.#memberships.filter((entry) => entry.revision > compacted);
-      this.#indexedAfter = Math.max(this.#indexedAfter, compacted);
-    }
+    if (first && first.revision <= compacted) this.#forgetMembershipsUpTo(compacted);
+  }
+
+  /** The membership index past the compacted log: nobody can resume from there. */
+  #forgetMembershipsUpTo(compacted: number): void {
+    this.#memberships = this.#memberships.filter((entry) => entry.revision > compacted);
+    this.#indexedAfter = Math.max(this.#indexedAfter, compacted);
   }
 
   /** Changes up to `compacted` will never come: live watchers behind it resume, and are told to start over. */
   #missed(compacted: number): void {
-    this.#memberships = this.#memberships.filter((entry) => entry.revision > compacted);
-    this.#indexedAfter = Math.max(this.#indexedAfter, compacted);
+    this.#forgetMembershipsUpTo(compacted);
     for (const watcher of [...this.#watchers]) {
       if (watcher.isLive && watcher.lastSentRevision < compacted) watcher.stop(compactedError(watcher.lastSentRevision, compacted));
     }

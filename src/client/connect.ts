@@ -8,6 +8,7 @@ import type { RequesterServiceClient } from '../../gen/relgate/v1/RequesterServi
 import type { ResponderServiceClient } from '../../gen/relgate/v1/ResponderService.ts';
 import type { SessionServiceClient } from '../../gen/relgate/v1/SessionService.ts';
 import { UNIT_METADATA_KEY } from '../auth.ts';
+import { MAX_DEADLINE_MS } from '../deadline.ts';
 import { loadApi } from '../protos.ts';
 import { cannotStart, toRelgateError } from './errors.ts';
 import { Requester } from './requester.ts';
@@ -62,9 +63,6 @@ function loadClients(): Api['relgate']['v1'] {
 export function connect(address: string, options: ConnectOptions = {}): Connection {
   return new Connection(address, options);
 }
-
-/** grpc-js sends a deadline this far away as whole seconds, rounded up, and its server reads it into a 32-bit integer of ms. */
-const MAX_DEADLINE_MS = 2_147_483_000;
 
 export class Connection {
   readonly address: string;

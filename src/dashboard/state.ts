@@ -2,13 +2,13 @@
 // relations with their units and flags, the requests waiting for an answer,
 // and the latest responses with their latency.
 import type { AnsweredRequest } from '../metrics.ts';
+import { pendingRequests } from '../relations.ts';
 import type { RequestRecord, Store } from '../store/store.ts';
 
 /** Waiting requests listed at most; the total is always given. */
 const WAITING_SHOWN = 100;
 /** Characters of a request's or response's fields (as JSON) the dashboard shows. */
 const FIELDS_SHOWN = 300;
-const SCAN_PAGE = 1000;
 
 export interface DashboardState {
   revision: number;
@@ -58,17 +58,9 @@ export async function readDashboardState(store: Store, responses: readonly Answe
     }
     const waiting: DashboardState['waiting'] = [];
     let total = 0;
-    const relationIds = relations.map((relation) => relation.id);
-    for (let after = 0; relationIds.length > 0; ) {
-      const page = await tx.listRequests({ relationIds, afterCreateRevision: after, limit: SCAN_PAGE, pendingOnly: true });
-      for (const request of page) {
-        if (request.state !== 'pending') continue;
-        total += 1;
-        if (waiting.length < WAITING_SHOWN) waiting.push(waitingRequest(request));
-      }
-      const last = page.at(-1);
-      if (!last || page.length < SCAN_PAGE) break;
-      after = last.create_revision;
+    for await (const request of pendingRequests(tx, relations.map((relation) => relation.id))) {
+      total += 1;
+      if (waiting.length < WAITING_SHOWN) waiting.push(waitingRequest(request));
     }
     return { revision: tx.readRevision(), compacted_revision: store.compactedRevision(), time: tx.now, relations, waiting, waiting_total: total, responses };
   });

@@ -56,7 +56,7 @@ export class PostgresPresence {
     } catch (error) {
       this.#count(id, -1);
       this.#stale = true;
-      throw new RelgateError(Code.UNAVAILABLE, 'the store is unavailable', { reason: 'STORE_UNAVAILABLE', cause: error });
+      throw unavailable(error);
     }
     let removed = false;
     return () => {
@@ -150,7 +150,7 @@ export class PostgresPresence {
     try {
       return await this.#pool.query(text, values);
     } catch (error) {
-      throw new RelgateError(Code.UNAVAILABLE, 'the store is unavailable', { reason: 'STORE_UNAVAILABLE', cause: error });
+      throw unavailable(error);
     }
   }
 
@@ -159,4 +159,8 @@ export class PostgresPresence {
     this.#chain = run.catch(() => undefined);
     return run;
   }
+}
+
+function unavailable(error: unknown): RelgateError {
+  return new RelgateError(Code.UNAVAILABLE, 'the store is unavailable', { reason: 'STORE_UNAVAILABLE', cause: error });
 }
