@@ -115,7 +115,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   const config = { ...DEFAULT_CONFIG, ...overrides };
   const logger = createLogger(config.logLevel, config.logDestination);
   const interfaces = await InterfaceRegistry.load(config.interfaces);
-  const store = await openStore(config);
+  const store = await openStore(config, logger);
   const hub = new WatchHub(store, { maxBufferedEvents: config.watchBuffer, progressIntervalMs: config.progressIntervalMs, maxMessageBytes: config.maxSendBytes });
   const registry = new RegistryService(store, interfaces);
   const requests = new RequestService(store, interfaces);
@@ -201,10 +201,10 @@ function serverOptions(config: ServerConfig): grpc.ServerOptions {
   };
 }
 
-async function openStore(config: ServerConfig): Promise<Store> {
+async function openStore(config: ServerConfig, logger: Logger): Promise<Store> {
   if (!config.store) return new SqliteStore({ path: config.db, durability: config.durability });
   if (!/^postgres(ql)?:\/\//.test(config.store)) throw new Error(`--store must be a postgres:// connection string, not "${config.store}"`);
-  return PostgresStore.open({ url: config.store });
+  return PostgresStore.open({ url: config.store, log: logger });
 }
 
 async function serverCredentials(config: ServerConfig): Promise<grpc.ServerCredentials> {

@@ -137,6 +137,31 @@ describe('connections', () => {
     const own = await open(`${url}${url.includes('?') ? '&' : '?'}options=${encodeURIComponent('-c jit=on')}`);
     expect(await own.read(jit)).toBe('on');
   });
+
+  it('tell the operator once when the LISTEN connection or the heartbeat fails, and again when each works', async () => {
+    const url = await cluster.createDatabase();
+    const lines: { level: string; message: string }[] = [];
+    const record = (level: string) => (_details: object, message: string) => void lines.push({ level, message });
+    const store = await open(url, { log: { warn: record('warn'), info: record('info') }, presence: { heartbeatMs: 20 } });
+    const said = (text: string) => lines.filter((line) => line.message.includes(text)).map((line) => line.level);
+
+    await sql(url, 'SELECT pg_terminate_backend($1)', [await store.listenerPid()]);
+    await until(() => said('LISTEN connection restored').length > 0, 'the listener is back');
+    expect(said('LISTEN connection')).toEqual(['warn', 'info']);
+
+    // Every heartbeat fails; a sequence, which no rollback undoes, counts the attempts.
+    await sql(
+      url,
+      `CREATE SEQUENCE heartbeats;
+       CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM nextval('heartbeats'); RAISE EXCEPTION 'refused'; END $$;
+       CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON replicas FOR EACH ROW EXECUTE FUNCTION refuse();`,
+    );
+    const attempts = async () => Number((await sql(url, 'SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n FROM heartbeats')).rows[0].n);
+    await until(async () => (await attempts()) >= 5, 'five heartbeats fail');
+    await sql(url, 'DROP TRIGGER refuse ON replicas');
+    await until(() => said('heartbeat restored').length > 0, 'a heartbeat succeeds');
+    expect(said('heartbeat')).toEqual(['warn', 'info']);
+  });
 });
 
 describe('ordered visibility', () => {

@@ -25,6 +25,12 @@ export interface PresenceOptions {
 
 export const DEFAULT_PRESENCE: PresenceOptions = { heartbeatMs: 2_000, staleMs: 10_000 };
 
+/** Where the PostgreSQL store tells the operator about its connections (a pino logger fits). */
+export interface StoreLog {
+  warn(details: object, message: string): void;
+  info(details: object, message: string): void;
+}
+
 export class PostgresPresence {
   readonly replica = randomUUID();
   readonly #pool: pg.Pool;
@@ -35,15 +41,19 @@ export class PostgresPresence {
   /** A row write failed, or the replica's row was made again: the next heartbeat rewrites every row. */
   #stale = false;
   #timer: NodeJS.Timeout | undefined;
+  readonly #log: StoreLog | undefined;
+  /** The last heartbeat failed: the operator has been told once, and hears when one succeeds again. */
+  #failing = false;
 
-  constructor(pool: pg.Pool, options: Partial<PresenceOptions> = {}) {
+  constructor(pool: pg.Pool, options: Partial<PresenceOptions> = {}, log?: StoreLog) {
     this.#pool = pool;
     this.#options = { ...DEFAULT_PRESENCE, ...options };
+    this.#log = log;
   }
 
   async start(): Promise<void> {
     await this.#heartbeat();
-    this.#timer = setInterval(() => void this.#heartbeat().catch(() => undefined), this.#options.heartbeatMs);
+    this.#timer = setInterval(() => this.#beat(), this.#options.heartbeatMs);
     this.#timer.unref();
   }
 
@@ -86,6 +96,24 @@ export class PostgresPresence {
     clearInterval(this.#timer);
     await this.#chain;
     await this.#pool.query('DELETE FROM replicas WHERE id = $1', [this.replica]).catch(() => undefined);
+  }
+
+  #beat(): void {
+    this.#heartbeat().then(
+      () => {
+        if (!this.#failing) return;
+        this.#failing = false;
+        this.#log?.info({ replica: this.replica }, 'PostgreSQL heartbeat restored: other replicas count this replica\'s watchers again');
+      },
+      (error: unknown) => {
+        if (this.#failing) return;
+        this.#failing = true;
+        this.#log?.warn(
+          { replica: this.replica, err: error, stale_after_ms: this.#options.staleMs },
+          'PostgreSQL heartbeat failed: other replicas stop counting this replica\'s watchers (Call may answer NO_RESPONDERS) until it succeeds',
+        );
+      },
+    );
   }
 
   async #heartbeat(): Promise<void> {

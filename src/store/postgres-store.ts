@@ -20,7 +20,7 @@ import { Code, RelgateError } from '../errors.ts';
 import { changeLogRow, changesOfLogRows } from './change-log.ts';
 import { compactedError } from './compaction.ts';
 import { migrate } from './postgres-migrations.ts';
-import { PostgresPresence, type PresenceOptions } from './postgres-presence.ts';
+import { PostgresPresence, type PresenceOptions, type StoreLog } from './postgres-presence.ts';
 import { copyFlags, copyRelation, DeferredRows, flagsKey, flagsKeyParts, recordCaches, UndoLog, type RecordCache } from './record-cache.ts';
 import { dueTime } from './sqlite-store.ts';
 import type {
@@ -55,6 +55,8 @@ export interface PostgresStoreOptions {
   presence?: Partial<PresenceOptions>;
   /** Records of each kind a batch remembers; the default is far more than one batch of writes reads. */
   batchCacheEntries?: number;
+  /** Hears when the LISTEN connection or the heartbeat fails, and when it works again. */
+  log?: StoreLog;
 }
 
 const DEFAULTS = { channel: 'relgate', poolSize: 8, pollIntervalMs: 1_000, catchUpPage: 1_000, batchCacheEntries: 1_000 };
@@ -198,7 +200,7 @@ export class PostgresStore implements Store {
     // restart, a terminated backend) would emit 'error' to nobody and end the process. Its statements fail on their
     // own, and the pool drops it when it comes back.
     this.#pool.on('connect', (client) => client.on('error', () => undefined));
-    this.presence = new PostgresPresence(this.#pool, options.presence);
+    this.presence = new PostgresPresence(this.#pool, options.presence, options.log);
   }
 
   /** Connects, applies pending migrations and starts following the change log. */
@@ -585,9 +587,10 @@ export class PostgresStore implements Store {
   /** LISTENs on a dedicated connection; if it drops, reconnects and catches up. */
   async #listen(): Promise<void> {
     const client = new pg.Client(connection(this.#options.url));
-    const lost = () => {
+    const lost = (error?: Error) => {
       if (this.#listener !== client) return;
       this.#listener = undefined;
+      this.#options.log?.warn({ err: error }, 'lost the PostgreSQL LISTEN connection: changes from other replicas arrive by polling until it is back');
       client.end().catch(() => undefined);
       if (!this.#closed) setTimeout(() => void this.#relisten(), 100).unref();
     };
@@ -613,6 +616,7 @@ export class PostgresStore implements Store {
       if (!this.#closed) setTimeout(() => void this.#relisten(), 500).unref();
       return;
     }
+    this.#options.log?.info({}, 'PostgreSQL LISTEN connection restored');
     // Commits while nobody listened announced themselves to no one.
     this.#wake();
   }
