@@ -73,9 +73,10 @@ function protobufFileExists(file: string): boolean {
 }
 
 const run = promisify(execFile);
-const BUF = path.join(PROJECT_DIR, 'node_modules', '.bin', 'buf');
-
 const packageDir = (name: string) => path.dirname(fileURLToPath(import.meta.resolve(`${name}/package.json`)));
+
+/** Found as a dependency, wherever npm put it: relgate's own node_modules, or those of a project that installed it. */
+const BUF = path.join(packageDir('@bufbuild/buf'), 'bin', 'buf');
 
 /**
  * gRPC's own services that the server also serves (health, reflection), by

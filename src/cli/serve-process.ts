@@ -2,7 +2,7 @@
 // relgate command and every test, benchmark and script that spawns the
 // gateway pass Node these flags.
 import path from 'node:path';
-import { PROJECT_DIR } from '../protos.ts';
+import { fileURLToPath } from 'node:url';
 
 /**
  * Node 22 and later size the young generation by the machine's memory (two
@@ -12,9 +12,10 @@ import { PROJECT_DIR } from '../protos.ts';
  */
 export const SERVE_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=16'];
 
-export const MAIN = path.join(PROJECT_DIR, 'src', 'cli', 'main.ts');
+/** The command's entry point, beside this file: main.ts in the sources, main.js in a built package. */
+export const MAIN = fileURLToPath(new URL(`./main${path.extname(import.meta.url)}`, import.meta.url));
 
 /** Node's arguments (for process.execPath) that run `relgate serve ...args`, with extra Node flags if given. */
-export function serveArgv(args: readonly string[], nodeFlags: readonly string[] = []): string[] {
-  return [...SERVE_NODE_FLAGS, ...nodeFlags, MAIN, 'serve', ...args];
+export function serveArgv(args: readonly string[], nodeFlags: readonly string[] = [], main = MAIN): string[] {
+  return [...SERVE_NODE_FLAGS, ...nodeFlags, main, 'serve', ...args];
 }

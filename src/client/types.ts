@@ -12,7 +12,8 @@ export type { Interfaces };
 /**
  * Interface names the SDK knows the field types of: the built-in ones from
  * gen/interfaces.ts. Interfaces of your own are added by declaration merging
- * (see docs/sdk.md): `declare module '<path>/gen/interfaces.ts' { interface Interfaces { ... } }`.
+ * (see docs/sdk.md): `declare module '<path>/gen/interfaces.ts' { interface Interfaces { ... } }`, or
+ * `'relgate/gen/interfaces'` with the installed package.
  */
 export type InterfaceName = keyof Interfaces;
 /** What a requester of interface I sends. */

@@ -3,6 +3,7 @@
 // on the event loop: one of 10,000 pages held it for 16-32 ms. With most pages
 // copied here first, the one inside COMMIT (kept as the fallback, and the
 // only one that can start the WAL over) has little left to do.
+import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { CheckpointResult } from './store.ts';
 
@@ -37,7 +38,9 @@ export class Checkpointer {
   }
 
   #start(): Worker {
-    const worker = new Worker(new URL('./checkpoint-worker.ts', import.meta.url), { workerData: { path: this.#path } });
+    // The worker's file has this module's extension: .ts in the sources, .js in a built package.
+    const file = new URL(`./checkpoint-worker${path.extname(import.meta.url)}`, import.meta.url);
+    const worker = new Worker(file, { workerData: { path: this.#path } });
     worker.unref();
     this.#exited = new Promise((resolve) => worker.once('exit', resolve));
     worker.on('message', (result: CheckpointResult) => this.#onResult(result));

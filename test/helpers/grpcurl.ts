@@ -59,9 +59,9 @@ export interface ServeProcess {
   stop(): Promise<void>;
 }
 
-/** Starts `relgate serve` as its own process and waits for its "relgate serving" log line. */
-export function spawnServe(args: readonly string[], cwd = PROJECT_DIR): Promise<ServeProcess> {
-  const child = spawn(process.execPath, serveArgv(args), {
+/** Starts `relgate serve` (from the sources, or the given entry point) as its own process and waits for its "relgate serving" log line. */
+export function spawnServe(args: readonly string[], cwd = PROJECT_DIR, main?: string): Promise<ServeProcess> {
+  const child = spawn(process.execPath, serveArgv(args, [], main), {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
