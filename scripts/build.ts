@@ -16,7 +16,7 @@ const DIST = path.join(PROJECT_DIR, 'dist');
 const TSC = path.join(PROJECT_DIR, 'node_modules', 'typescript', 'bin', 'tsc');
 
 await rm(DIST, { recursive: true, force: true });
-await promisify(execFile)(process.execPath, [TSC, '-p', path.join(PROJECT_DIR, 'tsconfig.build.json')]);
+await promisify(execFile)(process.execPath, [TSC, '-p', path.join(PROJECT_DIR, 'scripts', 'tsconfig.build.json')]);
 await cp(path.join(PROJECT_DIR, 'proto'), path.join(DIST, 'proto'), { recursive: true });
 for (const file of ['index.html', 'app.js']) await cp(path.join(PROJECT_DIR, 'src', 'dashboard', file), path.join(DIST, 'src', 'dashboard', file));
 console.log(`built ${path.relative(process.cwd(), DIST) || '.'}`);
