@@ -11,6 +11,14 @@ import type { WatchSink, WatchSpec, Watcher } from './watch-hub.ts';
 /** Commands executing at once per session; beyond it the stream stops reading. */
 export const MAX_IN_FLIGHT = 1024;
 
+/**
+ * ErrorInfo metadata of a session the gateway ended because one of its watches
+ * ended: every command it read was carried out and acknowledged first, so a
+ * command without an acknowledgement was not carried out and may be sent again.
+ */
+export const UNACKNOWLEDGED_COMMANDS = 'unacknowledged_commands';
+export const NOT_CARRIED_OUT = 'not_carried_out';
+
 type Req = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 type Command = (unit: string, body: Req) => Promise<unknown>;
 
@@ -36,6 +44,8 @@ export class Session {
   #halfClosed = false;
   #paused = false;
   #blocked = false;
+  /** Set when a watch ended: the session reads no more commands and ends with this once those read are acknowledged. */
+  #endWith: RelgateError | undefined;
   /** Settles once the start message's watches are running: commands wait for it. */
   #watching: Promise<void> = Promise.resolve();
 
@@ -58,7 +68,7 @@ export class Session {
   }
 
   #onMessage(message: Req): void {
-    if (this.#ended) return;
+    if (this.#ended || this.#endWith) return;
     if (message.kind === 'start') {
       if (this.#started) {
         return this.#ack({ correlation_id: '', error: toRpcStatus(new RelgateError(Code.FAILED_PRECONDITION, 'start must be the first message of a session', { reason: 'LATE_START' })) });
@@ -121,8 +131,27 @@ export class Session {
     return {
       write: (batch) => this.#write({ events: { watch, batch } }),
       onDrain: (callback) => this.#call.once('drain', callback),
-      end: (error) => this.#stop(error ?? new RelgateError(Code.FAILED_PRECONDITION, `the ${watch} watch ended: the unit left the relation`, { reason: 'WATCH_ENDED' })),
+      end: (error) =>
+        this.#windDown(
+          watch,
+          error ?? new RelgateError(Code.FAILED_PRECONDITION, `the ${watch} watch ended: the unit left its relation, or the relation was removed`, { reason: 'WATCH_ENDED' }),
+        ),
     };
+  }
+
+  /**
+   * A watch ended, so the session ends too; but commands already read may be committing. They are carried out and
+   * acknowledged first, none is read after, and the status says so: the client can tell what was not carried out.
+   */
+  #windDown(watch: string, error: RelgateError): void {
+    if (this.#ended || this.#endWith) return;
+    this.#endWith = new RelgateError(error.code, error.message, {
+      reason: error.reason,
+      metadata: { ...error.metadata, watch, [UNACKNOWLEDGED_COMMANDS]: NOT_CARRIED_OUT },
+      cause: error,
+    });
+    this.#throttle();
+    this.#maybeFinish();
   }
 
   #ack(ack: Req): void {
@@ -145,13 +174,17 @@ export class Session {
   }
 
   #throttle(): void {
-    const pause = this.#blocked || this.#inFlight >= MAX_IN_FLIGHT;
+    const pause = this.#endWith !== undefined || this.#blocked || this.#inFlight >= MAX_IN_FLIGHT;
     if (pause && !this.#paused) this.#call.pause();
     if (!pause && this.#paused) this.#call.resume();
     this.#paused = pause;
   }
 
   #maybeFinish(): void {
+    if (this.#endWith) {
+      if (this.#inFlight === 0) this.#stop(this.#endWith);
+      return;
+    }
     if (!this.#halfClosed || this.#inFlight > 0 || this.#finishing) return;
     this.#finishing = true;
     // What the watches owe (a snapshot, the changes of acknowledged commands) reaches the client before the OK.

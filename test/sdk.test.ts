@@ -165,6 +165,38 @@ describe('SDK on one gateway', () => {
     for (const watch of watches) watch.close();
   });
 
+  it('goes on without a session watch whose relation is removed: the watch ends, and each command in flight is carried out once', async () => {
+    const a = await makeWorld(h);
+    const unit = a.requesters[0] as string;
+    const { relation: b } = await h.registry.call('CreateRelation', {
+      interface: 'tls-certificates',
+      requester_application: unit.split('/')[0],
+      requester_endpoint: 'other',
+      responder_application: (a.responders[0] as string).split('/')[0],
+      responder_endpoint: 'other',
+    });
+    await h.registry.call('JoinRelation', { relation_id: b.id, unit });
+    const web = as(unit);
+    const session = web.openSession({ responses: { relation: a.relationId } });
+    const watch = session.responses<'tls-certificates'>();
+    await readUntil(watch, (event) => event.type === 'SNAPSHOT_COMPLETE');
+    const requester = web.requester('tls-certificates', { relation: b.id as string });
+    const creates = Array.from({ length: 200 }, (_, i) => {
+      if (i === 100) void h.registry.call('DeleteRelation', { relation_id: a.relationId });
+      return requester.create({ common_name: `n${i}.example` }).then((request) => request.request_id);
+    });
+    const created = await Promise.all(creates);
+    await readUntil(watch, (event) => event.type === 'RELATION_REMOVED');
+    expect(await watch.next()).toEqual({ done: true, value: undefined });
+    expect(await watch.closed).toBeUndefined();
+    expect((await requester.requests()).map((request) => request.request_id).sort()).toEqual([...created].sort());
+    const after = await requester.create({ common_name: 'after.example' });
+    expect(after.request_id).toBeTruthy();
+    expect([session.isClosed, session.stats.reconnects]).toEqual([false, 1]);
+    session.close();
+    expect(await session.closed).toBeUndefined();
+  });
+
   it('reports a call that times out as DEADLINE_EXCEEDED with its reason', async () => {
     const world = await makeWorld(h);
     const requester = as(world.requesters[0] as string).requester('tls-certificates', { relation: world.relationId });

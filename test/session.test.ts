@@ -369,6 +369,41 @@ describe('ending', () => {
     expect([types.filter((type) => type === 'EVENT_TYPE_ADDED').length, types.at(-1)]).toEqual([count, 'EVENT_TYPE_SNAPSHOT_COMPLETE']);
   }, 60_000);
 
+  test.each(['LeaveRelation', 'DeleteRelation'])(
+    'a watch that ends (%s) ends its session only after every command read is carried out and acknowledged; the status says the rest were not',
+    async (method) => {
+      const a = await relate(h);
+      const unit = a.requesters[0] as string;
+      const [requesterApp, responderApp] = [unit.split('/')[0], (a.responders[0] as string).split('/')[0]];
+      const { relation: b } = await h.registry.call('CreateRelation', {
+        interface: 'tls-certificates',
+        requester_application: requesterApp,
+        requester_endpoint: 'other',
+        responder_application: responderApp,
+        responder_endpoint: 'other',
+      });
+      await h.registry.call('JoinRelation', { relation_id: b.id, unit });
+      const session = await a.session(unit, WATCH_RESPONSES(a));
+      const ids = Array.from({ length: 300 }, () => randomUUID());
+      const acks = ids.map((id, i) => {
+        if (i === 150) void h.registry.call(method, method === 'LeaveRelation' ? { relation_id: a.id, unit } : { relation_id: a.id });
+        return session.send(createCommand({ id: b.id } as Relation, { request_id: id })).then((ack) => (ack.error ? 'refused' : 'done'), () => 'unacknowledged');
+      });
+      const outcomes = await Promise.all(acks);
+      const status = await session.status;
+      expect([status?.code, status?.reason, status?.metadata.watch, status?.metadata.unacknowledged_commands]).toEqual([
+        Code.FAILED_PRECONDITION,
+        'WATCH_ENDED',
+        'responses',
+        'not_carried_out',
+      ]);
+      // Stored exactly when acknowledged.
+      const stored = new Set(db.prepare<[string], { id: string }>('SELECT id FROM requests WHERE relation_id = ?').all(b.id as string).map((row) => row.id));
+      expect(ids.filter((id, i) => stored.has(id) !== (outcomes[i] === 'done'))).toEqual([]);
+      expect(outcomes).not.toContain('refused');
+    },
+  );
+
   test('a cancelled session stops its watches', async () => {
     const r = await relate(h);
     const responder = await r.session(r.responders[0] as string, WATCH_INCOMING(r));

@@ -15,6 +15,7 @@ import type { OpenResponse__Output } from '../../gen/relgate/v1/OpenResponse.ts'
 import type { SessionAck__Output } from '../../gen/relgate/v1/SessionAck.ts';
 import type { SessionCommand } from '../../gen/relgate/v1/SessionCommand.ts';
 import type { Connection } from './connect.ts';
+import { NOT_CARRIED_OUT, UNACKNOWLEDGED_COMMANDS } from '../session.ts';
 import { Code, RelgateError, fromAckStatus, toRelgateError } from './errors.ts';
 import type { InterfaceName, RequestFields, ResponseFields, WatchOptions } from './types.ts';
 import { Watch, backoff, type WatchOptionsMessage, type WatchSink } from './watch.ts';
@@ -60,6 +61,8 @@ interface Queued extends Pending {
 
 /** The reason of a command the session gave up before writing it: any command may go as a unary call instead. */
 export const COMMAND_NOT_SENT = 'COMMAND_NOT_SENT';
+/** The gateway's reason for ending a session whose watch ended (the unit left the relation, or it was removed). */
+const WATCH_ENDED = 'WATCH_ENDED';
 
 const RETRIABLE = new Set<number>([Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED, Code.OUT_OF_RANGE]);
 
@@ -262,19 +265,24 @@ export class ClientSession {
     this.#draining = false;
     const failure = error === undefined ? undefined : toRelgateError(error);
     const ended = new RelgateError(Code.UNAVAILABLE, 'the session stream ended', { reason: 'SESSION_CLOSED' });
-    for (const pending of this.#pending.values()) pending.reject(failure ?? ended);
+    // The gateway ended the stream because a watch ended, after acknowledging every command it had read.
+    const windDown = failure?.metadata[UNACKNOWLEDGED_COMMANDS] === NOT_CARRIED_OUT ? failure : undefined;
+    for (const pending of this.#pending.values()) pending.reject(windDown ? notSent(`not carried out: ${windDown.message}`) : (failure ?? ended));
     this.#pending.clear();
     this.#dropQueued('the session stream ended before the command was sent');
     if (this.#closing) return this.#finish(undefined);
-    // Each watch decides for itself: resume, start over, or fail.
-    for (const registered of this.#watches.values()) {
+    // Each watch decides for itself: resume, start over, or fail. One whose relation the unit left ends, as a watch
+    // of its own would; the session goes on without it.
+    const watchEnded = windDown?.reason === WATCH_ENDED ? windDown.metadata.watch : undefined;
+    for (const [name, registered] of this.#watches) {
       const sink = registered.sink;
       registered.sink = undefined;
-      sink?.end(causedBy(registered.watch, failure) ? failure : ended);
+      if (name === watchEnded) sink?.end(undefined);
+      else sink?.end(windDown ? ended : causedBy(registered.watch, failure) ? failure : ended);
     }
-    if (failure && !RETRIABLE.has(failure.code)) return this.#finish(failure);
+    if (failure && !windDown && !RETRIABLE.has(failure.code)) return this.#finish(failure);
     this.stats.reconnects += 1;
-    if (drained && !failure) {
+    if ((drained && !failure) || watchEnded) {
       // Reopens as soon as the readers have caught up.
       this.#wantStream = true;
       return;
