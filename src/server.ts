@@ -201,6 +201,15 @@ function serverOptions(config: ServerConfig): grpc.ServerOptions {
   };
 }
 
+/** A Call or CallAll whose request was withdrawn, or whose relation was removed, before every answer came. */
+function withdrawnError(outcome: CallOutcome): RelgateError {
+  const requestId = String(outcome.request.request_id);
+  return new RelgateError(Code.FAILED_PRECONDITION, `request ${requestId} was withdrawn, or its relation removed, before it was answered`, {
+    reason: 'REQUEST_WITHDRAWN',
+    metadata: { request_id: requestId },
+  });
+}
+
 async function openStore(config: ServerConfig, logger: Logger): Promise<Store> {
   if (!config.store) return new SqliteStore({ path: config.db, durability: config.durability });
   if (!/^postgres(ql)?:\/\//.test(config.store)) throw new Error(`--store must be a postgres:// connection string, not "${config.store}"`);
@@ -486,12 +495,7 @@ class Handlers {
         metadata: { request_id: String(outcome.request.request_id) },
       });
     }
-    if (outcome.withdrawn) {
-      throw new RelgateError(Code.FAILED_PRECONDITION, `request ${String(outcome.request.request_id)} was withdrawn, or its relation removed, before it was answered`, {
-        reason: 'REQUEST_WITHDRAWN',
-        metadata: { request_id: String(outcome.request.request_id) },
-      });
-    }
+    if (outcome.withdrawn) throw withdrawnError(outcome);
     if (!outcome.complete) {
       throw new RelgateError(Code.DEADLINE_EXCEEDED, `no response before the deadline; request ${String(outcome.request.request_id)} stays stored and can still be answered`, {
         reason: 'CALL_TIMEOUT',
@@ -531,16 +535,19 @@ class Handlers {
         (outcome) => {
           // A client that cancelled hears nothing more.
           if (aborted.aborted) return this.#log(method, call, grpc.status.CANCELLED, started);
+          // Not the end of waiting for slow responders, which `finished` reports: nobody can answer any more.
+          if (outcome.withdrawn) return fail(withdrawnError(outcome));
           call.write({ finished: { complete: outcome.complete, missing_units: outcome.missing } });
           this.#log(method, call, grpc.status.OK, started);
           call.end();
         },
-        (error: unknown) => {
-          const status = toServiceError(error);
-          this.#log(method, call, status.code, started, error);
-          call.emit('error', status);
-        },
+        (error: unknown) => fail(error),
       );
+    const fail = (error: unknown) => {
+      const status = toServiceError(error);
+      this.#log(method, call, status.code, started, error);
+      call.emit('error', status);
+    };
   }
 
   /** Runs a Call or CallAll of the unit (`run`, until `signal`); a revocation of its token meanwhile ends it with that error. */

@@ -281,6 +281,24 @@ describe('CallAll', () => {
     watch.cancel();
   });
 
+  test.each([
+    ['withdrawing its request', (r: Relation, requestId: string) => r.req().call('WithdrawRequest', { request_id: requestId })],
+    ['removing its relation', (r: Relation) => h.registry.call('DeleteRelation', { relation_id: r.id })],
+  ])('%s ends it at once with FAILED_PRECONDITION, after the responses so far, not with finished', async (_how, remove) => {
+    const r = await relate(h, { responders: 2, labels: { 0: { zone: 'a' }, 1: { zone: 'a' } } });
+    const watch = await watchReady(r.res(0), { relation_id: r.id });
+    const stream = callAll(r.req(), { relation_id: r.id, fields: struct(CSR), delivery: toSelector('zone=a') }, 30_000);
+    const requestId = (await stream.messages.next(kind('started'))).started.request.request_id as string;
+    await respond(r, requestId, 1);
+    await stream.messages.next(kind('response'));
+    await remove(r, requestId);
+    const error = await stream.status;
+    expect(error?.code).toBe(Code.FAILED_PRECONDITION);
+    expect(error && statusDetails(error).errorInfo).toMatchObject({ reason: 'REQUEST_WITHDRAWN', metadata: { request_id: requestId } });
+    expect(stream.messages.items.map((m) => m.event)).toEqual(['started', 'response']);
+    watch.cancel();
+  });
+
   test('no matching unit: count 0 and complete at once', async () => {
     const r = await relate(h, { responders: 1, labels: { 0: { zone: 'a' } } });
     const watch = await watchReady(r.res(0), { relation_id: r.id });
