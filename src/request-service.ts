@@ -117,8 +117,10 @@ export class RequestService {
         await recordRequestChange(tx, relation, null, request);
         return { request: requestMessage(request, requesterView(caller)), created: true, updated: false };
       }
-      // Fields stored before values had one canonical form are compared in it.
-      if (jsonEqual(canonicalFields(type, existing.fields), fields)) return { request: requestMessage(existing, requesterView(caller)), created: false, updated: false };
+      // Fields stored before values had one canonical form are compared in it. An expired match is reopened even
+      // with the same fields: handing back a request nobody may answer would leave the caller stuck.
+      const unchanged = jsonEqual(canonicalFields(type, existing.fields), fields);
+      if (unchanged && !hasExpired(existing, tx.now)) return { request: requestMessage(existing, requesterView(caller)), created: false, updated: false };
       const revision = await tx.revision();
       const updated: RequestRecord = {
         ...existing,
@@ -457,11 +459,16 @@ function requestBody(relationId: string, fields: JsonObject, delivery: DeliveryI
   return canonicalJson({ relation_id: relationId, fields, delivery: { mode: delivery.mode, unit: delivery.unit, selector: delivery.selector }, ttl });
 }
 
+/** Expired, or past its time to live and not yet marked so by the sweep; an answered request never expires. */
+function hasExpired(request: RequestRecord, now: number): boolean {
+  return request.state === 'expired' || (request.state === 'pending' && request.expire_time !== null && request.expire_time <= now);
+}
+
 function checkAnswerable(request: RequestRecord, unit: string, now: number): void {
   const meta = { request_id: request.request_id };
-  if (request.state === 'expired' || (request.expire_time !== null && request.expire_time <= now)) throw failedPrecondition('REQUEST_EXPIRED', `request ${request.request_id} has expired`, meta);
   if (request.answered_units.includes(unit)) throw failedPrecondition('ALREADY_ANSWERED', `unit ${unit} has already answered request ${request.request_id}`, meta);
   if (request.state === 'answered') throw failedPrecondition('REQUEST_COMPLETED', `request ${request.request_id} is already answered`, meta);
+  if (hasExpired(request, now)) throw failedPrecondition('REQUEST_EXPIRED', `request ${request.request_id} has expired`, meta);
   if (request.claim && request.claim.unit !== unit && request.claim.expire_time > now) {
     throw failedPrecondition('REQUEST_CLAIMED', `request ${request.request_id} is claimed by ${request.claim.unit}`, { ...meta, claimed_by: request.claim.unit });
   }

@@ -143,8 +143,8 @@ describe('expiry', () => {
     responderWatch.cancel();
   });
 
-  test('a request answered in time does not expire', async () => {
-    const r = await relate(h);
+  test('a request answered in time does not expire: a later answer is told it was answered, not that it expired', async () => {
+    const r = await relate(h, { responders: 2 });
     const watch = await watchReady(r.req(), { relation_id: r.id });
     const request = await create(r, { ttl: seconds(1_000) });
     await respond(r, request.request_id, 0);
@@ -153,6 +153,24 @@ describe('expiry', () => {
     await watch.events.next(requestEvent('MODIFIED', marker.request_id, (e) => e.request.state === 'REQUEST_STATE_EXPIRED'), 10_000);
     expect((await r.req().call('GetRequest', { request_id: request.request_id })).request.state).toBe('REQUEST_STATE_ANSWERED');
     expect(watch.events.items.filter((e) => e.request?.request_id === request.request_id).map((e) => e.request.state)).toEqual(['REQUEST_STATE_PENDING', 'REQUEST_STATE_ANSWERED']);
+    expectError(await r.res(1).fail('Respond', { request_id: request.request_id, fields: struct(CERT) }), Code.FAILED_PRECONDITION, 'REQUEST_COMPLETED');
+    expectError(await r.res(1).fail('ClaimRequest', { request_id: request.request_id }), Code.FAILED_PRECONDITION, 'REQUEST_COMPLETED');
+    watch.cancel();
+  });
+
+  test('create-or-update reopens an expired match even with the same fields, with the time to live it gives', async () => {
+    const r = await relate(h);
+    const watch = await watchReady(r.req(), { relation_id: r.id });
+    const upsert = (ttl: unknown) => r.req().call('CreateOrUpdateRequest', { relation_id: r.id, match_fields: ['common_name'], fields: struct(CSR), ttl });
+    const { request } = await upsert(seconds(300));
+    await watch.events.next(requestEvent('MODIFIED', request.request_id, (e) => e.request.state === 'REQUEST_STATE_EXPIRED'), 10_000);
+    const reopened = await upsert(seconds(3_600_000));
+    expect([reopened.created, reopened.updated, reopened.request.request_id, reopened.request.state]).toEqual([false, true, request.request_id, 'REQUEST_STATE_PENDING']);
+    expect(millis(reopened.request.expire_time) - millis(reopened.request.update_time)).toBe(3_600_000);
+    await respond(r, request.request_id, 0);
+    // Live again, the same call changes nothing.
+    const again = await upsert(seconds(3_600_000));
+    expect([again.created, again.updated, again.request.state]).toEqual([false, false, 'REQUEST_STATE_ANSWERED']);
     watch.cancel();
   });
 

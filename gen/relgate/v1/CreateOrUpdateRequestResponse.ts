@@ -13,8 +13,9 @@ export interface CreateOrUpdateRequestResponse {
    */
   'created'?: (boolean);
   /**
-   * True when a matching request's fields changed (its responses and claim
-   * are dropped and it is new again).
+   * True when a matching request's fields changed, or it had expired (its
+   * responses and claim are dropped and it is new again, with the given time
+   * to live).
    */
   'updated'?: (boolean);
 }
@@ -29,8 +30,9 @@ export interface CreateOrUpdateRequestResponse__Output {
    */
   'created': (boolean);
   /**
-   * True when a matching request's fields changed (its responses and claim
-   * are dropped and it is new again).
+   * True when a matching request's fields changed, or it had expired (its
+   * responses and claim are dropped and it is new again, with the given time
+   * to live).
    */
   'updated': (boolean);
 }
