@@ -19,13 +19,13 @@ const INT32 = new Set(['int32', 'sint32', 'sfixed32']);
 const UINT32 = new Set(['uint32', 'fixed32']);
 const INT64 = new Set(['int64', 'sint64', 'sfixed64']);
 const UINT64 = new Set(['uint64', 'fixed64']);
-const FLOAT32_MAX = 3.4028234663852886e38;
 const BASE64 = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$/;
-const TIMESTAMP = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.\d{1,9})?(?:Z|([+-])(\d\d):(\d\d))$/;
-const DURATION = /^(-?)(\d+)(?:\.\d{1,9})?s$/;
+const TIMESTAMP = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:Z|([+-])(\d\d):(\d\d))$/;
+const DURATION = /^(-?)(\d+)(?:\.(\d{1,9}))?s$/;
 const INTEGER = /^-?\d+$/;
 const DECIMAL = /^-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/;
-const FIELD_MASK = /^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*(?:,[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)*)?$/;
+/** JSON's FieldMask: comma-separated paths of lowerCamelCase names, which protobuf's parsers refuse with an underscore. */
+const FIELD_MASK = /^(?:[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*(?:,[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*)*)?$/;
 /** 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, protobuf's Timestamp range, in ms. */
 const [MIN_TIME, MAX_TIME] = [-62_135_596_800_000, 253_402_300_799_999];
 const MAX_DURATION_S = 315_576_000_000n;
@@ -33,7 +33,7 @@ const MAX_DURATION_S = 315_576_000_000n;
 const WRAPPERS: Record<string, string> = Object.fromEntries(
   [['Double', 'double'], ['Float', 'float'], ['Int64', 'int64'], ['UInt64', 'uint64'], ['Int32', 'int32'], ['UInt32', 'uint32'], ['Bool', 'bool'], ['String', 'string'], ['Bytes', 'bytes']].map(([name, type]) => [`.google.protobuf.${name}Value`, type as string]),
 );
-/** Well-known types with a JSON form of their own, kept as given. */
+/** Well-known types with a JSON form of their own (a string, a list...), not an object of their fields. */
 const OPAQUE = new Set(['Struct', 'Value', 'ListValue', 'Timestamp', 'Duration', 'FieldMask', 'Any'].map((name) => `.google.protobuf.${name}`));
 
 export interface ValidateOptions {
@@ -62,12 +62,37 @@ export function canonicalValue(type: protobuf.Type, name: string, value: Json): 
   return field && value !== null ? canonicalField(field, value) : value;
 }
 
+/** A Value's number may be NaN or infinite in binary protobuf, which JSON cannot hold: it would be stored as null. */
+function finiteProblem(value: Json, at: string, out: FieldViolation[]): string | undefined {
+  const found = nonFinite(value, at);
+  if (!found) return undefined;
+  const description = `must be a finite number, not number ${String(found.number)}`;
+  if (found.path === at) return description;
+  out.push({ field: found.path, description });
+  return undefined;
+}
+
+/** The first NaN or infinity in a JSON value, and its path. */
+function nonFinite(value: Json, at: string): { path: string; number: number } | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) ? undefined : { path: at, number: value };
+  if (value === null || typeof value !== 'object') return undefined;
+  for (const [path, item] of children(value, at)) {
+    const found = nonFinite(item, path);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+/** The items of a list or the members of an object, each with its path. */
+function children(value: JsonObject | Json[], at: string): [string, Json][] {
+  return Array.isArray(value) ? value.map((item, i) => [`${at}[${i}]`, item]) : Object.entries(value).map(([key, item]) => [`${at}.${key}`, item]);
+}
+
 /** The path of the first object or list nested past the bound, if any. */
 function tooDeep(value: Json, at: string, depth: number): string | undefined {
   if (value === null || typeof value !== 'object') return undefined;
   if (depth > MAX_FIELD_DEPTH) return at;
-  const entries: [string, Json][] = Array.isArray(value) ? value.map((item, i) => [`${at}[${i}]`, item]) : Object.entries(value).map(([key, item]) => [`${at}.${key}`, item]);
-  for (const [path, item] of entries) {
+  for (const [path, item] of children(value, at)) {
     const found = tooDeep(item, path, depth + 1);
     if (found) return found;
   }
@@ -155,7 +180,8 @@ function scalarProblem(type: string, value: Json): string | undefined {
   if (type === 'bytes') return typeof value === 'string' && BASE64.test(value) ? undefined : `must be a base64 string, not ${describe(value)}`;
   // NaN and the infinities (and protobuf's "NaN" and "Infinity") are refused: a client reading them back as JSON numbers cannot.
   if (type === 'double') return Number.isFinite(numberOf(value)) ? undefined : `must be a finite number, not ${describe(value)}`;
-  if (type === 'float') return Math.abs(numberOf(value)) <= FLOAT32_MAX ? undefined : `must be a finite number within float's range, not ${describe(value)}`;
+  // Rounded to a float32 the way protobuf writes it: 3.4028235e38, the largest float printed short, is in range.
+  if (type === 'float') return Number.isFinite(Math.fround(numberOf(value))) ? undefined : `must be a finite number within float's range, not ${describe(value)}`;
   if (INT32.has(type)) return integerProblem(integerOf(value), -(2 ** 31), 2 ** 31 - 1, type);
   if (UINT32.has(type)) return integerProblem(integerOf(value), 0, 2 ** 32 - 1, type);
   if (INT64.has(type)) return int64Problem(value, true, type);
@@ -168,17 +194,17 @@ function messageProblem(type: protobuf.Type, value: Json, at: string, options: V
   if (wrapped) return scalarProblem(wrapped, value);
   switch (type.fullName) {
     case '.google.protobuf.Struct':
-      return isObject(value) ? undefined : `must be an object, not ${describe(value)}`;
+      return isObject(value) ? finiteProblem(value, at, out) : `must be an object, not ${describe(value)}`;
     case '.google.protobuf.Value':
-      return undefined;
+      return finiteProblem(value, at, out);
     case '.google.protobuf.ListValue':
-      return Array.isArray(value) ? undefined : `must be a list, not ${describe(value)}`;
+      return Array.isArray(value) ? finiteProblem(value, at, out) : `must be a list, not ${describe(value)}`;
     case '.google.protobuf.Timestamp':
       return typeof value === 'string' && isTimestamp(value) ? undefined : `must be an RFC 3339 timestamp with Z or an offset, between years 1 and 9999, such as "2026-01-31T12:00:00Z", not ${describe(value)}`;
     case '.google.protobuf.Duration':
       return typeof value === 'string' && isDuration(value) ? undefined : `must be a duration string such as "1.5s", within ±315576000000s, not ${describe(value)}`;
     case '.google.protobuf.FieldMask':
-      return typeof value === 'string' && FIELD_MASK.test(value) ? undefined : `must be a field mask string such as "a.b,c", not ${describe(value)}`;
+      return typeof value === 'string' && FIELD_MASK.test(value) ? undefined : `must be a field mask string of lowerCamelCase paths such as "user.displayName,photo", not ${describe(value)}`;
     case '.google.protobuf.Any':
       return anyProblem(type, value, at, options, out);
   }
@@ -214,7 +240,7 @@ function isTimestamp(text: string): boolean {
   const parts = TIMESTAMP.exec(text);
   if (!parts) return false;
   const [year, month, day, hour, minute, second] = parts.slice(1, 7).map(Number) as [number, number, number, number, number, number];
-  const [sign, offsetHours, offsetMinutes] = [parts[7], Number(parts[8] ?? 0), Number(parts[9] ?? 0)];
+  const [sign, offsetHours, offsetMinutes] = [parts[8], Number(parts[9] ?? 0), Number(parts[10] ?? 0)];
   if (hour > 23 || minute > 59 || second > 59 || offsetHours > 23 || offsetMinutes > 59) return false;
   const date = new Date(0);
   date.setUTCFullYear(year, month - 1, day);
@@ -281,6 +307,8 @@ function canonicalMessage(type: protobuf.Type, value: Json): Json {
   const wrapped = WRAPPERS[type.fullName];
   if (wrapped) return canonicalScalar(wrapped, value);
   if (type.fullName === '.google.protobuf.Any') return canonicalAny(type, value);
+  if (type.fullName === '.google.protobuf.Timestamp' && typeof value === 'string') return canonicalTimestamp(value);
+  if (type.fullName === '.google.protobuf.Duration' && typeof value === 'string') return canonicalDuration(value);
   return OPAQUE.has(type.fullName) || !isObject(value) ? value : canonicalFields(type, value);
 }
 
@@ -297,9 +325,50 @@ function canonicalAny(any: protobuf.Type, value: Json): Json {
 function canonicalScalar(type: string, value: Json): Json {
   if ((INT64.has(type) || UINT64.has(type)) && (typeof value === 'string' || typeof value === 'number')) return canonicalInteger(value);
   if ((INT32.has(type) || UINT32.has(type)) && typeof value === 'string') return integerOf(value);
-  if ((type === 'float' || type === 'double') && typeof value === 'string' && DECIMAL.test(value)) return Number(value);
+  if (type === 'float') return canonicalFloat(numberOf(value));
+  if (type === 'double' && typeof value === 'string' && DECIMAL.test(value)) return Number(value);
   if (type === 'bytes' && typeof value === 'string') return Buffer.from(value, 'base64').toString('base64');
   return value;
+}
+
+/** Protobuf's own JSON form: UTC, "Z", and 0, 3, 6 or 9 fractional digits. */
+function canonicalTimestamp(text: string): string {
+  const parts = TIMESTAMP.exec(text) as RegExpExecArray;
+  const [sign, offsetHours, offsetMinutes] = [parts[8], Number(parts[9] ?? 0), Number(parts[10] ?? 0)];
+  const offsetMs = (sign === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000;
+  const local = Date.UTC(Number(parts[1]), Number(parts[2]) - 1, Number(parts[3]), Number(parts[4]), Number(parts[5]), Number(parts[6]));
+  // Date.UTC reads years 0-99 as 1900-1999.
+  const date = new Date(local);
+  date.setUTCFullYear(Number(parts[1]));
+  const seconds = new Date(date.getTime() - offsetMs).toISOString().slice(0, 19);
+  return `${seconds}${fraction(parts[7])}Z`;
+}
+
+/** Protobuf's own JSON form: seconds with 0, 3, 6 or 9 fractional digits. */
+function canonicalDuration(text: string): string {
+  const parts = DURATION.exec(text) as RegExpExecArray;
+  const digits = fraction(parts[3]);
+  const negative = parts[1] === '-' && (BigInt(parts[2] as string) > 0n || digits !== '');
+  return `${negative ? '-' : ''}${BigInt(parts[2] as string).toString()}${digits}s`;
+}
+
+/** Nanoseconds written as "", ".123", ".123456" or ".123456789", whichever holds them. */
+function fraction(digits: string | undefined): string {
+  const nanos = (digits ?? '').padEnd(9, '0');
+  if (/^0+$/.test(nanos)) return '';
+  const trimmed = nanos.endsWith('000000') ? nanos.slice(0, 3) : nanos.endsWith('000') ? nanos.slice(0, 6) : nanos;
+  return `.${trimmed}`;
+}
+
+/** The float32 the value becomes, as the shortest decimal that becomes it again: 0.1 and 0.10000000149011612 are one value. */
+function canonicalFloat(value: number): Json {
+  if (!Number.isFinite(value)) return value;
+  const single = Math.fround(value);
+  for (let digits = 1; digits < 9; digits++) {
+    const shortest = Number(single.toPrecision(digits));
+    if (Math.fround(shortest) === single) return shortest;
+  }
+  return Number(single.toPrecision(9));
 }
 
 function canonicalKey(keyType: string, key: string): string {

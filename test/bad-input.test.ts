@@ -314,6 +314,45 @@ describe('interface fields of other kinds', () => {
   });
 });
 
+describe('field values in the form protobuf writes them', () => {
+  const type = parseType(
+    `syntax = "proto3"; import "google/protobuf/timestamp.proto"; import "google/protobuf/duration.proto";
+     import "google/protobuf/struct.proto"; import "google/protobuf/field_mask.proto";
+     message M { google.protobuf.Timestamp at = 1; google.protobuf.Duration took = 2; float part = 3; double ratio = 4;
+                 google.protobuf.Value tree = 5; google.protobuf.FieldMask mask = 6; }`,
+    'M',
+  );
+  const form = (value: Record<string, unknown>) => canonicalFields(type, value as JsonObject);
+
+  test('timestamps in UTC with 0, 3, 6 or 9 fractional digits; durations likewise; floats as the shortest decimal of their float32', () => {
+    const times = {
+      '2026-01-31T03:04:05+02:00': '2026-01-31T01:04:05Z',
+      '2026-01-31T01:04:05.000Z': '2026-01-31T01:04:05Z',
+      '2026-01-31T01:04:05.5Z': '2026-01-31T01:04:05.500Z',
+      '2026-01-31T01:04:05.1234-00:00': '2026-01-31T01:04:05.123400Z',
+      '2026-01-31T01:04:05.000000001Z': '2026-01-31T01:04:05.000000001Z',
+      '0001-01-01T00:30:00+00:30': '0001-01-01T00:00:00Z',
+      '0099-12-31T23:59:59Z': '0099-12-31T23:59:59Z',
+    };
+    for (const [sent, stored] of Object.entries(times)) expect(form({ at: sent }).at, sent).toBe(stored);
+    const durations = { '1.5s': '1.500s', '01s': '1s', '-0.000s': '0s', '-0.5s': '-0.500s', '-1.000000001s': '-1.000000001s', '2.10s': '2.100s' };
+    for (const [sent, stored] of Object.entries(durations)) expect(form({ took: sent }).took, sent).toBe(stored);
+    for (const sent of [0.1, '0.1', 0.10000000149011612]) expect(form({ part: sent }).part, String(sent)).toBe(0.1);
+    expect(form({ part: 3.4028234663852886e38 }).part).toBe(3.4028235e38);
+    expect(validateFields(type, { part: 3.4028235e38 }, 'fields', { checkRequired: false })).toEqual([]);
+    expect(fieldsOf(validateFields(type, { part: 3.5e38 }, 'fields', { checkRequired: false }))).toEqual(['fields.part']);
+    expect(form({ ratio: 0.1, part: 16777217 })).toEqual({ ratio: 0.1, part: 16777216 });
+  });
+
+  test('a field mask is lowerCamelCase paths, as protobuf parsers read it back; NaN or an infinity inside a Value is refused where it is', () => {
+    const check = (value: Record<string, unknown>) => validateFields(type, value as JsonObject, 'fields', { checkRequired: false });
+    expect(check({ mask: 'user.displayName,photo' })).toEqual([]);
+    expect(fieldsOf(check({ mask: 'user_name' }))).toEqual(['fields.mask']);
+    expect(check({ tree: { a: [1, Number.NaN] } })).toEqual([{ field: 'fields.tree.a[1]', description: 'must be a finite number, not number NaN' }]);
+    expect(check({ tree: Number.NEGATIVE_INFINITY })).toEqual([{ field: 'fields.tree', description: 'must be a finite number, not number -Infinity' }]);
+  });
+});
+
 describe('field values through the gateway', () => {
   let vh: Harness;
   let v: World;
