@@ -75,24 +75,53 @@ const TYPE_URL_PREFIX = 'type.googleapis.com/';
 export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
 
 // Errors echo client input (names, ids), and the status travels in HTTP/2
-// headers: bounded, so that a huge or malformed input cannot produce a header
-// the client's HTTP/2 stack rejects, which would break its whole connection.
-const MAX_MESSAGE_CHARS = 1024;
-const MAX_DETAIL_CHARS = 256;
+// trailers: bounded in bytes as they are sent, so that a huge or non-ASCII
+// input cannot produce trailers the client rejects. grpcio refuses trailers
+// over 16 KB, and some between 8 and 16 KB; grpc-message is percent-encoded
+// (a CJK character takes 9 bytes) and the details go in base64 (4 bytes for
+// every 3), with the message once more.
+const MAX_MESSAGE_BYTES = 1024;
+const MAX_DETAIL_BYTES = 256;
+const MAX_VIOLATIONS_BYTES = 2048;
 const MAX_VIOLATIONS = 16;
 
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+const ELLIPSIS = '…';
 
-/** Well-formed text (no lone surrogates, which HTTP/2 headers cannot carry) of at most max UTF-16 units. */
-function clip(text: string, max: number): string {
-  const cut = text.length > max ? `${text.slice(0, max - 1)}…` : text;
-  return cut.replace(LONE_SURROGATE, '\ufffd');
+/** Bytes of text in grpc-message, which grpc-js percent-encodes. */
+const encodedBytes = (text: string) => encodeURI(text).length;
+/** Bytes of text in the details' protobuf encoding. */
+const utf8Bytes = (text: string) => Buffer.byteLength(text, 'utf8');
+
+/** Well-formed text (no lone surrogates, which HTTP/2 trailers cannot carry) of at most max bytes by the measure. */
+function clip(text: string, max: number, bytes: (text: string) => number): string {
+  const whole = text.replace(LONE_SURROGATE, '\ufffd');
+  if (bytes(whole) <= max) return whole;
+  let used = bytes(ELLIPSIS);
+  let cut = '';
+  for (const char of whole) {
+    used += bytes(char);
+    if (used > max) break;
+    cut += char;
+  }
+  return cut + ELLIPSIS;
 }
 
 function bounded(error: RelgateError): RelgateError {
-  const metadata = Object.fromEntries(Object.entries(error.metadata).map(([key, value]) => [clip(key, MAX_DETAIL_CHARS), clip(value, MAX_DETAIL_CHARS)]));
-  const fieldViolations = error.fieldViolations.slice(0, MAX_VIOLATIONS).map((violation) => ({ field: clip(violation.field, MAX_DETAIL_CHARS), description: clip(violation.description, MAX_DETAIL_CHARS) }));
-  return new RelgateError(error.code, clip(error.message, MAX_MESSAGE_CHARS), { reason: error.reason, metadata, fieldViolations, cause: error.cause });
+  const detail = (text: string) => clip(text, MAX_DETAIL_BYTES, utf8Bytes);
+  const metadata = Object.fromEntries(Object.entries(error.metadata).map(([key, value]) => [detail(key), detail(value)]));
+  const fieldViolations: FieldViolation[] = [];
+  let used = 0;
+  for (const violation of error.fieldViolations) {
+    const kept = { field: detail(violation.field), description: detail(violation.description) };
+    used += utf8Bytes(kept.field) + utf8Bytes(kept.description) + 8;
+    if (fieldViolations.length === MAX_VIOLATIONS || used > MAX_VIOLATIONS_BYTES) break;
+    fieldViolations.push(kept);
+  }
+  const left = error.fieldViolations.length - fieldViolations.length;
+  const note = left > 0 ? ` (and ${left} more problem${left === 1 ? '' : 's'} not listed)` : '';
+  const message = clip(error.message, MAX_MESSAGE_BYTES - encodedBytes(note), encodedBytes) + note;
+  return new RelgateError(error.code, message, { reason: error.reason, metadata, fieldViolations, cause: error.cause });
 }
 
 /** The google.rpc.Status of an error, as a plain object (for session acks). */

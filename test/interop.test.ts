@@ -163,6 +163,18 @@ describe('authenticated mode: Python responder, Go requester', () => {
     expect(goError.field_violations).toEqual(pythonError.field_violations);
   });
 
+  test('an error echoing much non-ASCII input stays within what grpcio reads: Python gets INVALID_ARGUMENT and its details, not a lost stream', async () => {
+    // Twenty unknown fields, each named with 300 CJK characters: 9 bytes each once percent-encoded in grpc-message.
+    const fields = Object.fromEntries([['common_name', 'x'], ...Array.from({ length: 20 }, (_, i) => [`${String(i).padStart(2, '0')}${'中'.repeat(300)}`, 1])]);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const error = await runOne(python('requester', '--target', serve.address, '--token-file', tokenFile('webapp'), 'create', '--relation', relationId, '--fields', JSON.stringify(fields)), 1);
+      expect(error).toMatchObject({ event: 'error', code: 'INVALID_ARGUMENT', error_info: { reason: 'INVALID_ARGUMENT' } });
+      expect(error.status).toEqual({ code: error.code_value, message: error.message });
+      expect(error.field_violations.length).toBeGreaterThan(0);
+      expect(error.message).toMatch(/\(and \d+ more problems not listed\)/);
+    }
+  });
+
   test('credentials: a wrong token is UNAUTHENTICATED, a unit in the wrong role PERMISSION_DENIED, in both languages', async () => {
     const wrong = path.join(dir, 'wrong.token');
     writeFileSync(wrong, 'rgu_not-a-real-token\n');
