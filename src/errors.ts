@@ -1,7 +1,7 @@
 // One error type for the whole gateway. Service code throws RelgateError;
 // toServiceError() turns it into a gRPC status with google.rpc.Status details
 // in exactly one place, and fromServiceError() reads it back on the client.
-import { Metadata, status as Code, type ServiceError, type StatusObject } from '@grpc/grpc-js';
+import { Metadata, status as Code, type ServerInterceptingCall, type ServerInterceptor, type ServiceError, type StatusObject } from '@grpc/grpc-js';
 import { newRoot } from './protos.ts';
 
 export { Code };
@@ -156,6 +156,26 @@ export function toServiceError(error: unknown): Partial<StatusObject> & { code: 
   metadata.set(STATUS_DETAILS_KEY, Buffer.from(StatusType.encode(statusProto).finish()));
   return { code: statusProto.code, details: statusProto.message, metadata };
 }
+
+/**
+ * A server interceptor giving the status grpc-js sends on its own for a message over a size limit the
+ * google.rpc.Status details every other error carries, with the same code and message. (Its other one, a passed
+ * deadline, reaches no client: the client's own deadline ends the call at the same moment.)
+ */
+export const statusDetailsInterceptor: ServerInterceptor = (_method, call) => {
+  const inner = call as { sendStatus(status: Partial<StatusObject>): void };
+  const sendStatus = inner.sendStatus.bind(inner);
+  inner.sendStatus = (status) => {
+    if (status.code !== Code.RESOURCE_EXHAUSTED || status.metadata?.get(STATUS_DETAILS_KEY).length) return sendStatus(status);
+    const error = toServiceError(new RelgateError(status.code, status.details ?? '', { reason: 'MESSAGE_TOO_LARGE' }));
+    const metadata = status.metadata?.clone() ?? new Metadata();
+    metadata.set(STATUS_DETAILS_KEY, error.metadata.get(STATUS_DETAILS_KEY)[0] as Buffer);
+    sendStatus({ ...status, code: error.code, details: error.details, metadata });
+  };
+  // The same call, so that the next interceptor patches grpc-js's own statuses on it too (metrics counts them);
+  // it has every method of the interface grpc-js calls.
+  return call as ServerInterceptingCall;
+};
 
 /** Reads a RelgateError back from a failed call (client side). */
 export function fromServiceError(error: ServiceError | StatusObject): RelgateError {

@@ -6,7 +6,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import { CallService, serverDeadline, type CallOutcome } from './call.ts';
 import { readFile } from 'node:fs/promises';
 import { Authenticator, type AuthMode } from './auth.ts';
-import { Code, RelgateError, asRelgateError, invalidArgument, toServiceError } from './errors.ts';
+import { Code, RelgateError, asRelgateError, invalidArgument, statusDetailsInterceptor, toServiceError } from './errors.ts';
 import { Violations } from './validate.ts';
 import { InterfaceRegistry } from './interfaces.ts';
 import { createLogger, type Logger } from './logger.ts';
@@ -120,7 +120,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   const registry = new RegistryService(store, interfaces);
   const requests = new RequestService(store, interfaces);
   const metrics = config.metricsListen ? new Metrics(store, hub, interfaces.list().map((i) => i.name)) : undefined;
-  const server = new grpc.Server({ ...serverOptions(config), interceptors: metrics ? [metrics.interceptor] : [] });
+  const server = new grpc.Server({ ...serverOptions(config), interceptors: [statusDetailsInterceptor, ...(metrics ? [metrics.interceptor] : [])] });
   const api = grpc.loadPackageDefinition(loadApi()) as unknown as { relgate: { v1: Record<string, { service: grpc.ServiceDefinition }> } };
   const v1 = api.relgate.v1;
   const auth = new Authenticator(config.auth, config.adminToken, store, Boolean(config.tlsClientCa));

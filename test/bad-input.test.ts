@@ -229,6 +229,25 @@ describe('bad input', () => {
   });
 });
 
+describe('limits grpc-js enforces itself', () => {
+  test('a message over the receive or send limit carries google.rpc.Status details like every other error', async () => {
+    const small = await startHarness({ maxReceiveBytes: 4096, maxSendBytes: 4096 });
+    try {
+      const w = await makeWorld(small);
+      const tooBigIn = await rawFail(w.req(), 'CreateRequest', { relation_id: w.relationId, fields: struct({ common_name: 'x'.repeat(8000) }) });
+      // Each fits a message; the list of both does not.
+      for (const name of ['a', 'b']) await w.req().call('CreateRequest', { relation_id: w.relationId, fields: struct({ common_name: name.repeat(2500) }) });
+      const tooBigOut = await rawFail(w.req(), 'ListRequests', { relation_id: w.relationId });
+      for (const error of [tooBigIn, tooBigOut]) {
+        expect(error.code).toBe(Code.RESOURCE_EXHAUSTED);
+        expect(statusDetails(error)).toMatchObject({ code: error.code, message: error.details, errorInfo: { reason: 'MESSAGE_TOO_LARGE', domain: 'relgate.dev' } });
+      }
+    } finally {
+      await small.close();
+    }
+  });
+});
+
 describe('interface fields of float types', () => {
   test('NaN and the infinities are refused: they have no JSON form to be stored in', () => {
     const type = protobuf.parse('syntax = "proto3"; message Reading { double value = 1; float ratio = 2; }').root.lookupType('Reading');
