@@ -115,6 +115,17 @@ export async function compileDescriptors(roots: readonly string[]): Promise<Uint
 }
 
 /** Splits a FileDescriptorSet into its files without re-encoding them. */
+/** The name (field 1) of a serialized FileDescriptorProto. */
+export function descriptorFileName(file: Uint8Array): string {
+  const reader = protobuf.Reader.create(file);
+  while (reader.pos < reader.len) {
+    const tag = reader.uint32();
+    if (tag >>> 3 === 1) return reader.string();
+    reader.skipType(tag & 7);
+  }
+  return '';
+}
+
 export function splitFileDescriptorSet(set: Uint8Array): Uint8Array[] {
   const reader = protobuf.Reader.create(set);
   const files: Uint8Array[] = [];

@@ -1,7 +1,7 @@
 // The gRPC server: wires RPC handlers to the services, and owns reflection,
 // health, limits, background sweeps and graceful shutdown.
 import * as grpc from '@grpc/grpc-js';
-import { ReflectionService } from '@grpc/reflection';
+import { addReflection } from './reflection.ts';
 import { HealthImplementation } from 'grpc-health-check';
 import { CallService, serverDeadline, type CallOutcome } from './call.ts';
 import { readFile } from 'node:fs/promises';
@@ -142,7 +142,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   let port: number;
   try {
     const descriptors = await compileDescriptors([PROTO_DIR, ...config.interfaces]);
-    new ReflectionService({ relgate: { fileDescriptorProtos: descriptors } } as never).addToServer(server);
+    addReflection(server, descriptors);
     await metrics?.start();
     // Before the gRPC port: a metrics address already taken fails the start before any client is served.
     ops = metrics && config.metricsListen ? await startOpsServer({ listen: config.metricsListen, metrics, store, hub, logger, serving: () => listening && !stopping }) : undefined;

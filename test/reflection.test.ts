@@ -4,7 +4,10 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { PROTO_DIR } from '../src/protos.ts';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { PROTO_DIR, descriptorFileName } from '../src/protos.ts';
 import { findGrpcurl, grpcurl, type RunResult } from './helpers/grpcurl.ts';
 import { startHarness, type Harness } from './helpers/harness.ts';
 
@@ -133,6 +136,42 @@ function declaredTypes(): string[] {
   }
   return names;
 }
+
+test("describe shows relgate's own options on interface messages and fields, as buf compiled them", async () => {
+  const output = await describeSymbol('relgate.interfaces.http.v1.HttpResponse');
+  expect(output).toContain('option (.relgate.v1.interface) = {');
+  expect(output).toContain('role: INTERFACE_ROLE_RESPONSE');
+  expect(output).toContain('string hostname = 1 [(.relgate.v1.field) = { required: true }];');
+});
+
+interface ReflectionResponse {
+  all_extension_numbers_response?: { extension_number: number[] };
+  file_descriptor_response?: { file_descriptor_proto: Buffer[] };
+}
+
+test('extensions are found by the extended type and number, as clients ask for them', async () => {
+  const protoPath = path.join(path.dirname(fileURLToPath(import.meta.resolve('@grpc/reflection/package.json'))), 'build', 'proto', 'grpc', 'reflection', 'v1', 'reflection.proto');
+  const api = grpc.loadPackageDefinition(protoLoader.loadSync(protoPath, { keepCase: true, longs: String, oneofs: true })) as never as {
+    grpc: { reflection: { v1: { ServerReflection: new (address: string, credentials: grpc.ChannelCredentials) => grpc.Client & { ServerReflectionInfo(): grpc.ClientDuplexStream<object, ReflectionResponse> } } } };
+  };
+  const client = new api.grpc.reflection.v1.ServerReflection(h.server.address, grpc.credentials.createInsecure());
+  const ask = (request: object) =>
+    new Promise<ReflectionResponse>((resolve, reject) => {
+      const stream = client.ServerReflectionInfo();
+      stream.once('data', resolve);
+      stream.once('error', reject);
+      stream.end(request);
+    });
+  try {
+    const numbers = await ask({ all_extension_numbers_of_type: 'google.protobuf.MessageOptions' });
+    expect(numbers.all_extension_numbers_response?.extension_number).toContain(51820);
+    const file = await ask({ file_containing_extension: { containing_type: 'google.protobuf.FieldOptions', extension_number: 51820 } });
+    const names = (file.file_descriptor_response?.file_descriptor_proto ?? []).map((bytes) => descriptorFileName(bytes));
+    expect(names[0]).toBe('relgate/v1/options.proto');
+  } finally {
+    client.close();
+  }
+});
 
 test('describe works for every message and enum declared in proto/, options included', { timeout: 120_000 }, async () => {
   const names = declaredTypes();
