@@ -1,6 +1,6 @@
 // Synchronous calls on top of the durable model: the request is stored like
 // any other, then the call waits on the hub for its responses.
-import { Code, RelgateError } from './errors.ts';
+import { Code, RelgateError, failedPrecondition } from './errors.ts';
 import { requestMessage, responseMessage } from './present.ts';
 import { newRequestId } from './request-id.ts';
 import { SetMap } from './set-map.ts';
@@ -36,9 +36,13 @@ export interface RemoteWatchers {
 
 /** A running call's view of the commits that concern its request. */
 interface CallWaiter {
+  /** The calling requester unit. */
+  unit: string;
   arrivals: ResponseMessage[];
   expired: boolean;
   withdrawn?: boolean;
+  /** Set when the caller left the relation: it may no longer read the response. */
+  departed?: RelgateError;
   /** The request after the latest change to it. */
   latest?: LoggedRequest | undefined;
   wake?: (() => void) | undefined;
@@ -76,7 +80,7 @@ export class CallService {
     // The id is known before the request is stored, so no response can slip past the waiter.
     const input = { ...options, request_id: options.request_id || newRequestId() };
     const requestId = input.request_id.toLowerCase();
-    const waiter: CallWaiter = { arrivals: [], expired: false };
+    const waiter: CallWaiter = { unit: caller, arrivals: [], expired: false };
     this.#waiting.add(requestId, waiter);
     this.#byRelation.add(input.relation_id, waiter);
     const seen = new Set<string>();
@@ -89,6 +93,7 @@ export class CallService {
       const expected = request.expected_count;
       const missing = () => (request.delivery.mode === 'DELIVERY_MODE_ANY' ? [] : request.expected_units.filter((unit) => !seen.has(unit)));
       for (;;) {
+        if (waiter.departed) throw waiter.departed;
         for (const response of waiter.arrivals.splice(0)) {
           if (seen.has(response.responder_unit)) continue;
           seen.add(response.responder_unit);
@@ -123,6 +128,8 @@ export class CallService {
         }
       } else if (data.kind === 'relation-removed') {
         withdraw(this.#byRelation.get(change.relation_id));
+      } else if (data.kind === 'unit-departed' && data.unit.side === 'requester') {
+        departed(this.#byRelation.get(change.relation_id), data.unit.unit, change.relation_id);
       } else if (data.kind === 'request' && !data.after) {
         withdraw(this.#waiting.get(data.before.request_id));
       } else if (data.kind === 'request') {
@@ -161,6 +168,15 @@ export class CallService {
 function withdraw(waiters: Iterable<CallWaiter>): void {
   for (const waiter of waiters) {
     waiter.withdrawn = true;
+    waiter.wake?.();
+  }
+}
+
+/** Ends the calls of a requester unit that left the relation, as its watches end: what it waited for is no longer its to read. */
+function departed(waiters: Iterable<CallWaiter>, unit: string, relationId: string): void {
+  for (const waiter of waiters) {
+    if (waiter.unit !== unit) continue;
+    waiter.departed = failedPrecondition('UNIT_NOT_JOINED', `unit ${unit} left relation ${relationId} while its call waited`, { relation_id: relationId, unit });
     waiter.wake?.();
   }
 }

@@ -210,6 +210,25 @@ describe('Call', () => {
     watch.cancel();
   });
 
+  test('a requester unit leaving the relation ends its waiting Call and CallAll at once with UNIT_NOT_JOINED, as it ends its watches', async () => {
+    const r = await relate(h, { responders: 1, labels: { 0: { zone: 'a' } } });
+    const watch = await watchReady(r.res(0), { relation_id: r.id });
+    const requestId = randomUUID();
+    const failing = callFails(r.req(), { relation_id: r.id, request_id: requestId, fields: struct(CSR) }, 30_000);
+    const stream = callAll(r.req(), { relation_id: r.id, fields: struct({ common_name: 'all.example' }), delivery: toSelector('zone=a') }, 30_000);
+    await stream.messages.next(kind('started'));
+    await watch.events.next(requestEvent('ADDED', requestId));
+    const started = Date.now();
+    await h.registry.call('LeaveRelation', { relation_id: r.id, unit: r.requesters[0] });
+    const [error, status] = await Promise.all([failing, stream.status]);
+    expect(Date.now() - started).toBeLessThan(15_000);
+    for (const ended of [error, status]) {
+      expect(ended?.code).toBe(Code.FAILED_PRECONDITION);
+      expect(ended && statusDetails(ended).errorInfo).toMatchObject({ reason: 'UNIT_NOT_JOINED', metadata: { relation_id: r.id, unit: r.requesters[0] } });
+    }
+    watch.cancel();
+  });
+
   test('a request whose time to live passes ends the call at once, not at the deadline', async () => {
     const r = await relate(h);
     const watch = await watchReady(r.res(0), { relation_id: r.id });
