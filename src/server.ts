@@ -678,8 +678,14 @@ class Handlers {
     const ids = spec.relationId ? [spec.relationId] : await joinedRelationIds(tx, caller.name, spec.side);
     const scope = new Map<string, number>();
     for (const id of ids) {
-      const { units } = await joinedRelation(tx, id, caller, spec.side);
-      scope.set(id, units.find((unit) => unit.unit === caller.name)?.revision ?? 0);
+      try {
+        const { units } = await joinedRelation(tx, id, caller, spec.side);
+        scope.set(id, units.find((unit) => unit.unit === caller.name)?.revision ?? 0);
+      } catch (error) {
+        // Resumed from before the unit left the relation (or it was removed): what it missed until then is still its.
+        if (!(spec.relationId && spec.start === 'after' && this.#hub.belongedAt(spec, spec.afterRevision, tx.readRevision()))) throw error;
+        scope.set(id, 0);
+      }
     }
     return scope;
   }

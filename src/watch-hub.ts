@@ -135,7 +135,7 @@ export class WatchHub {
   async watch(spec: WatchSpec, sink: WatchSink, scope: (tx: StoreTx) => Promise<Map<string, number>>): Promise<Watcher> {
     if (this.#closed) throw shuttingDown();
     const everyRelation = !spec.relationId;
-    if (spec.start === 'after' && everyRelation) await this.#indexMemberships(spec.afterRevision);
+    if (spec.start === 'after') await this.#indexMemberships(spec.afterRevision);
     const watcher = new Watcher(this, spec, sink, this.#options);
     const ready = await this.#store.read(async (tx) => {
       const relations = await scope(tx);
@@ -207,6 +207,14 @@ export class WatchHub {
     this.#watchers.delete(watcher);
     for (const relationId of watcher.relations.keys()) this.unfollow(watcher, relationId);
     this.#following.delete(watcher.spec.unit, watcher);
+  }
+
+  /**
+   * Whether the unit, which no longer belongs to the watch's one relation, belonged to it at `from` (read at `at`):
+   * a watch resumed from there replays the relation up to the unit's departure or the relation's removal.
+   */
+  belongedAt(spec: WatchSpec, from: number, at: number): boolean {
+    return this.#membershipAt(spec, from, at, new Map()).has(spec.relationId);
   }
 
   /**

@@ -313,6 +313,28 @@ describe('relation events and flags', () => {
     ]);
   });
 
+  test.each(['LeaveRelation', 'DeleteRelation'])(
+    'a watch of one relation resumed from before %s replays what its unit missed until then, and ends as the live one did',
+    async (method) => {
+      const r = await relate(h);
+      const watcher = { relation_id: r.id };
+      const live = await watchReady(r.req(), watcher);
+      const from = currentRevision();
+      const request = await create(r);
+      await respond(r, request.request_id);
+      await h.registry.call(method, method === 'LeaveRelation' ? { relation_id: r.id, unit: r.requesters[0] } : { relation_id: r.id });
+      expect(await live.status).toBeNull();
+      const resumed = watch(r.req(), { ...watcher, ...after(from) });
+      expect(await resumed.status).toBeNull();
+      const seen = (w: Watch) => w.events.items.filter((event) => Number(event.revision) > from).map((event) => [event.type, event.object, event.revision]);
+      expect(seen(resumed)).toEqual(seen(live));
+      expect(seen(resumed).map(([type]) => type)).toEqual(expect.arrayContaining(['EVENT_TYPE_ADDED', 'EVENT_TYPE_MODIFIED', method === 'LeaveRelation' ? 'EVENT_TYPE_UNIT_DEPARTED' : 'EVENT_TYPE_RELATION_REMOVED']));
+      // From after the departure there is nothing of the relation left to replay: it is the unit's no longer.
+      const late = await watch(r.req(), { ...watcher, ...after(currentRevision()) }).status;
+      expect(late?.code).toBe(method === 'LeaveRelation' ? Code.FAILED_PRECONDITION : Code.NOT_FOUND);
+    },
+  );
+
   test('new-only watches see a request leave when it is answered; all-request watches see it change', async () => {
     const r = await relate(h);
     const all = watch(r.res(), { relation_id: r.id, ...NOW, filter: 'REQUEST_FILTER_ALL' });
