@@ -296,7 +296,7 @@ export class WatchHub {
       for (const watcher of this.#candidates(change)) {
         if (!watcher.isLive) continue;
         const events = watcher.translate(change, views);
-        if (events.length === 0) continue;
+        if (events.length === 0 && !watcher.joinedAnother) continue;
         const list = touched.get(watcher);
         if (list) list.push(...events);
         else touched.set(watcher, events.slice());
@@ -497,7 +497,30 @@ export class Watcher {
         }),
       );
     }
-    this.#enqueueEvents(events, revision);
+    if (events.length > 0) this.#enqueueEvents(events, this.#upTo(revision));
+    if (this.#joined) this.#endForSnapshot();
+  }
+
+  /** Whether the unit joined another relation: the watch ends before that revision (a watch of every relation). */
+  get joinedAnother(): boolean {
+    return this.#joined !== undefined;
+  }
+
+  #joined: { relationId: string; revision: number } | undefined;
+
+  /** The revision a batch may claim: everything up to it is delivered, and nothing from the unit's join on is. */
+  #upTo(revision: number): number {
+    return this.#joined ? Math.min(revision, this.#joined.revision - 1) : revision;
+  }
+
+  #endForSnapshot(): void {
+    const joined = this.#joined as { relationId: string; revision: number };
+    this.#endAfterFlush = new RelgateError(
+      Code.OUT_OF_RANGE,
+      `unit ${this.spec.unit} joined relation ${joined.relationId} at revision ${joined.revision}; start the watch again from a snapshot, which has that relation's requests`,
+      { reason: 'SNAPSHOT_REQUIRED', metadata: { relation_id: joined.relationId, joined_revision: String(joined.revision) } },
+    );
+    this.#flush();
   }
 
   /**
@@ -510,10 +533,12 @@ export class Watcher {
     const data = change.data;
     const revision = change.revision;
     const relationId = change.relation_id;
+    if (this.#joined) return [];
     if (data.kind === 'unit-joined' && data.unit.unit === this.spec.unit && data.unit.side === this.spec.side && !this.spec.relationId) {
-      this.relations.set(relationId, change.revision);
-      this.#hub.follow(this, relationId);
-      return [{ type: 'EVENT_TYPE_UNIT_JOINED', revision, relation_id: relationId, object: 'unit', unit: relationUnitMessage(data.unit) }];
+      // The relation's requests are the unit's from here on, but no change will announce them: the watch ends just
+      // before the join, and its client starts again from a snapshot, which has them.
+      this.#joined = { relationId, revision };
+      return [];
     }
     if (joinedAt === undefined || change.revision < joinedAt) return [];
     if (data.kind === 'request' || data.kind === 'response' || data.kind === 'flags') {
@@ -572,7 +597,8 @@ export class Watcher {
     if (this.spec.relationId) this.#endAfterFlush = true;
   }
 
-  #endAfterFlush = false;
+  /** Once everything queued is sent, the watch ends: cleanly (true), or with the error. */
+  #endAfterFlush: RelgateError | boolean = false;
 
   async #catchUp(from: number): Promise<void> {
     let cursor = from;
@@ -591,7 +617,8 @@ export class Watcher {
         const { changes, upTo } = await this.#hub.changesSince(cursor);
         const events = changes.flatMap((change) => this.translate(change));
         cursor = upTo;
-        if (events.length > 0) this.#enqueueEvents(events, upTo);
+        if (events.length > 0) this.#enqueueEvents(events, this.#upTo(upTo));
+        if (this.#joined) return this.#endForSnapshot();
       }
     } catch (error) {
       this.stop(asRelgateError(error));
@@ -643,7 +670,7 @@ export class Watcher {
         });
       }
     }
-    if (this.#endAfterFlush && this.#queue.length === 0 && !this.#stopped) this.stop();
+    if (this.#endAfterFlush && this.#queue.length === 0 && !this.#stopped) this.stop(this.#endAfterFlush === true ? undefined : this.#endAfterFlush);
     if (this.#idle) for (const resolve of this.#idleWaiters.splice(0)) resolve();
   }
 

@@ -94,6 +94,36 @@ describe('authenticated mode: Python responder, Go requester', () => {
     expect(responses[0].fields.cert).toMatch(/^-----BEGIN CERTIFICATE-----\n/);
   });
 
+  test('(b2) responders watching every relation, Python and Go, answer what already waits on a relation their unit joins later', async () => {
+    const watchers = [
+      startClient(python('responder', '--target', serve.address, '--token-file', tokenFile('ca'))),
+      startClient(go('responder', '-target', serve.address, '-token-file', tokenFile('ca'))),
+    ];
+    try {
+      await Promise.all(watchers.map((watcher) => watcher.next((line) => line.event === 'live')));
+      const registry = registryClient(serve.address, ADMIN_TOKEN);
+      const { relation } = await registry.call('CreateRelation', {
+        interface: 'tls-certificates',
+        requester_application: 'webapp',
+        requester_endpoint: 'later',
+        responder_application: 'ca',
+        responder_endpoint: 'later',
+      });
+      await registry.call('JoinRelation', { relation_id: relation.id, unit: 'webapp/0' });
+      const waiting = (await runOne(goRequester('create', '-relation', relation.id, '-fields', fields('later.example.com')))).request;
+      await registry.call('JoinRelation', { relation_id: relation.id, unit: 'ca/0' });
+      registry.client.close();
+      // Each watch ends just before the join and starts over from a snapshot, which has the request: one of them answers it.
+      for (const watcher of watchers) await watcher.next((line) => line.event === 'cut');
+      const answered = await Promise.any(watchers.map((watcher) => watcher.next(answeredTo(waiting.request_id))));
+      expect(answered.common_name).toBe('later.example.com');
+      const { responses } = await runOne(goRequester('responses', '-request-id', waiting.request_id));
+      expect(responses).toHaveLength(1);
+    } finally {
+      await Promise.all(watchers.map((watcher) => watcher.stop()));
+    }
+  });
+
   test('(b) watches cut by a gateway restart resume after their last revision and lose nothing', async () => {
     // The Go requester watches responses from just before this one's: the
     // first response it prints shows its stream is open before the restart.

@@ -197,6 +197,34 @@ describe('SDK on one gateway', () => {
     expect(await session.closed).toBeUndefined();
   });
 
+  it('a watch of every relation, alone or on a session, gets the waiting requests of a relation its unit joins later: it starts over from a snapshot', async () => {
+    const a = await makeWorld(h);
+    const unit = a.responders[0] as string;
+    const ca = as(unit);
+    const alone = ca.responder('tls-certificates').watch({ filter: 'new' });
+    const session = ca.openSession({ incomingRequests: { filter: 'new' } });
+    const onSession = session.incomingRequests<'tls-certificates'>();
+    await Promise.all([alone, onSession].map((watch) => readUntil(watch, (event) => event.type === 'SNAPSHOT_COMPLETE')));
+    const { relation: second } = await h.registry.call('CreateRelation', {
+      interface: 'tls-certificates',
+      requester_application: (a.requesters[0] as string).split('/')[0],
+      requester_endpoint: 'other',
+      responder_application: unit.split('/')[0],
+      responder_endpoint: 'other',
+    });
+    await h.registry.call('JoinRelation', { relation_id: second.id, unit: a.requesters[0] });
+    const waiting = await as(a.requesters[0] as string).requester('tls-certificates', { relation: second.id as string }).create({ common_name: 'waiting.example' });
+    await h.registry.call('JoinRelation', { relation_id: second.id, unit });
+    for (const watch of [alone, onSession]) {
+      const seen = await readUntil(watch, (event) => event.type === 'ADDED' && event.request?.request_id === waiting.request_id);
+      expect(seen.map((event) => event.type)).toContain('RESYNC');
+      expect(watch.stats.resyncs).toBe(1);
+      watch.close();
+    }
+    session.close();
+    expect(await session.closed).toBeUndefined();
+  });
+
   it('reports a call that times out as DEADLINE_EXCEEDED with its reason', async () => {
     const world = await makeWorld(h);
     const requester = as(world.requesters[0] as string).requester('tls-certificates', { relation: world.relationId });

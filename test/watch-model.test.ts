@@ -111,8 +111,35 @@ class ModelWatcher {
     this.#stream = undefined;
   }
 
-  resume(): void {
+  /** Set when its unit joined the relation while it was away: resumed, it ends just before the join and starts over from a snapshot. */
+  snapshotDue = false;
+
+  async resume(): Promise<void> {
+    if (!this.snapshotDue) return this.open(this.lastRevision);
     this.open(this.lastRevision);
+    await this.endedForSnapshot();
+  }
+
+  /** Its stream ends just before its unit's join (a watch of every relation); what it sent until then is logged. */
+  async endedForSnapshot(): Promise<void> {
+    const status = await this.#stream?.status;
+    this.#collect();
+    expect(status?.reason, `${this.spec.unit}'s watch at its join`).toBe('SNAPSHOT_REQUIRED');
+    this.#stream = undefined;
+  }
+
+  /** Starts over from a snapshot; resolves with its revision once it is complete. */
+  async openSnapshot(): Promise<number> {
+    const options = { relation_id: '', filter: this.spec.filter === 'new' ? 'REQUEST_FILTER_NEW' : 'REQUEST_FILTER_ALL', progress_interval_ms: 50 };
+    const stream = watch(this.rpc, options);
+    this.batches.push(stream.batches);
+    this.#stream = stream;
+    this.#consumed = 0;
+    stream.call.on('data', () => this.#collect());
+    const complete = await stream.events.next((event) => event.type === 'EVENT_TYPE_SNAPSHOT_COMPLETE', 10_000);
+    this.#collect();
+    this.snapshotDue = false;
+    return Number(complete.revision);
   }
 
   /** Waits until the stream has delivered everything up to the revision. */
@@ -162,7 +189,7 @@ async function run(ops: Op[]): Promise<void> {
   const model = new Model(r, watchers);
   try {
     for (const op of ops) await model.apply(op);
-    for (const watcher of watchers) if (!watcher.connected) watcher.resume();
+    for (const watcher of watchers) if (!watcher.connected) await model.resume(watcher);
     const final = h.server.hub.revision;
     await Promise.all(watchers.map((watcher) => watcher.reach(final)));
     for (const watcher of watchers) {
@@ -207,7 +234,7 @@ class Model {
       }
       case 'resume': {
         const watcher = this.#watchers[op.watcher] as ModelWatcher;
-        if (!watcher.connected) watcher.resume();
+        if (!watcher.connected) await this.resume(watcher);
         return;
       }
       case 'burst':
@@ -215,12 +242,29 @@ class Model {
     }
   }
 
+  /** Reconnects a watcher; one whose unit joined meanwhile starts over from a snapshot, which the model predicts. */
+  async resume(watcher: ModelWatcher): Promise<void> {
+    if (!watcher.snapshotDue) return watcher.resume();
+    await watcher.resume();
+    await this.#snapshot(watcher);
+  }
+
+  /** A snapshot of every relation of the watcher's unit: the requests its filter matches, in creation order. */
+  async #snapshot(watcher: ModelWatcher): Promise<void> {
+    const revision = await watcher.openSnapshot();
+    watcher.lastRevision = revision;
+    watcher.following = this.#responder1Joined;
+    if (!watcher.following) return;
+    for (const request of this.#requests) if (inSet(watcher.spec, request)) watcher.expected.push(`ADDED ${revision} request ${request.id}`);
+  }
+
   /** Concurrent creates while a watcher reconnects in their midst; the model takes them in revision order. */
   async #burst(count: number, watcher: ModelWatcher): Promise<void> {
+    if (watcher.snapshotDue) await this.resume(watcher);
     const writes = Array.from({ length: count }, () => this.#r.req().call('CreateRequest', { relation_id: this.#r.id, fields: fields(0, 0) }));
     await writes[0];
     if (watcher.connected) watcher.disconnect();
-    watcher.resume();
+    void watcher.resume();
     const created = (await Promise.all(writes)).map((result) => result.request).sort((a, b) => Number(a.revision) - Number(b.revision));
     for (const request of created) {
       const added: ModelRequest = { id: request.request_id, name: NAMES[0] as string, variant: 0, to: '', answered: [], state: 'pending' };
@@ -288,6 +332,17 @@ class Model {
     const type = this.#responder1Joined ? 'UNIT_JOINED' : 'UNIT_DEPARTED';
     for (const watcher of this.#watchers) {
       const own = watcher.spec.unit === unit;
+      // Its watch of every relation ends just before the join (when it is next connected): it starts over from a snapshot.
+      if (own && watcher.spec.everyRelation && this.#responder1Joined) {
+        watcher.following = false;
+        watcher.snapshotDue = true;
+        if (watcher.connected) {
+          await watcher.endedForSnapshot();
+          await this.#snapshot(watcher);
+        }
+        continue;
+      }
+      if (own && watcher.snapshotDue) continue;
       if (own) watcher.following = this.#responder1Joined;
       if (watcher.following || own) watcher.expected.push(`${type} ${relation.revision} unit ${unit}`);
     }

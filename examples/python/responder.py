@@ -25,6 +25,10 @@ from relgate.v1 import responder_pb2, responder_pb2_grpc, types_pb2, watch_pb2
 # Cuts after which the watch resumes: the gateway went away or is restarting,
 # or the watcher fell too far behind and was cut off.
 RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# Cuts after which the watch starts again from a snapshot: the history after
+# its revision was compacted away, or (a watch of every relation) its unit
+# joined another relation, whose waiting requests only a snapshot brings.
+START_OVER = {grpc.StatusCode.OUT_OF_RANGE}
 
 
 def placeholder_pem(kind: str, text: str) -> str:
@@ -75,7 +79,9 @@ class Responder:
                 self.watch(options)
                 emit("cut", code="OK", revision=self.after_revision)
             except grpc.RpcError as error:
-                if error.code() not in RESUMABLE:
+                if error.code() in START_OVER:
+                    self.after_revision = None
+                elif error.code() not in RESUMABLE:
                     emit("failed", **rich_error(error))
                     return 1
                 emit("cut", code=error.code().name, revision=self.after_revision)

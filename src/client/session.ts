@@ -277,8 +277,10 @@ export class ClientSession {
     for (const [name, registered] of this.#watches) {
       const sink = registered.sink;
       registered.sink = undefined;
-      if (name === watchEnded) sink?.end(undefined);
-      else sink?.end(windDown ? ended : causedBy(registered.watch, failure) ? failure : ended);
+      if (!windDown) sink?.end(causedBy(registered.watch, failure) ? failure : ended);
+      // The watch that ended the stream hears why (to resume, or to start over from a snapshot); the others resume.
+      else if (name === windDown.metadata.watch) sink?.end(name === watchEnded ? undefined : windDown);
+      else sink?.end(ended);
     }
     if (failure && !windDown && !RETRIABLE.has(failure.code)) return this.#finish(failure);
     this.stats.reconnects += 1;

@@ -178,6 +178,14 @@ func Resumable(err error) bool {
 	return code == codes.Unavailable || code == codes.ResourceExhausted
 }
 
+// StartOver says whether a watch cut by err should start again from a
+// snapshot: the history after its revision was compacted away, or (a watch of
+// every relation) its unit joined another relation, whose waiting requests
+// only a snapshot brings.
+func StartOver(err error) bool {
+	return status.Code(err) == codes.OutOfRange
+}
+
 // RevisionOrNil is a watch's resume point for output: nil before the first
 // revision is known (-1, a watch from a snapshot).
 func RevisionOrNil(revision int64) any {

@@ -11,7 +11,10 @@ import type { Long } from '@grpc/proto-loader';
 export interface WatchOptions {
   /**
    * Only this relation; empty means every relation the calling unit has
-   * joined on the watch's side, including ones it joins later.
+   * joined on the watch's side, including ones it joins later: when it joins
+   * one, the watch ends just before the join with OUT_OF_RANGE (reason
+   * SNAPSHOT_REQUIRED), and a new watch from a snapshot has that relation's
+   * waiting requests, which no change would announce.
    */
   'relation_id'?: (string);
   /**
@@ -40,7 +43,10 @@ export interface WatchOptions {
 export interface WatchOptions__Output {
   /**
    * Only this relation; empty means every relation the calling unit has
-   * joined on the watch's side, including ones it joins later.
+   * joined on the watch's side, including ones it joins later: when it joins
+   * one, the watch ends just before the join with OUT_OF_RANGE (reason
+   * SNAPSHOT_REQUIRED), and a new watch from a snapshot has that relation's
+   * waiting requests, which no change would announce.
    */
   'relation_id': (string);
   /**

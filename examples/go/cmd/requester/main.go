@@ -159,7 +159,9 @@ func (r *requester) watch(args []string) error {
 		if err == nil {
 			return nil
 		}
-		if !client.Resumable(err) {
+		if client.StartOver(err) {
+			*afterRevision = -1
+		} else if !client.Resumable(err) {
 			return err
 		}
 		client.Emit("cut", map[string]any{"code": client.RichError(err)["code"], "revision": client.RevisionOrNil(*afterRevision)})

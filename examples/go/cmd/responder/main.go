@@ -55,7 +55,9 @@ func (r *responder) run(afterRevision int64) int {
 		client.Emit("watching", map[string]any{"start": options.GetStart().String(), "after_revision": client.RevisionOrNil(afterRevision)})
 		var err error
 		afterRevision, err = r.watch(options, afterRevision)
-		if !client.Resumable(err) {
+		if client.StartOver(err) {
+			afterRevision = -1
+		} else if !client.Resumable(err) {
 			client.Emit("failed", client.RichError(err))
 			return 1
 		}
