@@ -5,5 +5,7 @@ export type { Logger };
 
 export function createLogger(level: string, destination?: NodeJS.WritableStream): Logger {
   const options = { level, base: { service: 'relgate' }, redact: ['metadata', 'token', '*.token', 'authorization'] };
-  return destination ? pino(options, destination) : pino(options);
+  // Written as each line comes, in order: pino's default buffers, and flushing that buffer at exit retried forever
+  // when stdout's reader had gone (a broken log pipe), so the process never exited.
+  return pino(options, destination ?? pino.destination({ dest: 1, sync: true }));
 }

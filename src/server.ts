@@ -4,6 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { addReflection } from './reflection.ts';
 import { HealthImplementation } from 'grpc-health-check';
 import { CallService, serverDeadline, type CallOutcome } from './call.ts';
+import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { Authenticator, type AuthMode } from './auth.ts';
 import { Code, RelgateError, asRelgateError, invalidArgument, statusDetailsInterceptor, toServiceError } from './errors.ts';
@@ -223,7 +224,18 @@ async function serverCredentials(config: ServerConfig): Promise<grpc.ServerCrede
   }
   if (!config.tlsCert || !config.tlsKey) throw new Error('TLS needs both --tls-cert and --tls-key');
   const [cert, key, ca] = await Promise.all([readFile(config.tlsCert), readFile(config.tlsKey), config.tlsClientCa ? readFile(config.tlsClientCa) : null]);
+  // Without one, mutual TLS would start and then refuse every client, saying nothing.
+  if (ca !== null && !holdsCertificate(ca)) throw new Error(`--tls-client-ca ${config.tlsClientCa} holds no PEM certificate`);
   return grpc.ServerCredentials.createSsl(ca, [{ cert_chain: cert, private_key: key }], ca !== null);
+}
+
+function holdsCertificate(pem: Buffer): boolean {
+  try {
+    new X509Certificate(pem);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function isLoopback(host: string): boolean {
@@ -693,8 +705,9 @@ class Handlers {
 
 /** Calls without a deadline wait at most this long. */
 const DEFAULT_CALL_MS = 60_000;
-const MIN_PROGRESS_MS = 50;
-const MAX_PROGRESS_MS = 86_400_000;
+/** Bounds of a watch's progress interval, per watch and for --progress-interval. */
+export const MIN_PROGRESS_MS = 50;
+export const MAX_PROGRESS_MS = 86_400_000;
 
 function abortOnCancel(call: { cancelled: boolean; on(event: 'cancelled', listener: () => void): unknown }): AbortSignal {
   const controller = new AbortController();

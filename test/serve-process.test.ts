@@ -13,6 +13,7 @@ import { freePort } from '../bench/lib/processes.ts';
 import { runProgram, spawnServe, type ServeProcess } from './helpers/grpcurl.ts';
 import { clientsOf, setupRelation } from './helpers/harness.ts';
 import { watchReady, type Watch } from './helpers/streams.ts';
+import { makeCertificates } from './helpers/tls.ts';
 
 const FLAGS = SERVE_NODE_FLAGS.join(' ');
 
@@ -77,6 +78,55 @@ describe('relgate serve on the command line', () => {
     const noFile = await run(['--db', '']);
     expect([noFile.code, withoutStack(noFile.stderr)], noFile.stderr).toEqual([1, true]);
     expect(noFile.stderr).toContain('an empty path is no database file');
+  });
+
+  it('refuses numbers that would misbehave as timers or limits, empty TLS paths and a client CA without a certificate', async () => {
+    const refused = async (args: string[], message: string) => {
+      const result = await run([...args, '--db', ':memory:', '--listen', '127.0.0.1:0']);
+      expect([result.code, withoutStack(result.stderr)], `${args.join(' ')}: ${result.stderr}`).toEqual([1, true]);
+      expect(result.stderr, args.join(' ')).toContain(message);
+    };
+    for (const [flag, value] of [
+      ['--max-message-bytes', '0'],
+      ['--max-send-bytes', '0'],
+      ['--watch-buffer', '0'],
+      ['--keepalive-time', '0'],
+      ['--keepalive-timeout', '3000000000'],
+      ['--shutdown-grace', '3000000000'],
+      ['--max-connection-age', '2592000000'],
+      ['--progress-interval', '0'],
+      ['--progress-interval', '3000000000'],
+    ] as const) {
+      await refused([flag, value], `"${value}" is not between`);
+    }
+    const dir = mkdtempSync(path.join(tmpdir(), 'relgate-tls-flags-'));
+    try {
+      const certificates = makeCertificates(dir, []);
+      const tls = ['--tls-cert', certificates.serverCert, '--tls-key', certificates.serverKey];
+      await refused(['--tls-cert', '', '--tls-key', ''], 'an empty path names no file');
+      await refused([...tls, '--tls-client-ca', ''], 'an empty path names no file');
+      const empty = path.join(dir, 'no-certificate.pem');
+      writeFileSync(empty, 'not a certificate\n');
+      await refused([...tls, '--tls-client-ca', empty], 'holds no PEM certificate');
+      const fromEnv = await run([...tls, '--db', ':memory:'], { RELGATE_TLS_CLIENT_CA: '' });
+      expect([fromEnv.code, fromEnv.stderr.includes('an empty path names no file')], fromEnv.stderr).toEqual([1, true]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('exits on SIGTERM when the reader of its log has gone away', async () => {
+    const child = spawn(process.execPath, serveArgv(['--listen', '127.0.0.1:0', '--db', ':memory:']), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    // The reader takes the first line, then goes away: later lines meet a broken pipe.
+    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    child.stdout.destroy();
+    const started = Date.now();
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    expect(await exited).toBe(0);
+    clearTimeout(timer);
+    expect(Date.now() - started).toBeLessThan(5_000);
   });
 
   it('says why it cannot start, without a stack trace, when its address is taken', async () => {

@@ -4,8 +4,8 @@
 import { readFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError, type CommanderError, Option } from 'commander';
 import { Code } from '../errors.ts';
-import { DEFAULT_CONFIG, startServer } from '../server.ts';
-import { wholeNumber } from './numbers.ts';
+import { DEFAULT_CONFIG, MAX_PROGRESS_MS, MIN_PROGRESS_MS, startServer } from '../server.ts';
+import { MAX_TIMER_MS, wholeNumber, wholeNumberIn } from './numbers.ts';
 import { addOperatorCommands } from './operator.ts';
 
 const program = new Command()
@@ -14,6 +14,18 @@ const program = new Command()
   .showHelpAfterError();
 
 const integer = wholeNumber;
+const bytes = wholeNumberIn(1, MAX_TIMER_MS);
+const positive = wholeNumberIn(1, Number.MAX_SAFE_INTEGER);
+const timer = wholeNumberIn(1, MAX_TIMER_MS);
+const orNever = wholeNumberIn(0, MAX_TIMER_MS);
+// grpc-js adds up to 10% jitter to the age before it sets the timer.
+const connectionAge = wholeNumberIn(0, Math.floor(MAX_TIMER_MS / 1.1));
+const progressInterval = wholeNumberIn(MIN_PROGRESS_MS, MAX_PROGRESS_MS);
+/** A path given empty would quietly mean none: TLS off, or mutual TLS off. */
+const pemFile = (value: string) => {
+  if (value === '') throw new InvalidArgumentError('an empty path names no file');
+  return value;
+};
 /** An empty path would be SQLite's temporary database, deleted at exit: nothing acknowledged would survive. */
 const dbPath = (value: string) => {
   if (value === '') throw new InvalidArgumentError('an empty path is no database file; name a file, or :memory:');
@@ -30,23 +42,23 @@ program
   .addOption(new Option('--durability <level>', 'full: fsync every commit; normal: survive a process kill only').choices(['full', 'normal']).env('RELGATE_DURABILITY').default(DEFAULT_CONFIG.durability))
   .addOption(new Option('--interfaces <dir>', 'directory of interface .proto files (repeatable; RELGATE_INTERFACES takes a colon-separated list)').argParser(collect).env('RELGATE_INTERFACES'))
   .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).env('RELGATE_LOG_LEVEL').default(DEFAULT_CONFIG.logLevel))
-  .addOption(new Option('--max-message-bytes <n>', 'largest message accepted').argParser(integer).env('RELGATE_MAX_MESSAGE_BYTES').default(DEFAULT_CONFIG.maxReceiveBytes))
-  .addOption(new Option('--max-send-bytes <n>', 'largest message sent; a larger response fails its call with RESOURCE_EXHAUSTED').argParser(integer).env('RELGATE_MAX_SEND_BYTES').default(DEFAULT_CONFIG.maxSendBytes))
+  .addOption(new Option('--max-message-bytes <n>', 'largest message accepted').argParser(bytes).env('RELGATE_MAX_MESSAGE_BYTES').default(DEFAULT_CONFIG.maxReceiveBytes))
+  .addOption(new Option('--max-send-bytes <n>', 'largest message sent; a larger response fails its call with RESOURCE_EXHAUSTED').argParser(bytes).env('RELGATE_MAX_SEND_BYTES').default(DEFAULT_CONFIG.maxSendBytes))
   .addOption(new Option('--max-streams-per-unit <n>', 'watch and session streams one unit may hold open at once (0: no cap)').argParser(integer).env('RELGATE_MAX_STREAMS_PER_UNIT').default(DEFAULT_CONFIG.maxStreamsPerUnit))
-  .addOption(new Option('--keepalive-time <ms>', 'milliseconds between keepalive pings on a connection').argParser(integer).env('RELGATE_KEEPALIVE_TIME').default(DEFAULT_CONFIG.keepaliveTimeMs))
-  .addOption(new Option('--keepalive-timeout <ms>', 'milliseconds a ping may go unanswered before the connection is dropped').argParser(integer).env('RELGATE_KEEPALIVE_TIMEOUT').default(DEFAULT_CONFIG.keepaliveTimeoutMs))
-  .addOption(new Option('--max-connection-age <ms>', 'age after which a connection is asked to go away (0: never)').argParser(integer).env('RELGATE_MAX_CONNECTION_AGE').default(DEFAULT_CONFIG.maxConnectionAgeMs))
-  .addOption(new Option('--max-connection-age-grace <ms>', 'how long calls continue on an aged connection before they are cut').argParser(integer).env('RELGATE_MAX_CONNECTION_AGE_GRACE').default(DEFAULT_CONFIG.maxConnectionAgeGraceMs))
-  .addOption(new Option('--watch-buffer <events>', 'events queued for one watcher before it is cut off').argParser(integer).env('RELGATE_WATCH_BUFFER').default(DEFAULT_CONFIG.watchBuffer))
-  .addOption(new Option('--progress-interval <ms>', 'milliseconds between watch progress events').argParser(integer).env('RELGATE_PROGRESS_INTERVAL').default(DEFAULT_CONFIG.progressIntervalMs))
+  .addOption(new Option('--keepalive-time <ms>', 'milliseconds between keepalive pings on a connection').argParser(timer).env('RELGATE_KEEPALIVE_TIME').default(DEFAULT_CONFIG.keepaliveTimeMs))
+  .addOption(new Option('--keepalive-timeout <ms>', 'milliseconds a ping may go unanswered before the connection is dropped').argParser(timer).env('RELGATE_KEEPALIVE_TIMEOUT').default(DEFAULT_CONFIG.keepaliveTimeoutMs))
+  .addOption(new Option('--max-connection-age <ms>', 'age after which a connection is asked to go away (0: never)').argParser(connectionAge).env('RELGATE_MAX_CONNECTION_AGE').default(DEFAULT_CONFIG.maxConnectionAgeMs))
+  .addOption(new Option('--max-connection-age-grace <ms>', 'how long calls continue on an aged connection before they are cut').argParser(orNever).env('RELGATE_MAX_CONNECTION_AGE_GRACE').default(DEFAULT_CONFIG.maxConnectionAgeGraceMs))
+  .addOption(new Option('--watch-buffer <events>', 'events queued for one watcher before it is cut off').argParser(positive).env('RELGATE_WATCH_BUFFER').default(DEFAULT_CONFIG.watchBuffer))
+  .addOption(new Option('--progress-interval <ms>', 'milliseconds between watch progress events').argParser(progressInterval).env('RELGATE_PROGRESS_INTERVAL').default(DEFAULT_CONFIG.progressIntervalMs))
   .addOption(new Option('--history-revisions <n>', 'change-log revisions kept for resuming watches').argParser(integer).env('RELGATE_HISTORY_REVISIONS').default(DEFAULT_CONFIG.historyRevisions))
   .addOption(new Option('--history-age <seconds>', 'change-log age kept for resuming watches').argParser(integer).env('RELGATE_HISTORY_AGE').default(DEFAULT_CONFIG.historyAgeMs / 1000))
-  .addOption(new Option('--shutdown-grace <ms>', 'how long shutdown waits for calls').argParser(integer).env('RELGATE_SHUTDOWN_GRACE').default(DEFAULT_CONFIG.shutdownGraceMs))
+  .addOption(new Option('--shutdown-grace <ms>', 'how long shutdown waits for calls').argParser(orNever).env('RELGATE_SHUTDOWN_GRACE').default(DEFAULT_CONFIG.shutdownGraceMs))
   .addOption(new Option('--auth <mode>', 'open: units name themselves in metadata (local use); token: admin and per-unit bearer tokens').choices(['open', 'token']).env('RELGATE_AUTH').default(DEFAULT_CONFIG.auth))
   .addOption(new Option('--admin-token-file <path>', 'file holding the admin token (or set RELGATE_ADMIN_TOKEN)').env('RELGATE_ADMIN_TOKEN_FILE'))
-  .addOption(new Option('--tls-cert <path>', 'PEM certificate chain of the server').env('RELGATE_TLS_CERT'))
-  .addOption(new Option('--tls-key <path>', 'PEM private key of the server').env('RELGATE_TLS_KEY'))
-  .addOption(new Option('--tls-client-ca <path>', 'PEM CA that client certificates must chain to (mutual TLS; required)').env('RELGATE_TLS_CLIENT_CA'))
+  .addOption(new Option('--tls-cert <path>', 'PEM certificate chain of the server').argParser(pemFile).env('RELGATE_TLS_CERT'))
+  .addOption(new Option('--tls-key <path>', 'PEM private key of the server').argParser(pemFile).env('RELGATE_TLS_KEY'))
+  .addOption(new Option('--tls-client-ca <path>', 'PEM CA that client certificates must chain to (mutual TLS; required)').argParser(pemFile).env('RELGATE_TLS_CLIENT_CA'))
   .addOption(new Option('--metrics-listen <host:port>', 'HTTP address for /metrics, /healthz and the dashboard (off when unset; no authentication)').env('RELGATE_METRICS_LISTEN'))
   .action(async (options: Record<string, unknown>, command: Command) => {
     const listed = (options.interfaces as string[] | undefined) ?? [];

@@ -9,6 +9,17 @@ export function wholeNumber(value: string): number {
   return parsed;
 }
 
+/** Node fires a timer set past this at once, so no millisecond flag may exceed it. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A whole number from min to max: for a flag that becomes a timer or a limit, where 0 or a huge value would misbehave. */
+export function wholeNumberIn(min: number, max: number): (value: string) => number {
+  return (value) => {
+    const parsed = wholeNumber(value);
+    if (parsed < min || parsed > max) throw new InvalidArgumentError(`"${value}" is not between ${min} and ${max}`);
+    return parsed;
+  };
+}
 
 export function deadlineMs(value: string): number {
   const parsed = wholeNumber(value);
