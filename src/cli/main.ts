@@ -73,6 +73,8 @@ program
   });
 
 async function serve(options: Record<string, unknown>, interfaces: string[]): Promise<void> {
+  process.once('SIGTERM', () => shutdown());
+  process.once('SIGINT', () => shutdown());
   const tokenFile = options.adminTokenFile as string | undefined;
   const adminToken = tokenFile ? (await readFile(tokenFile, 'utf8')).trim() : process.env.RELGATE_ADMIN_TOKEN;
   const server = await startServer({
@@ -101,10 +103,15 @@ async function serve(options: Record<string, unknown>, interfaces: string[]): Pr
     tlsClientCa: options.tlsClientCa as string | undefined,
     metricsListen: options.metricsListen as string | undefined,
   });
-  const shutdown = () => void server.stop().then(() => process.exit(0));
-  process.once('SIGTERM', shutdown);
-  process.once('SIGINT', shutdown);
+  shutdown = () => void server.stop().then(() => process.exit(0));
+  if (stopAsked) shutdown();
 }
+
+/** Until the gateway serves, a signal is noted (stopped once it serves); a process manager may send one at any time. */
+let stopAsked = false;
+let shutdown = () => {
+  stopAsked = true;
+};
 
 addOperatorCommands(program);
 // An unknown command or option is a bad command line, as for each command.
