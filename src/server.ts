@@ -202,6 +202,16 @@ function serverOptions(config: ServerConfig): grpc.ServerOptions {
   };
 }
 
+/** What ended a Call or CallAll after its request was stored, naming it as CALL_TIMEOUT does: a retry can replay it. */
+function storedRequestError(error: RelgateError, outcome: CallOutcome): RelgateError {
+  const requestId = String(outcome.request.request_id);
+  return new RelgateError(error.code, `${error.message}; request ${requestId} stays stored and can still be answered`, {
+    reason: error.reason,
+    metadata: { ...error.metadata, request_id: requestId },
+    cause: error,
+  });
+}
+
 /** A Call or CallAll whose request was withdrawn, or whose relation was removed, before every answer came. */
 function withdrawnError(outcome: CallOutcome): RelgateError {
   const requestId = String(outcome.request.request_id);
@@ -568,7 +578,7 @@ class Handlers {
     const untrack = await this.#guard(unit, call, (error) => revoked.abort(error));
     try {
       const outcome = await run(AbortSignal.any([cancelled, revoked.signal]));
-      if (revoked.signal.aborted) throw revoked.signal.reason;
+      if (revoked.signal.aborted) throw storedRequestError(revoked.signal.reason as RelgateError, outcome);
       return outcome;
     } finally {
       untrack();

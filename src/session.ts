@@ -62,9 +62,9 @@ export class Session {
     call.on('error', () => this.#stop(undefined, true));
   }
 
-  /** Ends the session with an error, e.g. when the unit's token is revoked. */
+  /** Ends the session with an error (the gateway shuts down, the unit's token is revoked), once the commands it read are acknowledged. */
   end(error: RelgateError): void {
-    this.#stop(error);
+    this.#windDown(error);
   }
 
   #onMessage(message: Req): void {
@@ -133,21 +133,22 @@ export class Session {
       onDrain: (callback) => this.#call.once('drain', callback),
       end: (error) =>
         this.#windDown(
-          watch,
           error ?? new RelgateError(Code.FAILED_PRECONDITION, `the ${watch} watch ended: the unit left its relation, or the relation was removed`, { reason: 'WATCH_ENDED' }),
+          watch,
         ),
     };
   }
 
   /**
-   * A watch ended, so the session ends too; but commands already read may be committing. They are carried out and
-   * acknowledged first, none is read after, and the status says so: the client can tell what was not carried out.
+   * The session ends (a watch of it ended, the gateway shuts down...), but commands already read may be committing.
+   * They are carried out and acknowledged first, none is read after, and the status says so: the client can tell what
+   * was not carried out.
    */
-  #windDown(watch: string, error: RelgateError): void {
+  #windDown(error: RelgateError, watch?: string): void {
     if (this.#ended || this.#endWith) return;
     this.#endWith = new RelgateError(error.code, error.message, {
       reason: error.reason,
-      metadata: { ...error.metadata, watch, [UNACKNOWLEDGED_COMMANDS]: NOT_CARRIED_OUT },
+      metadata: { ...error.metadata, ...(watch ? { watch } : {}), [UNACKNOWLEDGED_COMMANDS]: NOT_CARRIED_OUT },
       cause: error,
     });
     this.#throttle();

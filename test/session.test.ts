@@ -475,14 +475,40 @@ describe('shutdown', () => {
     const own = await startHarness({ durability: 'normal' });
     const r = await relate(own);
     const session = await r.session(r.requesters[0] as string);
-    expect((await session.send(createCommand(r))).error).toBeNull();
+    const created = await session.send(createCommand(r));
+    expect(created.error).toBeNull();
     const incoming = await watchReady(r.res(), { relation_id: r.id });
     const waiting = r.req().call('Call', { relation_id: r.id, fields: struct(CSR), wait_for_responders: true }).then(() => null, (error: grpc.ServiceError) => fromServiceError(error));
     // The call's request is stored before the server stops.
-    await incoming.events.next(isType('ADDED'));
+    const callsRequest = await incoming.events.next((event) => event.type === 'EVENT_TYPE_ADDED' && event.request.request_id !== created.create.request.request_id);
     await own.close();
     const [ended, call] = await Promise.all([session.status, waiting]);
     expect([ended?.code, ended?.reason]).toEqual([Code.UNAVAILABLE, 'SHUTTING_DOWN']);
     expect([call?.code, call?.reason]).toEqual([Code.UNAVAILABLE, 'SHUTTING_DOWN']);
+    // The call says which request it stored, so that a retry replays it instead of making another.
+    expect(call?.metadata.request_id).toBe(callsRequest.request.request_id);
+  });
+
+  test('acknowledges every session command it read before the session ends: a command is stored exactly when it was acknowledged', async () => {
+    const own = await startHarness();
+    const r = await relate(own);
+    const session = await r.session(r.requesters[0] as string);
+    const ids = Array.from({ length: 600 }, () => randomUUID());
+    const outcomes = ids.map((id) => session.send(createCommand(r, { request_id: id })).then((ack) => (ack.error ? 'refused' : 'done'), () => 'unacknowledged'));
+    try {
+      await outcomes[99];
+      const stopping = own.server.stop();
+      const results = await Promise.all(outcomes);
+      await stopping;
+      const ended = await session.status;
+      expect([ended?.code, ended?.reason, ended?.metadata.unacknowledged_commands]).toEqual([Code.UNAVAILABLE, 'SHUTTING_DOWN', 'not_carried_out']);
+      const file = new Database(own.db, { readonly: true, fileMustExist: true });
+      const stored = new Set(file.prepare<[], { id: string }>('SELECT id FROM requests').all().map((row) => row.id));
+      file.close();
+      expect(ids.filter((id, i) => stored.has(id) !== (results[i] === 'done'))).toEqual([]);
+      expect(results).not.toContain('refused');
+    } finally {
+      await own.close();
+    }
   });
 });
