@@ -135,7 +135,7 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   server.addService(checked('SessionService'), handlers.session());
 
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICES].map((name) => [name, 'SERVING'])));
-  health.addToServer(server);
+  const healthWatches = addHealth(server, health);
 
   let stopping: Promise<void> | undefined;
   let listening = false;
@@ -168,6 +168,8 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
     (stopping ??= (async () => {
       logger.info('shutting down');
       for (const name of ['', ...SERVICES]) health.setStatus(name, 'NOT_SERVING');
+      // Told NOT_SERVING, health watches end like every other stream, instead of holding the shutdown for its grace.
+      for (const watch of healthWatches) watch.emit('error', toServiceError(shuttingDownError()));
       for (const timer of timers) clearInterval(timer);
       hub.close();
       // Sessions without a watch, and calls waiting for an answer, are not the hub's.
@@ -200,6 +202,10 @@ function serverOptions(config: ServerConfig): grpc.ServerOptions {
     // grpc-js reads 0 as "at once", so "never" is leaving the option out.
     ...(config.maxConnectionAgeMs > 0 ? { 'grpc.max_connection_age_ms': config.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': config.maxConnectionAgeGraceMs } : {}),
   };
+}
+
+function shuttingDownError(): RelgateError {
+  return new RelgateError(Code.UNAVAILABLE, 'the gateway is shutting down; reconnect, and resume from the last revision', { reason: 'SHUTTING_DOWN' });
 }
 
 /** What ended a Call or CallAll after its request was stored, naming it as CALL_TIMEOUT does: a retry can replay it. */
@@ -237,6 +243,27 @@ async function serverCredentials(config: ServerConfig): Promise<grpc.ServerCrede
   // Without one, mutual TLS would start and then refuse every client, saying nothing.
   if (ca !== null && !holdsCertificate(ca)) throw new Error(`--tls-client-ca ${config.tlsClientCa} holds no PEM certificate`);
   return grpc.ServerCredentials.createSsl(ca, [{ cert_chain: cert, private_key: key }], ca !== null);
+}
+
+/** Serves grpc.health.v1 (grpc-health-check) and returns its open Watch calls, which the library never ends. */
+function addHealth(server: grpc.Server, health: HealthImplementation): Set<grpc.ServerWritableStream<unknown, unknown>> {
+  const watches = new Set<grpc.ServerWritableStream<unknown, unknown>>();
+  const tracking = {
+    addService(service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation) {
+      const watch = implementation.watch as grpc.handleServerStreamingCall<unknown, unknown>;
+      server.addService(service, {
+        ...implementation,
+        watch: (call: grpc.ServerWritableStream<unknown, unknown>) => {
+          watches.add(call);
+          call.once('cancelled', () => watches.delete(call));
+          call.once('error', () => watches.delete(call));
+          watch(call);
+        },
+      });
+    },
+  };
+  health.addToServer(tracking as unknown as grpc.Server);
+  return watches;
 }
 
 function holdsCertificate(pem: Buffer): boolean {
@@ -349,8 +376,12 @@ class Handlers {
     });
   }
 
-  /** Tracks an open stream of a unit; returns its untracking function. */
+  /**
+   * Tracks an open stream of a unit; returns its untracking function. One that was still being authenticated when
+   * shutdown began is refused here, or it would hold the shutdown for its whole grace.
+   */
   #track(unit: string, close: (error: RelgateError) => void): () => void {
+    if (this.#closing) throw this.#closing;
     this.#streams.add(unit, close);
     return () => this.#streams.delete(unit, close);
   }
@@ -391,11 +422,13 @@ class Handlers {
     };
   }
 
-  /** Ends every session, watch and waiting call with UNAVAILABLE: the gateway is shutting down. */
+  /** Ends every session, watch and waiting call with UNAVAILABLE, and those still starting as soon as they are tracked. */
   shutDown(): void {
-    const error = new RelgateError(Code.UNAVAILABLE, 'the gateway is shutting down; reconnect, and resume from the last revision', { reason: 'SHUTTING_DOWN' });
-    for (const close of [...this.#streams.values()]) close(error);
+    this.#closing = shuttingDownError();
+    for (const close of [...this.#streams.values()]) close(this.#closing);
   }
+
+  #closing: RelgateError | undefined;
 
   #endStreams(unit: string): void {
     const error = new RelgateError(Code.UNAUTHENTICATED, `the token of ${unit} was rotated or revoked`, { reason: 'TOKEN_REVOKED' });

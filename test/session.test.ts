@@ -7,6 +7,8 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Code, fromServiceError } from '../src/errors.ts';
 import { MAX_IN_FLIGHT } from '../src/session.ts';
 import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { startHarness, struct, v1, type Harness } from './helpers/harness.ts';
 import { CERT, CSR, create, expectError, relate, respond, seconds, type Relation } from './helpers/fixture.ts';
 import { SessionClient, ackError, isType, requestEvent, responseEvent, watch as watchFrom, watchReady, type Msg } from './helpers/streams.ts';
@@ -487,6 +489,28 @@ describe('shutdown', () => {
     expect([call?.code, call?.reason]).toEqual([Code.UNAVAILABLE, 'SHUTTING_DOWN']);
     // The call says which request it stored, so that a retry replays it instead of making another.
     expect(call?.metadata.request_id).toBe(callsRequest.request.request_id);
+  });
+
+  test('tells health watches NOT_SERVING, then ends them with UNAVAILABLE instead of holding the shutdown for its grace', async () => {
+    const own = await startHarness({ durability: 'normal', shutdownGraceMs: 20_000 });
+    const definition = protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String });
+    const Health = (grpc.loadPackageDefinition(definition) as never as { grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } } }).grpc.health.v1.Health;
+    const client = new Health(own.server.address, grpc.credentials.createInsecure());
+    try {
+      const watch = (client.Watch as (request: object) => grpc.ClientReadableStream<{ status: string }>).call(client, { service: '' });
+      const statuses: string[] = [];
+      const serving = new Promise<void>((resolve) => watch.on('data', (message: { status: string }) => void (statuses.push(message.status) === 1 && resolve())));
+      const ended = new Promise<grpc.ServiceError>((resolve) => watch.on('error', resolve));
+      await serving;
+      const started = Date.now();
+      await own.server.stop();
+      expect(Date.now() - started).toBeLessThan(10_000);
+      const error = fromServiceError(await ended);
+      expect([statuses, error.code, error.reason]).toEqual([['SERVING', 'NOT_SERVING'], Code.UNAVAILABLE, 'SHUTTING_DOWN']);
+    } finally {
+      client.close();
+      await own.close();
+    }
   });
 
   test('acknowledges every session command it read before the session ends: a command is stored exactly when it was acknowledged', async () => {
