@@ -313,6 +313,34 @@ describe('SDK on one gateway', () => {
   });
 });
 
+describe('SDK watches on aged connections', () => {
+  it('resume when the gateway closes the connection under them at the end of --max-connection-age-grace', async () => {
+    const aging = await startHarness({ maxConnectionAgeMs: 1_000, maxConnectionAgeGraceMs: 300 });
+    const connections: Connection[] = [];
+    const as = (unit: string) => connections[connections.push(connect(aging.server.address, { unit })) - 1] as Connection;
+    try {
+      const w = await makeWorld(aging);
+      const responder = as(w.responders[0] as string).responder('tls-certificates', { relation: w.relationId });
+      // Two watches on the SDK's one connection: grpc-js resets all but one of its streams without a status.
+      const watches = [responder.watch({ filter: 'all' }), responder.watch({ filter: 'new' })];
+      await Promise.all(watches.map((watch) => readUntil(watch, (event) => event.type === 'SNAPSHOT_COMPLETE')));
+      // The connection's end announces itself to nobody but the watches: wait until both have resumed.
+      const deadline = Date.now() + 15_000;
+      while (watches.some((watch) => watch.stats.resumes === 0) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+      const created = await as(w.requesters[0] as string).requester('tls-certificates', { relation: w.relationId }).create({ common_name: 'aged.example' });
+      for (const watch of watches) {
+        await readUntil(watch, (event) => event.request?.request_id === created.request_id);
+        expect(watch.stats.resumes).toBeGreaterThanOrEqual(1);
+        watch.close();
+        expect(await watch.closed).toBeUndefined();
+      }
+    } finally {
+      for (const connection of connections) connection.close();
+      await aging.close();
+    }
+  }, 30_000);
+});
+
 describe('SDK watches across gateway restarts', () => {
   let dir: string;
   let db: string;

@@ -17,8 +17,22 @@ export function hasCode(error: unknown, code: Code): error is RelgateError {
 /** A failed call's status as a RelgateError. */
 export function toRelgateError(error: unknown): RelgateError {
   if (isRelgateError(error)) return error;
-  if (error && typeof error === 'object' && 'code' in error && typeof error.code === 'number') return fromServiceError(error as ServiceError);
+  if (error && typeof error === 'object' && 'code' in error && typeof error.code === 'number') {
+    const serviceError = error as ServiceError;
+    if (isStreamReset(serviceError)) {
+      return new RelgateError(Code.UNAVAILABLE, `the connection was closed under the call: ${serviceError.details}`, { reason: 'STREAM_RESET', cause: error });
+    }
+    return fromServiceError(serviceError);
+  }
   return new RelgateError(Code.UNKNOWN, error instanceof Error ? error.message : String(error), { reason: '', cause: error });
+}
+
+/**
+ * A stream the server reset without a status: what a connection closed at the end of --max-connection-age-grace
+ * does to the calls still on it. grpc-js reports INTERNAL; it is a closed connection, and calls on a new one work.
+ */
+function isStreamReset(error: ServiceError): boolean {
+  return error.code === Code.INTERNAL && /^Received RST_STREAM with code 0\b/.test(error.details);
 }
 
 /** A call that could not start: its connection was closed (or never usable). */
