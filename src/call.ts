@@ -93,7 +93,6 @@ export class CallService {
       const expected = request.expected_count;
       const missing = () => (request.delivery.mode === 'DELIVERY_MODE_ANY' ? [] : request.expected_units.filter((unit) => !seen.has(unit)));
       for (;;) {
-        if (waiter.departed) throw waiter.departed;
         for (const response of waiter.arrivals.splice(0)) {
           if (seen.has(response.responder_unit)) continue;
           seen.add(response.responder_unit);
@@ -103,6 +102,8 @@ export class CallService {
           const answered = waiter.latest && requestMessage(waiter.latest, { unit: caller, side: 'requester' });
           return { complete: true, expired: false, missing: [], request, answered };
         }
+        // Answers committed before the caller left were its own; none after reaches it.
+        if (waiter.departed) throw waiter.departed;
         // An expired or withdrawn request takes no more answers: waiting on would only run out the deadline.
         if (waiter.expired) return { complete: false, expired: true, missing: missing(), request };
         if (waiter.withdrawn) return { complete: false, expired: false, withdrawn: true, missing: missing(), request };
@@ -123,6 +124,7 @@ export class CallService {
       const data = change.data;
       if (data.kind === 'response') {
         for (const waiter of this.#waiting.get(data.response.request_id)) {
+          if (waiter.departed) continue;
           waiter.arrivals.push(responseMessage(data.response));
           waiter.wake?.();
         }

@@ -307,8 +307,9 @@ function canonicalMessage(type: protobuf.Type, value: Json): Json {
   const wrapped = WRAPPERS[type.fullName];
   if (wrapped) return canonicalScalar(wrapped, value);
   if (type.fullName === '.google.protobuf.Any') return canonicalAny(type, value);
-  if (type.fullName === '.google.protobuf.Timestamp' && typeof value === 'string') return canonicalTimestamp(value);
-  if (type.fullName === '.google.protobuf.Duration' && typeof value === 'string') return canonicalDuration(value);
+  // A stored value of another shape (its field's type changed since) stays as it is.
+  if (type.fullName === '.google.protobuf.Timestamp' && typeof value === 'string' && isTimestamp(value)) return canonicalTimestamp(value);
+  if (type.fullName === '.google.protobuf.Duration' && typeof value === 'string' && DURATION.test(value)) return canonicalDuration(value);
   return OPAQUE.has(type.fullName) || !isObject(value) ? value : canonicalFields(type, value);
 }
 
@@ -325,7 +326,7 @@ function canonicalAny(any: protobuf.Type, value: Json): Json {
 function canonicalScalar(type: string, value: Json): Json {
   if ((INT64.has(type) || UINT64.has(type)) && (typeof value === 'string' || typeof value === 'number')) return canonicalInteger(value);
   if ((INT32.has(type) || UINT32.has(type)) && typeof value === 'string') return integerOf(value);
-  if (type === 'float') return canonicalFloat(numberOf(value));
+  if (type === 'float' && !Number.isNaN(numberOf(value))) return canonicalFloat(numberOf(value));
   if (type === 'double' && typeof value === 'string' && DECIMAL.test(value)) return Number(value);
   if (type === 'bytes' && typeof value === 'string') return Buffer.from(value, 'base64').toString('base64');
   return value;

@@ -7,7 +7,7 @@ import { CallService, serverDeadline, type CallOutcome } from './call.ts';
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { Authenticator, type AuthMode } from './auth.ts';
-import { Code, RelgateError, asRelgateError, invalidArgument, statusDetailsInterceptor, toServiceError } from './errors.ts';
+import { Code, RelgateError, asRelgateError, invalidArgument, isRelgateError, statusDetailsInterceptor, toServiceError } from './errors.ts';
 import { Violations } from './validate.ts';
 import { InterfaceRegistry } from './interfaces.ts';
 import { createLogger, type Logger } from './logger.ts';
@@ -23,7 +23,7 @@ import { SqliteStore, type Durability } from './store/sqlite-store.ts';
 import type { SideName, Store } from './store/store.ts';
 import { Session } from './session.ts';
 import { SetMap } from './set-map.ts';
-import { WatchHub, type WatchBatchMessage, type WatchSink, type WatchSpec, type WatchStartName, type Watcher } from './watch-hub.ts';
+import { WatchHub, type WatchBatchMessage, type WatchScope, type WatchSink, type WatchSpec, type WatchStartName, type Watcher } from './watch-hub.ts';
 import { checkingUtf8, undecodableError } from './utf8.ts';
 
 export interface ServerConfig {
@@ -728,18 +728,19 @@ class Handlers {
     }
   }
 
-  async #watchScope(tx: Parameters<Parameters<WatchHub['watch']>[2]>[0], spec: WatchSpec): Promise<Map<string, number>> {
+  async #watchScope(tx: Parameters<Parameters<WatchHub['watch']>[2]>[0], spec: WatchSpec): Promise<WatchScope> {
     const caller = await requireCaller(tx, spec.unit);
     const ids = spec.relationId ? [spec.relationId] : await joinedRelationIds(tx, caller.name, spec.side);
-    const scope = new Map<string, number>();
+    const scope: WatchScope = new Map();
     for (const id of ids) {
       try {
         const { units } = await joinedRelation(tx, id, caller, spec.side);
         scope.set(id, units.find((unit) => unit.unit === caller.name)?.revision ?? 0);
       } catch (error) {
-        // Resumed from before the unit left the relation (or it was removed): what it missed until then is still its.
-        if (!(spec.relationId && spec.start === 'after' && this.#hub.belongedAt(spec, spec.afterRevision, tx.readRevision()))) throw error;
-        scope.set(id, 0);
+        // A resume may still replay what the unit missed before it left (or the relation went): the hub decides, from
+        // whether the unit belonged to the relation where the resume starts.
+        if (!(spec.relationId && spec.start === 'after' && isRelgateError(error))) throw error;
+        scope.set(id, error);
       }
     }
     return scope;

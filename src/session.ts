@@ -115,8 +115,8 @@ export class Session {
         if (!options) continue;
         const spec = this.#deps.watchSpec(this.#unit, side, options);
         const watcher = await this.#deps.startWatch(spec, this.#sink(watch));
-        // The session may have ended while the watch started: nothing would stop it later.
-        if (this.#ended) return watcher.stop();
+        // The session may have ended, or begun to, while the watch started: nothing would stop it later.
+        if (this.#ended || this.#endWith) return watcher.stop();
         this.#watchers.push(watcher);
       }
     } catch (error) {
@@ -129,7 +129,8 @@ export class Session {
 
   #sink(watch: string): WatchSink {
     return {
-      write: (batch) => this.#write({ events: { watch, batch } }),
+      // Once the session winds down (a revoked token among the reasons), only acknowledgements go out.
+      write: (batch) => (this.#endWith ? true : this.#write({ events: { watch, batch } })),
       onDrain: (callback) => this.#call.once('drain', callback),
       end: (error) =>
         this.#windDown(
@@ -151,6 +152,7 @@ export class Session {
       metadata: { ...error.metadata, ...(watch ? { watch } : {}), [UNACKNOWLEDGED_COMMANDS]: NOT_CARRIED_OUT },
       cause: error,
     });
+    for (const watcher of this.#watchers) watcher.stop();
     this.#throttle();
     this.#maybeFinish();
   }

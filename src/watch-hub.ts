@@ -132,7 +132,7 @@ export class WatchHub {
    * same read as the snapshot and returns the relations covered and when the
    * unit joined each.
    */
-  async watch(spec: WatchSpec, sink: WatchSink, scope: (tx: StoreTx) => Promise<Map<string, number>>): Promise<Watcher> {
+  async watch(spec: WatchSpec, sink: WatchSink, scope: (tx: StoreTx) => Promise<WatchScope>): Promise<Watcher> {
     if (this.#closed) throw shuttingDown();
     const everyRelation = !spec.relationId;
     if (spec.start === 'after') await this.#indexMemberships(spec.afterRevision);
@@ -155,7 +155,9 @@ export class WatchHub {
         });
       }
     }
-    const relations = !everyRelation ? new Map([[spec.relationId, 0]]) : spec.start === 'after' ? this.#membershipAt(spec, from, ready.revision, ready.relations) : ready.relations;
+    if (!everyRelation && spec.start === 'after') this.#checkResume(spec, from, ready.revision, ready.relations.get(spec.relationId));
+    const joined = memberships(ready.relations);
+    const relations = !everyRelation ? new Map([[spec.relationId, 0]]) : spec.start === 'after' ? this.#membershipAt(spec, from, ready.revision, joined) : joined;
     for (const [relationId, joinedAt] of relations) watcher.relations.set(relationId, joinedAt);
     this.#register(watcher);
     watcher.begin(from, ready.snapshot);
@@ -210,11 +212,15 @@ export class WatchHub {
   }
 
   /**
-   * Whether the unit, which no longer belongs to the watch's one relation, belonged to it at `from` (read at `at`):
-   * a watch resumed from there replays the relation up to the unit's departure or the relation's removal.
+   * A watch of one relation resumed from `from` replays only what its unit could see there, so the unit must have
+   * belonged to the relation then (read at `at`; `now` is its join revision today, or why it is not a member). It
+   * then replays up to the unit's departure or the relation's removal, if either came since.
    */
-  belongedAt(spec: WatchSpec, from: number, at: number): boolean {
-    return this.#membershipAt(spec, from, at, new Map()).has(spec.relationId);
+  #checkResume(spec: WatchSpec, from: number, at: number, now: number | RelgateError | undefined): void {
+    const current = new Map<string, number>(typeof now === 'number' ? [[spec.relationId, now]] : []);
+    if (this.#membershipAt(spec, from, at, current).has(spec.relationId)) return;
+    if (now instanceof RelgateError) throw now;
+    throw snapshotRequired(`unit ${spec.unit} joined relation ${spec.relationId} after revision ${from}`, spec.relationId, now ?? at);
   }
 
   /**
@@ -381,6 +387,21 @@ function membershipsOf(change: Change): MembershipChange[] {
   return [];
 }
 
+/** The relations a watch covers, with the revision each was joined at; why the unit is not in the others. */
+export type WatchScope = Map<string, number | RelgateError>;
+
+function memberships(scope: WatchScope): Map<string, number> {
+  return new Map([...scope].filter((entry): entry is [string, number] => typeof entry[1] === 'number'));
+}
+
+/** The unit joined a relation whose waiting requests no change announces: only a snapshot has them. */
+function snapshotRequired(what: string, relationId: string, joinedRevision: number): RelgateError {
+  return new RelgateError(Code.OUT_OF_RANGE, `${what}; start the watch again from a snapshot, which has that relation's requests`, {
+    reason: 'SNAPSHOT_REQUIRED',
+    metadata: { relation_id: relationId, joined_revision: String(joinedRevision) },
+  });
+}
+
 function shuttingDown(): RelgateError {
   return new RelgateError(Code.UNAVAILABLE, 'the gateway is shutting down; resume the watch from the last revision', { reason: 'SHUTTING_DOWN' });
 }
@@ -515,11 +536,7 @@ export class Watcher {
 
   #endForSnapshot(): void {
     const joined = this.#joined as { relationId: string; revision: number };
-    this.#endAfterFlush = new RelgateError(
-      Code.OUT_OF_RANGE,
-      `unit ${this.spec.unit} joined relation ${joined.relationId} at revision ${joined.revision}; start the watch again from a snapshot, which has that relation's requests`,
-      { reason: 'SNAPSHOT_REQUIRED', metadata: { relation_id: joined.relationId, joined_revision: String(joined.revision) } },
-    );
+    this.#endAfterFlush = snapshotRequired(`unit ${this.spec.unit} joined relation ${joined.relationId} at revision ${joined.revision}`, joined.relationId, joined.revision);
     this.#flush();
   }
 

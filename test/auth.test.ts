@@ -238,6 +238,39 @@ test('a revocation committed while a watch is starting ends it, and nothing of t
   }
 });
 
+test('a revocation committed while a session watch is starting ends the session, and nothing of the watch reaches the unit', async () => {
+  const { token } = await admin.call('RotateUnitToken', { name: 'webapp/0' });
+  const hub = h.server.hub;
+  const watch = hub.watch.bind(hub);
+  let entered = () => {};
+  const starting = new Promise<void>((resolve) => (entered = resolve));
+  let release = () => {};
+  const held = new Promise<void>((resolve) => (release = resolve));
+  hub.watch = async (...args: Parameters<typeof watch>) => {
+    entered();
+    await held;
+    return watch(...args);
+  };
+  try {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${token}`);
+    const Session = v1.SessionService as NonNullable<typeof v1.SessionService>;
+    const session = (new Session(h.server.address, grpc.credentials.createInsecure()) as unknown as { Open(md: grpc.Metadata): grpc.ClientDuplexStream<object, { events?: { batch: { events: unknown[] } } }> }).Open(metadata);
+    let events = 0;
+    session.on('data', (message) => (events += message.events?.batch.events.length ?? 0));
+    const ended = new Promise<grpc.ServiceError>((resolve) => session.on('error', resolve));
+    session.write({ start: { responses: { relation_id: r1 } } });
+    await starting;
+    await admin.call('RevokeUnitToken', { name: 'webapp/0' });
+    release();
+    const error = fromServiceError(await ended);
+    expect([error.code, error.reason]).toEqual([grpc.status.UNAUTHENTICATED, 'TOKEN_REVOKED']);
+    expect(events).toBe(0);
+  } finally {
+    hub.watch = watch;
+  }
+});
+
 test('leaving the relation mid-watch ends the stream and no event of the relation reaches it afterwards', async () => {
   const relationId = (await admin.call('ListRelations', {})).relations.find((r: { requester_application: string }) => r.requester_application === 'other').id as string;
   const watch = client('ResponderService', tokens['db/0']).stream('WatchIncomingRequests', { options: { relation_id: relationId, start: 'WATCH_START_NOW' } });

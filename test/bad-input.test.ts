@@ -361,6 +361,8 @@ describe('field values in the form protobuf writes them', () => {
     expect(validateFields(type, { part: 3.4028235e38 }, 'fields', { checkRequired: false })).toEqual([]);
     expect(fieldsOf(validateFields(type, { part: 3.5e38 }, 'fields', { checkRequired: false }))).toEqual(['fields.part']);
     expect(form({ ratio: 0.1, part: 16777217 })).toEqual({ ratio: 0.1, part: 16777216 });
+    // A value stored before its field's type changed (a string field become a Timestamp, say) stays as it is.
+    expect(form({ at: 'tomorrow', took: 'a while', part: 'some' })).toEqual({ at: 'tomorrow', took: 'a while', part: 'some' });
   });
 
   test('a field mask is lowerCamelCase paths, as protobuf parsers read it back; NaN or an infinity inside a Value is refused where it is', () => {

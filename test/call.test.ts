@@ -229,6 +229,24 @@ describe('Call', () => {
     watch.cancel();
   });
 
+  test('an answer committed before its caller left still ends the Call with that answer; one after the departure does not reach it', async () => {
+    for (let round = 0; round < 5; round++) {
+      const r = await relate(h);
+      const watch = await watchReady(r.res(0), { relation_id: r.id });
+      const requestId = randomUUID();
+      const calling = r.req().call('Call', { relation_id: r.id, request_id: requestId, fields: struct(CSR) }).then(
+        (result: Msg) => ({ answered: result.response.request_id as string }),
+        (error: grpc.ServiceError) => ({ refused: statusDetails(error).errorInfo?.reason }),
+      );
+      await watch.events.next(requestEvent('ADDED', requestId));
+      const [answer, left] = await Promise.all([respond(r, requestId, 0), h.registry.call('LeaveRelation', { relation_id: r.id, unit: r.requesters[0] })]);
+      const outcome = await calling;
+      const answeredFirst = Number(answer.revision) < Number(left.relation.revision);
+      expect(outcome, `round ${round}: answer at ${answer.revision}, departure at ${left.relation.revision}`).toEqual(answeredFirst ? { answered: requestId } : { refused: 'UNIT_NOT_JOINED' });
+      watch.cancel();
+    }
+  });
+
   test('a request whose time to live passes ends the call at once, not at the deadline', async () => {
     const r = await relate(h);
     const watch = await watchReady(r.res(0), { relation_id: r.id });
