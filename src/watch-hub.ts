@@ -212,15 +212,13 @@ export class WatchHub {
   }
 
   /**
-   * A watch of one relation resumed from `from` replays only what its unit could see there, so the unit must have
-   * belonged to the relation then (read at `at`; `now` is its join revision today, or why it is not a member). It
-   * then replays up to the unit's departure or the relation's removal, if either came since.
+   * A watch of one relation resumes from any retained revision while its unit belongs to the relation (`now` is when
+   * it joined). One that no longer does (`now` says why) may still replay what it missed before it left, or before
+   * the relation went: if it belonged to the relation at `from` (read at `at`), up to its departure or the removal.
    */
   #checkResume(spec: WatchSpec, from: number, at: number, now: number | RelgateError | undefined): void {
-    const current = new Map<string, number>(typeof now === 'number' ? [[spec.relationId, now]] : []);
-    if (this.#membershipAt(spec, from, at, current).has(spec.relationId)) return;
-    if (now instanceof RelgateError) throw now;
-    throw snapshotRequired(`unit ${spec.unit} joined relation ${spec.relationId} after revision ${from}`, spec.relationId, now ?? at);
+    if (!(now instanceof RelgateError)) return;
+    if (!this.#membershipAt(spec, from, at, new Map()).has(spec.relationId)) throw now;
   }
 
   /**

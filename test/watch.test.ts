@@ -352,24 +352,6 @@ describe('relation events and flags', () => {
     }
   });
 
-  test("a watch of one relation resumed from before its unit joined is refused with SNAPSHOT_REQUIRED: what happened there was not the unit's to see", async () => {
-    const r = await relate(h, { requesters: 2 });
-    const rejoiner = r.requesters[1] as string;
-    await h.registry.call('LeaveRelation', { relation_id: r.id, unit: rejoiner });
-    const gap = currentRevision();
-    const unseen = (await r.req(0).call('CreateRequest', { relation_id: r.id, fields: struct(CSR) })).request;
-    await r.req(0).call('WithdrawRequest', { request_id: unseen.request_id });
-    await h.registry.call('JoinRelation', { relation_id: r.id, unit: rejoiner });
-    const refused = watch(r.req(1), { relation_id: r.id, ...after(gap) });
-    const status = await refused.status;
-    expect([status?.code, status?.reason, status?.metadata.relation_id]).toEqual([Code.OUT_OF_RANGE, 'SNAPSHOT_REQUIRED', r.id]);
-    expect(refused.events.items).toEqual([]);
-    // A unit that belonged all along resumes from there as before.
-    const kept = watch(r.req(0), { relation_id: r.id, ...after(gap) });
-    await kept.events.next((event) => event.type === 'EVENT_TYPE_UNIT_JOINED' && event.unit.unit === rejoiner);
-    kept.cancel();
-  });
-
   test('new-only watches see a request leave when it is answered; all-request watches see it change', async () => {
     const r = await relate(h);
     const all = watch(r.res(), { relation_id: r.id, ...NOW, filter: 'REQUEST_FILTER_ALL' });
