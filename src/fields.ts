@@ -237,17 +237,22 @@ function anyType(any: protobuf.Type, url: string): protobuf.Type | undefined {
 }
 
 function isTimestamp(text: string): boolean {
+  return timestamp(text) !== undefined;
+}
+
+/** An RFC 3339 timestamp within protobuf's range: its whole seconds in ms, in UTC, and its fraction's digits. */
+function timestamp(text: string): { ms: number; fraction: string | undefined } | undefined {
   const parts = TIMESTAMP.exec(text);
-  if (!parts) return false;
+  if (!parts) return undefined;
   const [year, month, day, hour, minute, second] = parts.slice(1, 7).map(Number) as [number, number, number, number, number, number];
   const [sign, offsetHours, offsetMinutes] = [parts[8], Number(parts[9] ?? 0), Number(parts[10] ?? 0)];
-  if (hour > 23 || minute > 59 || second > 59 || offsetHours > 23 || offsetMinutes > 59) return false;
+  if (hour > 23 || minute > 59 || second > 59 || offsetHours > 23 || offsetMinutes > 59) return undefined;
   const date = new Date(0);
   date.setUTCFullYear(year, month - 1, day);
-  if (date.getUTCFullYear() !== year || date.getUTCMonth() !== month - 1 || date.getUTCDate() !== day) return false;
+  if (date.getUTCFullYear() !== year || date.getUTCMonth() !== month - 1 || date.getUTCDate() !== day) return undefined;
   const offsetMs = (sign === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000;
-  const instant = date.getTime() + ((hour * 60 + minute) * 60 + second) * 1000 - offsetMs;
-  return instant >= MIN_TIME && instant <= MAX_TIME;
+  const ms = date.getTime() + ((hour * 60 + minute) * 60 + second) * 1000 - offsetMs;
+  return ms >= MIN_TIME && ms <= MAX_TIME ? { ms, fraction: parts[7] } : undefined;
 }
 
 function isDuration(text: string): boolean {
@@ -308,8 +313,8 @@ function canonicalMessage(type: protobuf.Type, value: Json): Json {
   if (wrapped) return canonicalScalar(wrapped, value);
   if (type.fullName === '.google.protobuf.Any') return canonicalAny(type, value);
   // A stored value of another shape (its field's type changed since) stays as it is.
-  if (type.fullName === '.google.protobuf.Timestamp' && typeof value === 'string' && isTimestamp(value)) return canonicalTimestamp(value);
-  if (type.fullName === '.google.protobuf.Duration' && typeof value === 'string' && DURATION.test(value)) return canonicalDuration(value);
+  if (type.fullName === '.google.protobuf.Timestamp' && typeof value === 'string') return canonicalTimestamp(value) ?? value;
+  if (type.fullName === '.google.protobuf.Duration' && typeof value === 'string') return canonicalDuration(value) ?? value;
   return OPAQUE.has(type.fullName) || !isObject(value) ? value : canonicalFields(type, value);
 }
 
@@ -326,31 +331,26 @@ function canonicalAny(any: protobuf.Type, value: Json): Json {
 function canonicalScalar(type: string, value: Json): Json {
   if ((INT64.has(type) || UINT64.has(type)) && (typeof value === 'string' || typeof value === 'number')) return canonicalInteger(value);
   if ((INT32.has(type) || UINT32.has(type)) && typeof value === 'string') return integerOf(value);
-  if (type === 'float' && !Number.isNaN(numberOf(value))) return canonicalFloat(numberOf(value));
+  if (type === 'float') return canonicalFloat(numberOf(value)) ?? value;
   if (type === 'double' && typeof value === 'string' && DECIMAL.test(value)) return Number(value);
   if (type === 'bytes' && typeof value === 'string') return Buffer.from(value, 'base64').toString('base64');
   return value;
 }
 
-/** Protobuf's own JSON form: UTC, "Z", and 0, 3, 6 or 9 fractional digits. */
-function canonicalTimestamp(text: string): string {
-  const parts = TIMESTAMP.exec(text) as RegExpExecArray;
-  const [sign, offsetHours, offsetMinutes] = [parts[8], Number(parts[9] ?? 0), Number(parts[10] ?? 0)];
-  const offsetMs = (sign === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000;
-  const local = Date.UTC(Number(parts[1]), Number(parts[2]) - 1, Number(parts[3]), Number(parts[4]), Number(parts[5]), Number(parts[6]));
-  // Date.UTC reads years 0-99 as 1900-1999.
-  const date = new Date(local);
-  date.setUTCFullYear(Number(parts[1]));
-  const seconds = new Date(date.getTime() - offsetMs).toISOString().slice(0, 19);
-  return `${seconds}${fraction(parts[7])}Z`;
+/** Protobuf's own JSON form: UTC, "Z", and 0, 3, 6 or 9 fractional digits; undefined for no timestamp. */
+function canonicalTimestamp(text: string): string | undefined {
+  const parsed = timestamp(text);
+  return parsed && `${new Date(parsed.ms).toISOString().slice(0, 19)}${fraction(parsed.fraction)}Z`;
 }
 
-/** Protobuf's own JSON form: seconds with 0, 3, 6 or 9 fractional digits. */
-function canonicalDuration(text: string): string {
-  const parts = DURATION.exec(text) as RegExpExecArray;
+/** Protobuf's own JSON form: seconds with 0, 3, 6 or 9 fractional digits; undefined for no duration. */
+function canonicalDuration(text: string): string | undefined {
+  const parts = DURATION.exec(text);
+  if (!parts) return undefined;
+  const seconds = BigInt(parts[2] as string);
   const digits = fraction(parts[3]);
-  const negative = parts[1] === '-' && (BigInt(parts[2] as string) > 0n || digits !== '');
-  return `${negative ? '-' : ''}${BigInt(parts[2] as string).toString()}${digits}s`;
+  const negative = parts[1] === '-' && (seconds > 0n || digits !== '');
+  return `${negative ? '-' : ''}${seconds.toString()}${digits}s`;
 }
 
 /** Nanoseconds written as "", ".123", ".123456" or ".123456789", whichever holds them. */
@@ -361,9 +361,12 @@ function fraction(digits: string | undefined): string {
   return `.${trimmed}`;
 }
 
-/** The float32 the value becomes, as the shortest decimal that becomes it again: 0.1 and 0.10000000149011612 are one value. */
-function canonicalFloat(value: number): Json {
-  if (!Number.isFinite(value)) return value;
+/**
+ * The float32 the value becomes, as the shortest decimal that becomes it again: 0.1 and 0.10000000149011612 are one
+ * value. Undefined for no number (a stored value of another shape).
+ */
+function canonicalFloat(value: number): number | undefined {
+  if (!Number.isFinite(value)) return undefined;
   const single = Math.fround(value);
   for (let digits = 1; digits < 9; digits++) {
     const shortest = Number(single.toPrecision(digits));
