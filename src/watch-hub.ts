@@ -392,14 +392,6 @@ function memberships(scope: WatchScope): Map<string, number> {
   return new Map([...scope].filter((entry): entry is [string, number] => typeof entry[1] === 'number'));
 }
 
-/** The unit joined a relation whose waiting requests no change announces: only a snapshot has them. */
-function snapshotRequired(what: string, relationId: string, joinedRevision: number): RelgateError {
-  return new RelgateError(Code.OUT_OF_RANGE, `${what}; start the watch again from a snapshot, which has that relation's requests`, {
-    reason: 'SNAPSHOT_REQUIRED',
-    metadata: { relation_id: relationId, joined_revision: String(joinedRevision) },
-  });
-}
-
 function shuttingDown(): RelgateError {
   return new RelgateError(Code.UNAVAILABLE, 'the gateway is shutting down; resume the watch from the last revision', { reason: 'SHUTTING_DOWN' });
 }
@@ -532,9 +524,14 @@ export class Watcher {
     return this.#joined ? Math.min(revision, this.#joined.revision - 1) : revision;
   }
 
+  /** Ends the watch once what it holds is sent; later commits find it already ending. */
   #endForSnapshot(): void {
-    const joined = this.#joined as { relationId: string; revision: number };
-    this.#endAfterFlush = snapshotRequired(`unit ${this.spec.unit} joined relation ${joined.relationId} at revision ${joined.revision}`, joined.relationId, joined.revision);
+    const { relationId, revision } = this.#joined as { relationId: string; revision: number };
+    this.#endAfterFlush ||= new RelgateError(
+      Code.OUT_OF_RANGE,
+      `unit ${this.spec.unit} joined relation ${relationId} at revision ${revision}; start the watch again from a snapshot, which has that relation's requests`,
+      { reason: 'SNAPSHOT_REQUIRED', metadata: { relation_id: relationId, joined_revision: String(revision) } },
+    );
     this.#flush();
   }
 
