@@ -207,9 +207,11 @@ test('revocation ends a call waiting for its answer with TOKEN_REVOKED', async (
   await client('ResponderService', tokens['ca/0']).call('Respond', { request_id: requestOfCall, fields: struct({ key: 'K', cert: 'C' }) });
 });
 
-test('a revocation committed while a watch is starting ends it, and nothing of the watch reaches the unit', async () => {
-  const { token } = await admin.call('RotateUnitToken', { name: 'webapp/0' });
-  // The watch's start is held (as a large snapshot would hold it) until the revocation has committed.
+/**
+ * Holds the start of the next watch (as a large snapshot would hold it) until `release`: a revocation can commit
+ * meanwhile. `starting` resolves once a watch is being started.
+ */
+function holdWatchStart() {
   const hub = h.server.hub;
   const watch = hub.watch.bind(hub);
   let entered = () => {};
@@ -221,6 +223,12 @@ test('a revocation committed while a watch is starting ends it, and nothing of t
     await held;
     return watch(...args);
   };
+  return { starting, release, restore: () => (hub.watch = watch) };
+}
+
+test('a revocation committed while a watch is starting ends it, and nothing of the watch reaches the unit', async () => {
+  const { token } = await admin.call('RotateUnitToken', { name: 'webapp/0' });
+  const { starting, release, restore } = holdWatchStart();
   try {
     const stream = client('RequesterService', token).stream('WatchResponses', { options: { relation_id: r1 } });
     let events = 0;
@@ -234,23 +242,13 @@ test('a revocation committed while a watch is starting ends it, and nothing of t
     await client('ResponderService', tokens['ca/0']).call('ClaimRequest', { request_id: requestId }).catch(() => undefined);
     expect(events).toBe(0);
   } finally {
-    hub.watch = watch;
+    restore();
   }
 });
 
 test('a revocation committed while a session watch is starting ends the session, and nothing of the watch reaches the unit', async () => {
   const { token } = await admin.call('RotateUnitToken', { name: 'webapp/0' });
-  const hub = h.server.hub;
-  const watch = hub.watch.bind(hub);
-  let entered = () => {};
-  const starting = new Promise<void>((resolve) => (entered = resolve));
-  let release = () => {};
-  const held = new Promise<void>((resolve) => (release = resolve));
-  hub.watch = async (...args: Parameters<typeof watch>) => {
-    entered();
-    await held;
-    return watch(...args);
-  };
+  const { starting, release, restore } = holdWatchStart();
   try {
     const metadata = new grpc.Metadata();
     metadata.set('authorization', `Bearer ${token}`);
@@ -267,7 +265,7 @@ test('a revocation committed while a session watch is starting ends the session,
     expect([error.code, error.reason]).toEqual([grpc.status.UNAUTHENTICATED, 'TOKEN_REVOKED']);
     expect(events).toBe(0);
   } finally {
-    hub.watch = watch;
+    restore();
   }
 });
 
