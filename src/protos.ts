@@ -114,7 +114,6 @@ export async function compileDescriptors(roots: readonly string[]): Promise<Uint
   }
 }
 
-/** Splits a FileDescriptorSet into its files without re-encoding them. */
 /** The name (field 1) of a serialized FileDescriptorProto. */
 export function descriptorFileName(file: Uint8Array): string {
   const reader = protobuf.Reader.create(file);
@@ -126,6 +125,7 @@ export function descriptorFileName(file: Uint8Array): string {
   return '';
 }
 
+/** Splits a FileDescriptorSet into its files without re-encoding them. */
 export function splitFileDescriptorSet(set: Uint8Array): Uint8Array[] {
   const reader = protobuf.Reader.create(set);
   const files: Uint8Array[] = [];

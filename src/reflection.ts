@@ -18,8 +18,7 @@ interface Indexes {
 export function addReflection(server: grpc.Server, descriptors: Uint8Array[]): void {
   const service = new ReflectionService({ relgate: { fileDescriptorProtos: descriptors } } as never);
   const { v1, v1Alpha } = service as unknown as Record<'v1' | 'v1Alpha', Partial<Indexes>>;
-  const implementations = [v1, v1Alpha];
-  for (const indexes of implementations) {
+  for (const indexes of [v1, v1Alpha]) {
     if (!isIndexes(indexes)) throw new Error('@grpc/reflection no longer has the indexes relgate corrects; check src/reflection.ts against its version');
     // The library keeps the first file of each name, as buf's set has each once.
     for (const bytes of descriptors) {

@@ -21,16 +21,15 @@ const orNever = wholeNumberIn(0, MAX_TIMER_MS);
 // grpc-js adds up to 10% jitter to the age before it sets the timer.
 const connectionAge = wholeNumberIn(0, Math.floor(MAX_TIMER_MS / 1.1));
 const progressInterval = wholeNumberIn(MIN_PROGRESS_MS, MAX_PROGRESS_MS);
-/** A path given empty would quietly mean none: TLS off, or mutual TLS off. */
-const pemFile = (value: string) => {
-  if (value === '') throw new InvalidArgumentError('an empty path names no file');
+/** A path that may not be given empty, and why. */
+const nonEmpty = (why: string) => (value: string) => {
+  if (value === '') throw new InvalidArgumentError(why);
   return value;
 };
-/** An empty path would be SQLite's temporary database, deleted at exit: nothing acknowledged would survive. */
-const dbPath = (value: string) => {
-  if (value === '') throw new InvalidArgumentError('an empty path is no database file; name a file, or :memory:');
-  return value;
-};
+/** Empty, a TLS path would quietly mean none: TLS off, or mutual TLS off. */
+const pemFile = nonEmpty('an empty path names no file');
+/** Empty, it would be SQLite's temporary database, deleted at exit: nothing acknowledged would survive. */
+const dbPath = nonEmpty('an empty path is no database file; name a file, or :memory:');
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
 program
