@@ -163,19 +163,29 @@ export function toServiceError(error: unknown): Partial<StatusObject> & { code: 
  * deadline, reaches no client: the client's own deadline ends the call at the same moment.)
  */
 export const statusDetailsInterceptor: ServerInterceptor = (_method, call) => {
-  const inner = call as { sendStatus(status: Partial<StatusObject>): void };
-  const sendStatus = inner.sendStatus.bind(inner);
-  inner.sendStatus = (status) => {
+  onSendStatus(call, (status, sendStatus) => {
     if (status.code !== Code.RESOURCE_EXHAUSTED || status.metadata?.get(STATUS_DETAILS_KEY).length) return sendStatus(status);
     const error = toServiceError(new RelgateError(status.code, status.details ?? '', { reason: 'MESSAGE_TOO_LARGE' }));
     const metadata = status.metadata?.clone() ?? new Metadata();
     metadata.set(STATUS_DETAILS_KEY, error.metadata.get(STATUS_DETAILS_KEY)[0] as Buffer);
     sendStatus({ ...status, code: error.code, details: error.details, metadata });
-  };
+  });
   // The same call, so that the next interceptor patches grpc-js's own statuses on it too (metrics counts them);
   // it has every method of the interface grpc-js calls.
   return call as ServerInterceptingCall;
 };
+
+type SendStatus = (status: Partial<StatusObject>) => void;
+
+/**
+ * Puts `handle` in front of every status the call sends, those grpc-js sends on its own too (a deadline, a message
+ * over a size limit), which pass by an interceptor's own sendStatus.
+ */
+export function onSendStatus(call: unknown, handle: (status: Partial<StatusObject>, sendStatus: SendStatus) => void): void {
+  const inner = call as { sendStatus: SendStatus };
+  const sendStatus = inner.sendStatus.bind(inner);
+  inner.sendStatus = (status) => handle(status, sendStatus);
+}
 
 /** Reads a RelgateError back from a failed call (client side). */
 export function fromServiceError(error: ServiceError | StatusObject): RelgateError {

@@ -5,6 +5,7 @@
 // bounded: gRPC method names, status codes, interface names, watch sides.
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { onSendStatus } from './errors.ts';
 import type { Change, LoggedRequest, RequestRecord, RequestState, Store } from './store/store.ts';
 import { fieldsPreview } from './dashboard/state.ts';
 import { pendingRequests } from './relations.ts';
@@ -187,12 +188,10 @@ export class Metrics {
     };
     series.started.inc();
     // grpc-js sends some statuses itself on the inner call, past sendStatus below: its deadline, its message size limits.
-    const inner = call as { sendStatus(status: Partial<grpc.StatusObject>): void };
-    const sendStatus = inner.sendStatus.bind(inner);
-    inner.sendStatus = (status) => {
+    onSendStatus(call, (status, sendStatus) => {
       finish(status.code ?? grpc.status.UNKNOWN);
       sendStatus(status);
-    };
+    });
     return new grpc.ServerInterceptingCall(call, {
       start: (next) =>
         next({
