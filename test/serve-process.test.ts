@@ -142,6 +142,37 @@ describe('relgate serve on the command line', () => {
     }
   });
 
+  it('refuses a SQLite file another gateway serves, and takes it over once that gateway is killed', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'relgate-owned-'));
+    const db = path.join(dir, 'relgate.db');
+    const first = await spawnServe(['--listen', '127.0.0.1:0', '--db', db]);
+    try {
+      const clients = clientsOf(first.address);
+      const relationId = await setupRelation(clients);
+      const second = await run(['--listen', '127.0.0.1:0', '--db', db]);
+      expect([second.code, withoutStack(second.stderr)], second.stderr).toEqual([1, true]);
+      expect(second.stderr).toContain(`the database ${db} is in use by another gateway`);
+      // The refused gateway changed nothing: the first still serves its relation.
+      expect(await clients.registry.call('GetRelation', { relation_id: relationId })).toMatchObject({ relation: { id: relationId } });
+      clients.close();
+      // A killed gateway leaves its lock file behind, but not its lock.
+      const exited = new Promise((resolve) => first.child.once('exit', resolve));
+      first.child.kill('SIGKILL');
+      await exited;
+      const next = await spawnServe(['--listen', '127.0.0.1:0', '--db', db]);
+      const after = clientsOf(next.address);
+      try {
+        expect(await after.registry.call('GetRelation', { relation_id: relationId })).toMatchObject({ relation: { id: relationId } });
+      } finally {
+        after.close();
+        await next.stop();
+      }
+    } finally {
+      await first.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('loads every directory of a colon-separated RELGATE_INTERFACES', async () => {
     const dirs = ['alpha', 'beta'].map((name) => {
       const dir = mkdtempSync(path.join(tmpdir(), `relgate-if-${name}-`));

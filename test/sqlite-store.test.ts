@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
+import { Code } from '../src/errors.ts';
 import { Checkpointer } from '../src/store/checkpointer.ts';
 import { RecordCache, UndoLog } from '../src/store/record-cache.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
@@ -169,6 +170,36 @@ describe('the revision after a reopen', () => {
     expect(again.currentRevision()).toBe(3);
     expect(await again.write(async (tx) => tx.revision())).toBe(4);
     await again.close();
+  });
+});
+
+describe('one store per file', () => {
+  it('refuses a second store on a file another holds, and opens once it has closed, also after a start that failed', async () => {
+    const file = tempFile();
+    const first = new SqliteStore({ path: file });
+    await first.write(async (tx) => tx.appendChange('r1', registered('kept')));
+    let refused: unknown;
+    try {
+      new SqliteStore({ path: file });
+    } catch (error) {
+      refused = error;
+    }
+    expect(refused).toMatchObject({ code: Code.FAILED_PRECONDITION, reason: 'DATABASE_IN_USE', metadata: { path: file, lock_file: `${file}-lock` } });
+    // The refused store wrote nothing and took nothing: the first goes on, and a reopen after it carries on from it.
+    expect(await first.write(async (tx) => tx.revision())).toBe(2);
+    await first.close();
+    const second = new SqliteStore({ path: file });
+    expect(second.currentRevision()).toBe(2);
+    await second.close();
+
+    // A file that is no database fails the start, and the lock goes with it.
+    const notDatabase = tempFile();
+    writeFileSync(notDatabase, 'not a database, but long enough for SQLite to read a header from it: '.repeat(4));
+    expect(() => new SqliteStore({ path: notDatabase })).toThrow(/not a database/);
+    rmSync(notDatabase);
+    const fresh = new SqliteStore({ path: notDatabase });
+    expect(fresh.currentRevision()).toBe(0);
+    await fresh.close();
   });
 });
 

@@ -15,6 +15,7 @@ import { RelgateError, Code } from '../errors.ts';
 import { Checkpointer } from './checkpointer.ts';
 import { changeLogRow, changesOfLogRows } from './change-log.ts';
 import { compactedError } from './compaction.ts';
+import { type DatabaseLock, lockDatabaseFile } from './sqlite-lock.ts';
 import { copyRelation, DeferredRows, flagsKey, recordCaches, UndoLog } from './record-cache.ts';
 import type {
   ApplicationRecord,
@@ -215,6 +216,8 @@ export class SqliteStore implements Store {
   /** The WAL, when the store fsyncs it itself (full durability). */
   readonly #walFd: number | undefined;
   readonly #checkpointer: Checkpointer | undefined;
+  /** This store's hold on its file; none for a database in memory. */
+  readonly #lock: DatabaseLock | undefined;
   #syncing = false;
   /** A batch waits for the running fsync: it commits next, so one fsync covers all of it. */
   #commitAfterSync = false;
@@ -222,26 +225,36 @@ export class SqliteStore implements Store {
   #afterSync: (() => void)[] = [];
 
   constructor(options: SqliteStoreOptions) {
-    this.#db = new Database(options.path);
-    const wal = this.#db.pragma('journal_mode = WAL', { simple: true }) === 'wal';
-    // NORMAL in WAL mode writes commits without fsync; at full durability the store then fsyncs the WAL before anyone hears of the commit.
-    const syncWal = wal && options.durability !== 'normal';
-    this.#db.pragma(`synchronous = ${syncWal || options.durability === 'normal' ? 'NORMAL' : 'FULL'}`);
-    this.#db.pragma('busy_timeout = 5000');
-    // The checkpoint thread copies the WAL as it grows; this checkpoint, inside a COMMIT on the event loop, copies
-    // what is left and lets the WAL start over (rarely: fewer, larger ones copy a page rewritten by many commits once).
-    this.#db.pragma('wal_autocheckpoint = 10000');
-    migrate(this.#db);
-    this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
-    const checkpointEvery = options.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS;
-    this.#checkpointer = wal && checkpointEvery > 0 ? new Checkpointer(this.#db.name, checkpointEvery, (result) => this.#onCheckpoint(result)) : undefined;
-    this.#stmts = prepareStatements(this.#db);
-    this.#caches = newCaches(options.cacheEntries ?? DEFAULT_CACHE_ENTRIES, this.#stmts);
-    this.#compacted = this.#stmts.meta.get('compacted')?.value ?? 0;
-    // meta holds the revision only when the change log does not: see #commit.
-    const logged = this.#stmts.lastLoggedRevision.get()?.revision ?? 0;
-    this.#revision = Math.max(this.#stmts.meta.get('revision')?.value ?? 0, logged, this.#compacted);
-    this.#loggedRevision = this.#revision;
+    this.#lock = isFile(options.path) ? lockDatabaseFile(options.path) : undefined;
+    let db: Database.Database | undefined;
+    try {
+      db = new Database(options.path);
+      this.#db = db;
+      const wal = this.#db.pragma('journal_mode = WAL', { simple: true }) === 'wal';
+      // NORMAL in WAL mode writes commits without fsync; at full durability the store then fsyncs the WAL before anyone hears of the commit.
+      const syncWal = wal && options.durability !== 'normal';
+      this.#db.pragma(`synchronous = ${syncWal || options.durability === 'normal' ? 'NORMAL' : 'FULL'}`);
+      this.#db.pragma('busy_timeout = 5000');
+      // The checkpoint thread copies the WAL as it grows; this checkpoint, inside a COMMIT on the event loop, copies
+      // what is left and lets the WAL start over (rarely: fewer, larger ones copy a page rewritten by many commits once).
+      this.#db.pragma('wal_autocheckpoint = 10000');
+      migrate(this.#db);
+      this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
+      const checkpointEvery = options.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS;
+      this.#checkpointer = wal && checkpointEvery > 0 ? new Checkpointer(this.#db.name, checkpointEvery, (result) => this.#onCheckpoint(result)) : undefined;
+      this.#stmts = prepareStatements(this.#db);
+      this.#caches = newCaches(options.cacheEntries ?? DEFAULT_CACHE_ENTRIES, this.#stmts);
+      this.#compacted = this.#stmts.meta.get('compacted')?.value ?? 0;
+      // meta holds the revision only when the change log does not: see #commit.
+      const logged = this.#stmts.lastLoggedRevision.get()?.revision ?? 0;
+      this.#revision = Math.max(this.#stmts.meta.get('revision')?.value ?? 0, logged, this.#compacted);
+      this.#loggedRevision = this.#revision;
+    } catch (error) {
+      if (this.#walFd !== undefined) closeSync(this.#walFd);
+      db?.close();
+      this.#lock?.release();
+      throw error;
+    }
   }
 
   onCommit(listener: CommitListener): void {
@@ -339,6 +352,7 @@ export class SqliteStore implements Store {
     await this.#checkpointer?.close();
     this.#db.close();
     if (this.#walFd !== undefined) closeSync(this.#walFd);
+    this.#lock?.release();
   }
 
   /** The revision that reads see (the open batch included: they settle after it commits). */
@@ -462,6 +476,9 @@ export class SqliteStore implements Store {
     });
   }
 }
+
+/** SQLite's names for a database that lives in memory or in a temporary file gone at close. */
+const isFile = (path: string): boolean => path !== '' && path !== ':memory:' && !path.startsWith('file::memory:');
 
 const storeUnavailable = (message: string, cause: unknown) => new RelgateError(Code.UNAVAILABLE, message, { reason: 'STORE_UNAVAILABLE', cause });
 

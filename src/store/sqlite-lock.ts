@@ -1,0 +1,40 @@
+// One SQLite file serves one gateway. A store keeps the latest revision, its
+// caches and its watchers in memory, so a second gateway on the same file
+// would hand out revisions the first also hands out, and neither would wake
+// the other's watchers. The lock is SQLite's own (an fcntl lock) on a file
+// beside the database: the kernel drops it when the process ends, however it
+// ends, so a crash leaves nothing to clean up. SQLite also tells apart two
+// connections of one process, so a second store in the same process is
+// refused as well.
+import Database from 'better-sqlite3';
+import { Code, RelgateError } from '../errors.ts';
+
+export interface DatabaseLock {
+  release(): void;
+}
+
+/** The file that holds the lock of the database at `path`. */
+export const lockFileOf = (path: string): string => `${path}-lock`;
+
+/** Takes the database file at `path` for this store, or refuses at once with DATABASE_IN_USE when another holds it. */
+export function lockDatabaseFile(path: string): DatabaseLock {
+  const file = lockFileOf(path);
+  // No busy timeout: a gateway that holds the lock holds it for its whole life.
+  const db = new Database(file, { timeout: 0 });
+  try {
+    // Exclusive locking keeps the lock after any transaction; the transaction that is never committed takes it now.
+    db.pragma('locking_mode = EXCLUSIVE');
+    db.exec('BEGIN EXCLUSIVE');
+  } catch (error) {
+    db.close();
+    if (error instanceof Database.SqliteError && error.code.startsWith('SQLITE_BUSY')) {
+      throw new RelgateError(
+        Code.FAILED_PRECONDITION,
+        `the database ${path} is in use by another gateway (its lock file ${file} is held); one SQLite file serves one gateway: run replicas on PostgreSQL (--store)`,
+        { reason: 'DATABASE_IN_USE', metadata: { path, lock_file: file } },
+      );
+    }
+    throw error;
+  }
+  return { release: () => db.close() };
+}
