@@ -4,7 +4,7 @@
 // int64 as "5" or 5, an enum by name or number, are each one value).
 import protobuf from 'protobufjs';
 import type { FieldViolation } from './errors.ts';
-import { isRequired, typeName } from './interfaces.ts';
+import { allTypes, isRequired, typeName } from './interfaces.ts';
 import { ownValue, setOwn, type Json, type JsonObject } from './struct.ts';
 
 /**
@@ -33,6 +33,7 @@ const MAX_DURATION_S = 315_576_000_000n;
 const WRAPPERS: Record<string, string> = Object.fromEntries(
   [['Double', 'double'], ['Float', 'float'], ['Int64', 'int64'], ['UInt64', 'uint64'], ['Int32', 'int32'], ['UInt32', 'uint32'], ['Bool', 'bool'], ['String', 'string'], ['Bytes', 'bytes']].map(([name, type]) => [`.google.protobuf.${name}Value`, type as string]),
 );
+const NULL_VALUE = '.google.protobuf.NullValue';
 /** Well-known types with a JSON form of their own (a string, a list...), not an object of their fields. */
 const OPAQUE = new Set(['Struct', 'Value', 'ListValue', 'Timestamp', 'Duration', 'FieldMask', 'Any'].map((name) => `.google.protobuf.${name}`));
 
@@ -49,17 +50,31 @@ export function validateFields(type: protobuf.Type, value: JsonObject, pathPrefi
   return violations;
 }
 
-/** Valid fields in their canonical form: 64-bit integers as decimal strings, enums by name, bytes in standard base64. */
+/**
+ * Valid fields in their canonical form: 64-bit integers as decimal strings, enums by name (an alias by the first name
+ * of its number), bytes in standard base64. A field set to null is left out: in protobuf's JSON null means unset,
+ * except for a Value (whose null is a value) and a NullValue.
+ */
 export function canonicalFields(type: protobuf.Type, value: JsonObject): JsonObject {
   const out: JsonObject = {};
-  for (const [name, item] of Object.entries(value)) setOwn(out, name, canonicalValue(type, name, item));
+  for (const [name, item] of Object.entries(value)) {
+    const canonical = canonicalValue(type, name, item);
+    if (canonical !== null || holdsNull(ownValue(type.fields, name))) setOwn(out, name, canonical);
+  }
   return out;
 }
 
-/** One field's value in its canonical form; a value of no field of the type, or null, as it is. */
+/** One field's value in its canonical form; a value of no field of the type as it is, and null (unset) as null. */
 export function canonicalValue(type: protobuf.Type, name: string, value: Json): Json {
   const field = ownValue(type.fields, name);
   return field && value !== null ? canonicalField(field, value) : value;
+}
+
+/** A field whose value may be null: a Value, or a NullValue. */
+function holdsNull(field: protobuf.Field | undefined): boolean {
+  if (!field || field.repeated || field instanceof protobuf.MapField) return false;
+  field.resolve();
+  return field.resolvedType?.fullName === '.google.protobuf.Value' || field.resolvedType?.fullName === NULL_VALUE;
 }
 
 /** A Value's number may be NaN or infinite in binary protobuf, which JSON cannot hold: it would be stored as null. */
@@ -231,10 +246,20 @@ function anyProblem(type: protobuf.Type, value: Json, at: string, options: Valid
 
 /** The message an Any's type URL names by its full name, if the loaded protos declare it. */
 function anyType(any: protobuf.Type, url: string): protobuf.Type | undefined {
-  const name = url.slice(url.lastIndexOf('/') + 1);
-  const found = name === '' ? null : any.root.lookup(`.${name}`);
-  return found instanceof protobuf.Type && found.fullName === `.${name}` ? found : undefined;
+  return messagesOf(any.root).get(`.${url.slice(url.lastIndexOf('/') + 1)}`);
 }
+
+/**
+ * Every message of a (loaded, no longer changing) root by full name, gathered once. protobuf.js's own lookup caches
+ * every name it is asked for, found or not: names from clients' type URLs would grow that cache without bound.
+ */
+function messagesOf(root: protobuf.Namespace): Map<string, protobuf.Type> {
+  let messages = messagesByRoot.get(root);
+  if (!messages) messagesByRoot.set(root, (messages = new Map([...allTypes(root)].map((type) => [type.fullName, type]))));
+  return messages;
+}
+
+const messagesByRoot = new WeakMap<protobuf.Namespace, Map<string, protobuf.Type>>();
 
 function isTimestamp(text: string): boolean {
   return timestamp(text) !== undefined;
@@ -303,9 +328,16 @@ function canonicalField(field: protobuf.Field, value: Json): Json {
 function canonicalSingle(field: protobuf.Field, value: Json): Json {
   const resolved = field.resolvedType;
   if (value === null) return null;
-  if (resolved instanceof protobuf.Enum) return typeof value === 'number' ? (resolved.valuesById[value] ?? value) : value;
+  if (resolved instanceof protobuf.Enum) return canonicalEnum(resolved, value);
   if (resolved instanceof protobuf.Type) return canonicalMessage(resolved, value);
   return canonicalScalar(field.type, value);
+}
+
+/** An enum value by the first name declared for its number, as protobuf writes it; a NullValue as null. */
+function canonicalEnum(type: protobuf.Enum, value: Json): Json {
+  const number = typeof value === 'string' && Object.hasOwn(type.values, value) ? type.values[value] : value;
+  if (typeof number !== 'number' || type.valuesById[number] === undefined) return value;
+  return type.fullName === NULL_VALUE ? null : (type.valuesById[number] as string);
 }
 
 function canonicalMessage(type: protobuf.Type, value: Json): Json {

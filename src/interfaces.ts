@@ -137,7 +137,8 @@ function relativeSource(file: string, roots: string[]): string {
   return root ? path.relative(root, file) : path.basename(file);
 }
 
-function* allTypes(namespace: protobuf.NamespaceBase): Generator<protobuf.Type> {
+/** Every message type under a namespace, nested ones included. */
+export function* allTypes(namespace: protobuf.NamespaceBase): Generator<protobuf.Type> {
   for (const nested of namespace.nestedArray) {
     if (nested instanceof protobuf.Type) yield nested;
     if (nested instanceof protobuf.Namespace || nested instanceof protobuf.Type) yield* allTypes(nested);

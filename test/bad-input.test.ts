@@ -325,6 +325,20 @@ describe('interface fields of other kinds', () => {
     expect(fieldsOf(validateFields(type, { small: '1.5', count: '-1' }, 'fields', { checkRequired: false }))).toEqual(['fields.small', 'fields.count']);
   });
 
+  test('type URLs a client makes up are looked up without growing what protobuf.js caches', () => {
+    const type = parseType('syntax = "proto3"; import "google/protobuf/any.proto"; message Inner { string note = 1; } message M { google.protobuf.Any any = 1; }', 'M');
+    // protobuf.js caches every name its lookup is asked for, found or not, on every namespace it passes.
+    const cached = () => [type.root, ...type.root.nestedArray].reduce((sum, each) => sum + Object.keys((each as unknown as { _lookupCache?: object })._lookupCache ?? {}).length, 0);
+    const before = cached();
+    for (let i = 0; i < 2_000; i++) {
+      const any = { '@type': `type.googleapis.com/made.up.Name${i}`, note: 'x' };
+      expect(fieldsOf(validateFields(type, { any }, 'fields', { checkRequired: false }))).toEqual(['fields.any']);
+      canonicalFields(type, { any });
+    }
+    expect(validateFields(type, { any: { '@type': 'type.googleapis.com/Inner', note: 'x' } }, 'fields', { checkRequired: false })).toEqual([]);
+    expect(cached()).toBe(before);
+  });
+
   test("proto2's required and an empty required map count as missing; 0 and false are values", () => {
     const legacy = parseType('syntax = "proto2"; message M { required string a = 1; optional int32 b = 2; }', 'M');
     expect(validateFields(legacy, { b: 1 }, 'fields', { checkRequired: true })).toEqual([{ field: 'fields.a', description: 'required field is missing or empty' }]);
@@ -363,6 +377,24 @@ describe('field values in the form protobuf writes them', () => {
     expect(form({ ratio: 0.1, part: 16777217 })).toEqual({ ratio: 0.1, part: 16777216 });
     // A value stored before its field's type changed (a string field become a Timestamp, say) stays as it is.
     expect(form({ at: 'tomorrow', took: 'a while', part: 'some' })).toEqual({ at: 'tomorrow', took: 'a while', part: 'some' });
+  });
+
+  test('null is an unset field, except in a Value or a NullValue; an enum alias is the first name of its number', () => {
+    const typed = parseType(
+      `syntax = "proto3"; import "google/protobuf/struct.proto";
+       enum Level { option allow_alias = true; LEVEL_UNSPECIFIED = 0; LEVEL_LOW = 1; LEVEL_MINOR = 1; LEVEL_HIGH = 2; }
+       message Inner { string note = 1; int64 big = 2; }
+       message M { string name = 1; Level level = 2; Inner inner = 3; google.protobuf.Value tree = 4; google.protobuf.NullValue nothing = 5;
+                   repeated Level levels = 6; map<string, google.protobuf.Value> by_name = 7; }`,
+      'M',
+    );
+    const canonical = (value: Record<string, unknown>) => canonicalFields(typed, value as JsonObject);
+    expect(validateFields(typed, { name: null, level: 'LEVEL_MINOR', inner: { note: null, big: 5 } } as JsonObject, 'fields', { checkRequired: true })).toEqual([]);
+    expect(canonical({ name: null, level: null, inner: { note: null, big: 5 } })).toEqual({ inner: { big: '5' } });
+    expect(canonical({ inner: null })).toEqual({});
+    expect(canonical({ tree: null, nothing: null, by_name: { a: null } })).toEqual({ tree: null, nothing: null, by_name: { a: null } });
+    for (const nothing of ['NULL_VALUE', 0]) expect(canonical({ nothing }), String(nothing)).toEqual({ nothing: null });
+    for (const level of ['LEVEL_LOW', 'LEVEL_MINOR', 1]) expect(canonical({ level, levels: [level] }), String(level)).toEqual({ level: 'LEVEL_LOW', levels: ['LEVEL_LOW'] });
   });
 
   test('a field mask is lowerCamelCase paths, as protobuf parsers read it back; NaN or an infinity inside a Value is refused where it is', () => {
@@ -418,6 +450,24 @@ describe('field values through the gateway', () => {
     }
     const same = await v.req().call('CreateOrUpdateRequest', { relation_id: v.relationId, match_fields: ['name'], fields: struct({ name: 'older', count: '6' }) });
     expect([same.created, same.updated, same.request.request_id]).toEqual([false, false, request.request_id]);
+  });
+
+  test('a field sent as null is the field left out: a create-or-update or a replay without it is the same request, and its answer stays', async () => {
+    const sent = { name: 'unset', count: null, colour: 'COLOUR_BLUE', tree: null };
+    const { request } = await v.req().call('CreateRequest', { relation_id: v.relationId, fields: struct(sent) });
+    expect(json(request.fields)).toEqual({ name: 'unset', colour: 'COLOUR_BLUE', tree: null });
+    await v.res().call('Respond', { request_id: request.request_id, fields: struct({ total: 1, tree: null }) });
+    for (const fields of [{ name: 'unset', colour: 2, tree: null }, sent]) {
+      const replay = await v.req().call('CreateRequest', { relation_id: v.relationId, request_id: request.request_id, fields: struct(fields) });
+      expect(replay.request.request_id).toBe(request.request_id);
+      const same = await v.req().call('CreateOrUpdateRequest', { relation_id: v.relationId, match_fields: ['name'], fields: struct(fields) });
+      expect([same.created, same.updated, same.request.request_id, same.request.state]).toEqual([false, false, request.request_id, 'REQUEST_STATE_ANSWERED']);
+    }
+    const { responses } = await v.req().call('ListResponses', { request_id: request.request_id });
+    expect(responses.map((response: { fields: unknown }) => json(response.fields as never))).toEqual([{ total: '1', tree: null }]);
+    // In a match, null still means a field that is not set.
+    const { requests } = await v.req().call('ListRequests', { relation_id: v.relationId, match_fields: struct({ name: 'unset', count: null }) });
+    expect(requests.map((r: { request_id: string }) => r.request_id)).toEqual([request.request_id]);
   });
 
   test(`fields nested more than ${MAX_FIELD_DEPTH} levels are refused with the path, storing nothing; ${MAX_FIELD_DEPTH} levels are stored and sent`, async () => {
