@@ -32,6 +32,7 @@ const spec = (unit: string, side: WatchSpec['side'], relationId: string): WatchS
   unit,
   side,
   relationId,
+  interface: '',
   filter: 'new',
   start: 'now',
   afterRevision: 0,

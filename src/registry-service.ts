@@ -210,7 +210,7 @@ export class RegistryService {
       await tx.putRelationUnit(joined);
       const updated = { ...relation, revision };
       await tx.putRelation(updated);
-      await tx.appendChange(relationId, { kind: 'unit-joined', unit: joined });
+      await tx.appendChange(relationId, { kind: 'unit-joined', unit: joined, interface: relation.interface });
       await refreshFlags(tx, updated, [...units, joined]);
       return { relation: relationMessage(updated, [...units, joined]) };
     });
@@ -226,7 +226,7 @@ export class RegistryService {
       const revision = await tx.revision();
       await tx.deleteRelationUnit(relationId, unitName);
       await tx.deleteFlags(relationId, unitName);
-      await tx.appendChange(relationId, { kind: 'unit-departed', unit: { ...leaving, revision } });
+      await tx.appendChange(relationId, { kind: 'unit-departed', unit: { ...leaving, revision }, interface: relation.interface });
       const released = await onLeave(tx, { ...relation, revision }, unitName);
       await tx.putRelation(released);
       const remaining = units.filter((record) => record.unit !== unitName);

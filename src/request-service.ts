@@ -31,10 +31,26 @@ export interface CreateInput {
 
 export interface ListInput {
   relation_id: string;
+  /** Only relations of this interface; '' for every interface. */
+  interface: string;
   filter: RequestFilterName;
   match_fields: StructMessage | null;
   page_size: number;
   page_token: string;
+}
+
+/** What a list or flags call covers: one relation, or every joined one; of one interface, or of all. */
+export interface RelationScope {
+  relationId: string;
+  /** An interface name, or '' for every interface. */
+  iface: string;
+}
+
+/** A relation named together with an interface must be of that interface. */
+export function checkInterface(relation: RelationRecord, iface: string): void {
+  if (iface && relation.interface !== iface) {
+    invalidIfAny([{ field: 'interface', description: `relation ${relation.id} is of interface ${relation.interface}, not ${iface}` }]);
+  }
 }
 
 const MAX_TTL_MS = 30 * 24 * 3600 * 1000;
@@ -71,18 +87,22 @@ export class RequestService {
     return this.#store.read(async (tx) => ({ replay: (await this.#prepareCreate(tx, callerName, input, parsed)).existing !== undefined }));
   }
 
-  /** Membership, fields, a stored request with the same id (same body: a replay), else the resolved delivery. */
+  /**
+   * Membership, fields, a stored request with the same id (same body: a replay), else the resolved delivery. A
+   * replay is recognised before the fields are checked: one sent again after the interface changed (a retry across
+   * an upgrade) still gets its stored request, not a refusal that says nothing was stored.
+   */
   async #prepareCreate(tx: StoreTx, callerName: string, input: CreateInput, parsed: ParsedCreate) {
     const caller = await requireCaller(tx, callerName);
     const { relation, units } = await joinedRelation(tx, input.relation_id, caller, 'requester');
     const type = this.#definition(relation).requestType;
-    invalidIfAny(validateFields(type, parsed.fields, 'fields', { checkRequired: true }));
     const fields = canonicalFields(type, parsed.fields);
     const requestId = input.request_id.toLowerCase() || newRequestId();
-    const existing = await tx.getRequest(requestId);
+    const existing = input.request_id ? await tx.getRequest(requestId) : undefined;
+    const body = requestBody(relation.id, fields, input.delivery, parsed.ttl);
+    if (existing && (existing.body === body || canonicalBody(type, existing.body) === body)) return { caller, relation, requestId, fields, existing };
+    invalidIfAny(validateFields(type, parsed.fields, 'fields', { checkRequired: true }));
     if (existing) {
-      const body = requestBody(relation.id, fields, input.delivery, parsed.ttl);
-      if (existing.body === body || canonicalBody(type, existing.body) === body) return { caller, relation, requestId, fields, existing };
       throw new RelgateError(Code.ALREADY_EXISTS, `request ${requestId} already exists with a different body`, {
         reason: 'REQUEST_ID_CONFLICT',
         metadata: { request_id: requestId },
@@ -153,13 +173,13 @@ export class RequestService {
     const violations = new Violations();
     const size = pageSize(violations, input.page_size);
     const match = structToJson(input.match_fields);
-    const query = canonicalJson({ side, relation_id: input.relation_id, filter: input.filter, match });
+    const query = canonicalJson({ side, relation_id: input.relation_id, interface: input.interface, filter: input.filter, match });
     const after = decodePageToken(violations, input.page_token, query);
     if (side === 'responder' && input.filter === 'answered') violations.add('filter', 'responders list ALL or NEW requests');
     violations.throwIfAny();
     return this.#store.read(async (tx) => {
       const caller = await requireCaller(tx, callerName);
-      const { relationIds, matches } = await this.#scope(tx, caller, input.relation_id, side, match);
+      const { relationIds, matches } = await this.#scope(tx, caller, { relationId: input.relation_id, iface: input.interface }, side, match);
       const view = { unit: caller.name, side };
       const keep = (request: RequestRecord) =>
         matches(request) && (side === 'requester' ? requesterFilter(request, input.filter) : responderFilter(request, caller.name, input.filter));
@@ -186,22 +206,22 @@ export class RequestService {
     });
   }
 
-  async responseByField(callerName: string, relationId: string, matchFields: StructMessage | null) {
+  async responseByField(callerName: string, scope: RelationScope, matchFields: StructMessage | null) {
     const match = structToJson(matchFields);
     if (Object.keys(match).length === 0) invalidIfAny([{ field: 'match_fields', description: 'name at least one field' }]);
     return this.#store.read(async (tx) => {
       const caller = await requireCaller(tx, callerName);
-      const { relationIds, matches } = await this.#scope(tx, caller, relationId, 'requester', match);
+      const { relationIds, matches } = await this.#scope(tx, caller, scope, 'requester', match);
       const request = await firstMatch(tx, relationIds, matches);
       if (!request) return { request: null, responses: [] };
       return { request: requestMessage(request, requesterView(caller)), responses: (await tx.listResponses(request.request_id)).map(responseMessage) };
     });
   }
 
-  async requesterFlags(callerName: string, relationId: string) {
+  async requesterFlags(callerName: string, scope: RelationScope) {
     return this.#store.read(async (tx) => {
       const caller = await requireCaller(tx, callerName);
-      const relations = await this.#relationsInScope(tx, caller, relationId, 'requester');
+      const relations = await this.#relationsInScope(tx, caller, scope, 'requester');
       const all = [];
       for (const { relation, units } of relations) {
         all.push({ counters: relation.counters, flags: requesterFlags(relation.counters, units.some((unit) => unit.side === 'responder')) });
@@ -276,10 +296,10 @@ export class RequestService {
     });
   }
 
-  async responderFlags(callerName: string, relationId: string) {
+  async responderFlags(callerName: string, scope: RelationScope) {
     return this.#store.read(async (tx) => {
       const caller = await requireCaller(tx, callerName);
-      const relations = await this.#relationsInScope(tx, caller, relationId, 'responder');
+      const relations = await this.#relationsInScope(tx, caller, scope, 'responder');
       const all = relations.map(({ relation, units }) => responderFlags(relation.counters, caller.name, units.some((unit) => unit.side === 'requester')));
       return { flags: mergeResponderFlags(all) };
     });
@@ -336,26 +356,36 @@ export class RequestService {
   }
 
   /**
-   * Relation ids a list covers: the one named (checked), or every joined one;
-   * and whether a request's fields match, in each relation's canonical form.
+   * Relation ids a list covers: the one named (checked), or every joined one (of the interface, when named);
+   * and whether a request's fields match, in each relation's canonical form. Only matching fields needs the
+   * relations' interfaces loaded.
    */
-  async #scope(tx: StoreTx, caller: UnitRecord, relationId: string, side: SideName, match: JsonObject) {
-    const relations = await this.#relationsInScope(tx, caller, relationId, side);
+  async #scope(tx: StoreTx, caller: UnitRecord, scope: RelationScope, side: SideName, match: JsonObject) {
+    const relations = await this.#relationsInScope(tx, caller, scope, side);
+    const relationIds = relations.map(({ relation }) => relation.id);
+    if (Object.keys(match).length === 0) return { relationIds, matches: (_request: RequestRecord) => true };
     const types = new Map(relations.map(({ relation }) => [relation.id, this.#definition(relation).requestType]));
     const violations = [...types.values()].flatMap((type) => validateFields(type, match, 'match_fields', { checkRequired: false }));
-    invalidIfAny(relationId ? violations : dedupe(violations));
+    invalidIfAny(scope.relationId ? violations : dedupe(violations));
     const scoped = new Map([...types].map(([id, type]) => [id, { type, match: canonicalFields(type, match) }]));
     const matches = (request: RequestRecord) => {
       const scope = scoped.get(request.relation_id);
       return scope !== undefined && fieldsMatch(scope.type, request.fields, scope.match);
     };
-    return { relationIds: relations.map(({ relation }) => relation.id), matches };
+    return { relationIds, matches };
   }
 
-  async #relationsInScope(tx: StoreTx, caller: UnitRecord, relationId: string, side: SideName) {
-    if (relationId) return [await joinedRelation(tx, relationId, caller, side)];
+  async #relationsInScope(tx: StoreTx, caller: UnitRecord, { relationId, iface }: RelationScope, side: SideName) {
+    if (relationId) {
+      const membership = await joinedRelation(tx, relationId, caller, side);
+      checkInterface(membership.relation, iface);
+      return [membership];
+    }
     const memberships = [];
-    for (const id of await joinedRelationIds(tx, caller.name, side)) memberships.push(await joinedRelation(tx, id, caller, side));
+    for (const id of await joinedRelationIds(tx, caller.name, side)) {
+      const membership = await joinedRelation(tx, id, caller, side);
+      if (!iface || membership.relation.interface === iface) memberships.push(membership);
+    }
     return memberships;
   }
 }

@@ -16,7 +16,7 @@ import { Metrics } from './metrics.ts';
 import { API_FILES, PROTO_DIR, compileDescriptors, loadApi, newRoot } from './protos.ts';
 import { RegistryService } from './registry-service.ts';
 import { joinedRelation, joinedRelationIds, requireCaller } from './relations.ts';
-import { RequestService, type DeliveryInput, type RequestFilterName } from './request-service.ts';
+import { RequestService, checkInterface, type DeliveryInput, type RelationScope, type RequestFilterName } from './request-service.ts';
 import type { PostgresPresence } from './store/postgres-presence.ts';
 import { PostgresStore } from './store/postgres-store.ts';
 import { SqliteStore, type Durability } from './store/sqlite-store.ts';
@@ -510,8 +510,8 @@ class Handlers {
       ListRequests: u('ListRequests', (q, unit) => s.listRequests(unit, listInput(q), 'requester')),
       WithdrawRequest: u('WithdrawRequest', (q, unit) => s.withdraw(unit, q.request_id)),
       ListResponses: u('ListResponses', (q, unit) => s.listResponses(unit, q.request_id)),
-      ResponseByField: u('ResponseByField', (q, unit) => s.responseByField(unit, q.relation_id, q.match_fields)),
-      GetRequesterFlags: u('GetRequesterFlags', (q, unit) => s.requesterFlags(unit, q.relation_id)),
+      ResponseByField: u('ResponseByField', (q, unit) => s.responseByField(unit, relationScope(q), q.match_fields)),
+      GetRequesterFlags: u('GetRequesterFlags', (q, unit) => s.requesterFlags(unit, relationScope(q))),
       WatchResponses: this.#watch('RequesterService/WatchResponses', 'requester'),
       Call: u('Call', (q, unit, call) => this.#call(unit, q, call)),
       CallAll: (call: grpc.ServerWritableStream<Req, unknown>) => this.#callAll(call),
@@ -528,7 +528,7 @@ class Handlers {
       Respond: u('Respond', (q, unit) => s.respond(unit, { request_id: q.request_id, code: q.code, error: q.error, fields: q.fields })),
       ClaimRequest: u('ClaimRequest', (q, unit) => s.claim(unit, q.request_id, q.lease)),
       ReleaseRequest: u('ReleaseRequest', (q, unit) => s.release(unit, q.request_id)),
-      GetResponderFlags: u('GetResponderFlags', (q, unit) => s.responderFlags(unit, q.relation_id)),
+      GetResponderFlags: u('GetResponderFlags', (q, unit) => s.responderFlags(unit, relationScope(q))),
       WatchIncomingRequests: this.#watch('ResponderService/WatchIncomingRequests', 'responder'),
     };
   }
@@ -733,15 +733,19 @@ class Handlers {
     const ids = spec.relationId ? [spec.relationId] : await joinedRelationIds(tx, caller.name, spec.side);
     const scope: WatchScope = new Map();
     for (const id of ids) {
+      let membership: Awaited<ReturnType<typeof joinedRelation>>;
       try {
-        const { units } = await joinedRelation(tx, id, caller, spec.side);
-        scope.set(id, units.find((unit) => unit.unit === caller.name)?.revision ?? 0);
+        membership = await joinedRelation(tx, id, caller, spec.side);
       } catch (error) {
         // A resume may still replay what the unit missed before it left (or the relation went): the hub decides, from
         // whether the unit belonged to the relation where the resume starts.
         if (!(spec.relationId && spec.start === 'after' && isRelgateError(error))) throw error;
         scope.set(id, error);
+        continue;
       }
+      if (spec.relationId) checkInterface(membership.relation, spec.interface);
+      else if (spec.interface && membership.relation.interface !== spec.interface) continue;
+      scope.set(id, membership.units.find((unit) => unit.unit === caller.name)?.revision ?? 0);
     }
     return scope;
   }
@@ -776,8 +780,12 @@ function createInput(q: Req) {
   return { relation_id: q.relation_id, request_id: q.request_id ?? '', fields: q.fields, delivery: deliveryInput(q.delivery), ttl: q.ttl };
 }
 
+function relationScope(q: Req): RelationScope {
+  return { relationId: q.relation_id, iface: q.interface };
+}
+
 function listInput(q: Req) {
-  return { relation_id: q.relation_id, filter: enumValue(FILTER, q.filter, 'filter') ?? 'all', match_fields: q.match_fields, page_size: q.page_size, page_token: q.page_token };
+  return { relation_id: q.relation_id, interface: q.interface, filter: enumValue(FILTER, q.filter, 'filter') ?? 'all', match_fields: q.match_fields, page_size: q.page_size, page_token: q.page_token };
 }
 
 function watchSpec(unit: string, side: SideName, options: Req | null | undefined): WatchSpec {
@@ -793,7 +801,7 @@ function watchSpec(unit: string, side: SideName, options: Req | null | undefined
     violations.add('options.progress_interval_ms', `must be 0 (server default) or from ${MIN_PROGRESS_MS} to ${MAX_PROGRESS_MS} (a day)`);
   }
   violations.throwIfAny();
-  return { unit, side, relationId: options?.relation_id ?? '', filter: filter === 'new' ? 'new' : 'all', start, afterRevision, progressIntervalMs: progress };
+  return { unit, side, relationId: options?.relation_id ?? '', interface: options?.interface ?? '', filter: filter === 'new' ? 'new' : 'all', start, afterRevision, progressIntervalMs: progress };
 }
 
 export { API_FILES };

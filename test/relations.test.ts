@@ -39,7 +39,7 @@ test('a write that fails after request changes leaves the relation counters and 
     created.push((await requests.create('web/0', input)).request.request_id);
   }
   const counters = structuredClone((await store.read((tx) => tx.getRelation(relation.id)))?.counters);
-  const flags = { requester: await requests.requesterFlags('web/0', relation.id), responder: await requests.responderFlags('ca/0', relation.id) };
+  const flags = { requester: await requests.requesterFlags('web/0', { relationId: relation.id, iface: '' }), responder: await requests.responderFlags('ca/0', { relationId: relation.id, iface: '' }) };
   expect(flags.responder.flags.new_requests).toBe(true);
 
   const failure = store.write(async (tx) => {
@@ -56,5 +56,5 @@ test('a write that fails after request changes leaves the relation counters and 
   await expect(failure).rejects.toThrow('a later statement failed');
 
   expect((await store.read((tx) => tx.getRelation(relation.id)))?.counters).toEqual(counters);
-  expect({ requester: await requests.requesterFlags('web/0', relation.id), responder: await requests.responderFlags('ca/0', relation.id) }).toEqual(flags);
+  expect({ requester: await requests.requesterFlags('web/0', { relationId: relation.id, iface: '' }), responder: await requests.responderFlags('ca/0', { relationId: relation.id, iface: '' }) }).toEqual(flags);
 });

@@ -271,6 +271,29 @@ describe('SDK on one gateway', () => {
     expect(await other.closed).toBeUndefined();
   });
 
+  it("covers, without a relation, only the relations of the endpoint's interface: lists, find, flags and watches", async () => {
+    const tls = await makeWorld(h);
+    const web = await makeWorld(h, { iface: 'http', requesterApp: tls.requesterApp, responderApp: tls.responderApp, join: false });
+    for (const unit of [...tls.requesters, ...tls.responders]) await h.registry.call('JoinRelation', { relation_id: web.relationId, unit });
+    const requesterUnit = as(tls.requesters[0] as string);
+    const responderUnit = as(tls.responders[0] as string);
+    const certificate = await requesterUnit.requester('tls-certificates', { relation: tls.relationId }).create({ common_name: 'c.example' });
+    const site = await requesterUnit.requester('http', { relation: web.relationId }).create({ service_name: 'shop' });
+    const http = responderUnit.responder('http');
+    const watch = http.watch();
+    const snapshot = await readUntil(watch, (event) => event.type === 'SNAPSHOT_COMPLETE');
+    expect(snapshot.filter((event) => event.request).map((event) => event.request?.request_id)).toEqual([site.request_id]);
+    expect((await http.requests()).map((request) => request.request_id)).toEqual([site.request_id]);
+    expect((await requesterUnit.requester('http').find({ service_name: 'shop' }))?.request_id).toBe(site.request_id);
+    expect((await requesterUnit.requester('tls-certificates').find({ common_name: 'c.example' }))?.request_id).toBe(certificate.request_id);
+    await responderUnit.responder('tls-certificates', { relation: tls.relationId }).respond(certificate, { key: 'K', cert: 'C' });
+    expect([(await http.flags()).new_requests, (await responderUnit.responder('tls-certificates').flags()).new_requests]).toEqual([true, false]);
+    const next = await requesterUnit.requester('http', { relation: web.relationId }).create({ service_name: 'blog' });
+    const seen = await readUntil(watch, (event) => event.type === 'ADDED');
+    expect(seen.map((event) => event.request?.request_id)).toEqual([next.request_id]);
+    watch.close();
+  });
+
   it('lets go of a shared AbortSignal when its watches close, however they close', async () => {
     const world = await makeWorld(h);
     const endpoint = as(world.requesters[0] as string).requester('tls-certificates', { relation: world.relationId });

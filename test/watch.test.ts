@@ -8,7 +8,7 @@ import { Code } from '../src/errors.ts';
 import type { Change } from '../src/store/store.ts';
 import { splitEvents, type WatchEventMessage } from '../src/watch-hub.ts';
 import { startHarness, struct, type Harness } from './helpers/harness.ts';
-import { ANY, CERT, CSR, create, expectError, relate, respond, type Relation } from './helpers/fixture.ts';
+import { ANY, CERT, CSR, create, expectError, ids, relate, respond, type Relation } from './helpers/fixture.ts';
 import { changeEvents, expectWellFormed, revisionsOf } from './helpers/watch-log.ts';
 import { isType, requestEvent, snapshotComplete, watch, watchReady, type Event, type Msg, type Watch } from './helpers/streams.ts';
 import { eventually } from './helpers/world.ts';
@@ -375,6 +375,70 @@ describe('relation events and flags', () => {
       ['DELETED', request.request_id],
       ['ADDED', again.request_id],
     ]);
+  });
+});
+
+describe('one interface of the unit', () => {
+  /** A relation of the interface between the applications of `r`, joined by its first requester and responder. */
+  async function relateAlso(r: Relation, iface: string, endpoint: string, join = true): Promise<string> {
+    const application = (unit: string | undefined) => unit?.split('/')[0];
+    const { relation } = await h.registry.call('CreateRelation', {
+      interface: iface,
+      requester_application: application(r.requesters[0]),
+      requester_endpoint: endpoint,
+      responder_application: application(r.responders[0]),
+      responder_endpoint: endpoint,
+    });
+    if (join) for (const unit of [r.requesters[0], r.responders[0]]) await h.registry.call('JoinRelation', { relation_id: relation.id, unit });
+    return relation.id as string;
+  }
+  const HTTP = { service_name: 'shop' };
+
+  test("lists and flags cover the unit's relations of the interface; fields of that interface match across them; a relation of another is refused", async () => {
+    const r = await relate(h);
+    const web = await relateAlso(r, 'http', 'website');
+    const tls = await create(r);
+    const { request: http } = await r.req().call('CreateRequest', { relation_id: web, fields: struct(HTTP) });
+    expect(ids((await r.res().call('ListIncomingRequests', { interface: 'http' })).requests)).toEqual([http.request_id]);
+    expect(ids((await r.res().call('ListIncomingRequests', { interface: 'tls-certificates' })).requests)).toEqual([tls.request_id]);
+    expect(ids((await r.req().call('ListRequests', { interface: 'http', match_fields: struct(HTTP) })).requests)).toEqual([http.request_id]);
+    expect((await r.req().call('ResponseByField', { interface: 'http', match_fields: struct(HTTP) })).request.request_id).toBe(http.request_id);
+    // Without the interface, the fields must be of every relation's interface.
+    expectError(await r.req().fail('ListRequests', { match_fields: struct(HTTP) }), Code.INVALID_ARGUMENT, 'INVALID_ARGUMENT');
+    await respond(r, tls.request_id);
+    const flags = (iface: string) => r.res().call('GetResponderFlags', { interface: iface }).then((reply) => reply.flags.new_requests);
+    expect([await flags('http'), await flags('tls-certificates'), await flags('')]).toEqual([true, false, true]);
+    const wrong = await r.req().fail('ListRequests', { relation_id: r.id, interface: 'http' });
+    expect([wrong.code, wrong.fieldViolations]).toEqual([Code.INVALID_ARGUMENT, [{ field: 'interface', description: `relation ${r.id} is of interface tls-certificates, not http` }]]);
+    expect((await watch(r.res(), { relation_id: r.id, interface: 'http' }).status)?.fieldViolations.map((violation) => violation.field)).toEqual(['interface']);
+  });
+
+  test("a watch of the interface's relations sees only theirs, ends only at joins of that interface, and resumes without the others", async () => {
+    const r = await relate(h);
+    const web = await relateAlso(r, 'http', 'website');
+    const from = currentRevision();
+    const http = await watchReady(r.res(), { interface: 'http' });
+    const tls = await create(r);
+    const { request: first } = await r.req().call('CreateRequest', { relation_id: web, fields: struct(HTTP) });
+    await http.events.next(requestEvent('ADDED', first.request_id));
+    // Joining a relation of another interface does not end it; leaving one is none of its business.
+    const other = await relateAlso(r, 'tls-certificates', 'more', false);
+    await h.registry.call('JoinRelation', { relation_id: other, unit: r.requesters[0] });
+    await h.registry.call('JoinRelation', { relation_id: other, unit: r.responders[0] });
+    await h.registry.call('LeaveRelation', { relation_id: r.id, unit: r.responders[0] });
+    const { request: second } = await r.req().call('CreateRequest', { relation_id: web, fields: struct(HTTP) });
+    await http.events.next(requestEvent('ADDED', second.request_id));
+    expect(http.events.items.filter((event) => event.relation_id !== '' && event.relation_id !== web)).toEqual([]);
+    expect(requestIds(http.events.items).includes(tls.request_id)).toBe(false);
+    // Resumed from before the departure from the other interface's relation, it does not replay that relation.
+    const resumed = watch(r.res(), { interface: 'http', ...after(from) });
+    await resumed.events.next(requestEvent('ADDED', second.request_id));
+    expect(resumed.events.items.filter((event) => event.relation_id !== '' && event.relation_id !== web)).toEqual([]);
+    resumed.cancel();
+    // A join of its own interface ends it, as it ends a watch of every interface.
+    const more = await relateAlso(r, 'http', 'api', false);
+    await h.registry.call('JoinRelation', { relation_id: more, unit: r.responders[0] });
+    expect((await http.status)?.reason).toBe('SNAPSHOT_REQUIRED');
   });
 });
 

@@ -23,6 +23,11 @@ export class Endpoint<I extends InterfaceName> {
     this.relation = relation;
   }
 
+  /** What list, flags and watch calls cover: the relation, and only relations of this endpoint's interface. */
+  protected get scope(): { relation_id: string; interface: string } {
+    return { relation_id: this.relation, interface: this.iface };
+  }
+
   protected get metadata(): grpc.Metadata {
     return this.connection.metadata();
   }

@@ -90,7 +90,7 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
   /** The first request whose fields equal matchFields, with its responses. */
   async responseByField(matchFields: Partial<RequestFields<I>>): Promise<{ request: Request<RequestFields<I>>; responses: Response<ResponseFields<I>>[] } | undefined> {
     const result = await unary<{ request: Request__Output | null; responses: Response__Output[] }>((cb) =>
-      this.connection.requesterClient.ResponseByField({ relation_id: this.relation, match_fields: struct(matchFields) }, this.metadata, this.connection.callOptions(), cb),
+      this.connection.requesterClient.ResponseByField({ ...this.scope, match_fields: struct(matchFields) }, this.metadata, this.connection.callOptions(), cb),
     );
     if (!result.request) return undefined;
     return { request: this.#request(result.request), responses: result.responses.map((response) => toResponse<ResponseFields<I>>(response)) };
@@ -98,7 +98,7 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
 
   /** available, has_responses, all_responses. */
   async flags(): Promise<RequesterFlags> {
-    const { flags } = await unary<{ flags: RequesterFlags | null }>((cb) => this.connection.requesterClient.GetRequesterFlags({ relation_id: this.relation }, this.metadata, this.connection.callOptions(), cb));
+    const { flags } = await unary<{ flags: RequesterFlags | null }>((cb) => this.connection.requesterClient.GetRequesterFlags(this.scope, this.metadata, this.connection.callOptions(), cb));
     return flags ?? { available: false, has_responses: false, all_responses: false };
   }
 
@@ -153,7 +153,7 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
   /** Watches the unit's requests, their responses, relation events and flags. */
   watch(options: WatchOptions = {}): Watch<RequestFields<I>, ResponseFields<I>> {
     const open = serverStreamWatch((start) => this.connection.requesterClient.WatchResponses({ options: start }, this.metadata));
-    return this.connection.track(new Watch(open, { base: { relation_id: this.relation }, options }));
+    return this.connection.track(new Watch(open, { base: this.scope, options }));
   }
 
   #request(message: Request__Output | null | undefined): Request<RequestFields<I>> {
@@ -166,7 +166,7 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
   }
 
   #list(filter: RequestFilter, matchFields: object, pageToken: string, pageSize = 1000): Promise<ListRequestsResponse__Output> {
-    const query = { relation_id: this.relation, filter: FILTERS[filter], match_fields: struct(matchFields), page_size: pageSize, page_token: pageToken };
+    const query = { ...this.scope, filter: FILTERS[filter], match_fields: struct(matchFields), page_size: pageSize, page_token: pageToken };
     return unary<ListRequestsResponse__Output>((cb) => this.connection.requesterClient.ListRequests(query, this.metadata, this.connection.callOptions(), cb));
   }
 

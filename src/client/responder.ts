@@ -55,7 +55,7 @@ export class Responder<I extends InterfaceName> extends Endpoint<I> {
 
   /** available, has_requests, new_requests. */
   async flags(): Promise<ResponderFlags> {
-    const { flags } = await unary<{ flags: ResponderFlags | null }>((cb) => this.connection.responderClient.GetResponderFlags({ relation_id: this.relation }, this.metadata, this.connection.callOptions(), cb));
+    const { flags } = await unary<{ flags: ResponderFlags | null }>((cb) => this.connection.responderClient.GetResponderFlags(this.scope, this.metadata, this.connection.callOptions(), cb));
     return flags ?? { available: false, has_requests: false, new_requests: false };
   }
 
@@ -63,7 +63,7 @@ export class Responder<I extends InterfaceName> extends Endpoint<I> {
   watch(options: WatchOptions & { filter?: 'all' | 'new' } = {}): Watch<RequestFields<I>, ResponseFields<I>> {
     const { filter, ...watchOptions } = options;
     const open = serverStreamWatch((start) => this.connection.responderClient.WatchIncomingRequests({ options: start }, this.metadata));
-    const base = { relation_id: this.relation, filter: filter === 'new' ? ('REQUEST_FILTER_NEW' as const) : ('REQUEST_FILTER_ALL' as const) };
+    const base = { ...this.scope, filter: filter === 'new' ? ('REQUEST_FILTER_NEW' as const) : ('REQUEST_FILTER_ALL' as const) };
     return this.connection.track(new Watch(open, { base, options: watchOptions }));
   }
 
@@ -74,7 +74,7 @@ export class Responder<I extends InterfaceName> extends Endpoint<I> {
 
   #listAll(filter: 'REQUEST_FILTER_ALL' | 'REQUEST_FILTER_NEW'): Promise<Request<RequestFields<I>>[]> {
     return allPages(async (token) => {
-      const query = { relation_id: this.relation, filter, page_size: 1000, page_token: token };
+      const query = { ...this.scope, filter, page_size: 1000, page_token: token };
       const page = await unary<ListIncomingRequestsResponse__Output>((cb) => this.connection.responderClient.ListIncomingRequests(query, this.metadata, this.connection.callOptions(), cb));
       return { items: page.requests.map((request) => toRequest<RequestFields<I>>(request)), next: page.next_page_token };
     });

@@ -30,6 +30,8 @@ export type CommandResult<K extends CommandName> = NonNullable<SessionAck__Outpu
 export interface SessionWatchOptions extends WatchOptions {
   /** One relation; every relation the unit joined on that side when unset. */
   relation?: string;
+  /** Only relations of this interface (its name); every interface when unset. */
+  interface?: string;
 }
 
 export interface SessionOptions {
@@ -96,12 +98,12 @@ export class ClientSession {
     this.#maxInFlight = options.maxInFlight ?? 1024;
     if (!Number.isInteger(this.#maxInFlight) || this.#maxInFlight < 1) throw new RangeError('maxInFlight must be a whole number of at least 1');
     if (options.incomingRequests) {
-      const { relation, filter, ...watchOptions } = options.incomingRequests;
-      this.#addWatch('incoming_requests', { relation_id: relation ?? '', filter: filter === 'new' ? 'REQUEST_FILTER_NEW' : 'REQUEST_FILTER_ALL' }, watchOptions);
+      const { relation, interface: iface, filter, ...watchOptions } = options.incomingRequests;
+      this.#addWatch('incoming_requests', { relation_id: relation ?? '', interface: iface ?? '', filter: filter === 'new' ? 'REQUEST_FILTER_NEW' : 'REQUEST_FILTER_ALL' }, watchOptions);
     }
     if (options.responses) {
-      const { relation, ...watchOptions } = options.responses;
-      this.#addWatch('responses', { relation_id: relation ?? '' }, watchOptions);
+      const { relation, interface: iface, ...watchOptions } = options.responses;
+      this.#addWatch('responses', { relation_id: relation ?? '', interface: iface ?? '' }, watchOptions);
     }
     this.#maybeStart();
   }

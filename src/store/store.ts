@@ -104,7 +104,8 @@ export type RequestChange =
 export type ChangeData =
   | RequestChange
   | { kind: 'response'; response: ResponseRecord }
-  | { kind: 'unit-joined' | 'unit-departed'; unit: RelationUnitRecord }
+  /** `interface`: the relation's; absent from changes logged before it was recorded. */
+  | { kind: 'unit-joined' | 'unit-departed'; unit: RelationUnitRecord; interface?: string }
   | { kind: 'relation-created'; relation: Omit<RelationRecord, 'counters'> }
   /** `units`: the members it had, so that a watch resumed from before the removal knows it was one (absent from changes logged before it was recorded). */
   | { kind: 'relation-removed'; relation: Omit<RelationRecord, 'counters'>; units?: RelationUnitRecord[] }

@@ -8,6 +8,11 @@ export interface GetRequesterFlagsRequest {
    * requester.
    */
   'relation_id'?: (string);
+  /**
+   * Only relations of this interface (its name, such as "tls-certificates"); empty means
+   * every interface. With relation_id, it must be that relation's interface.
+   */
+  'interface'?: (string);
 }
 
 export interface GetRequesterFlagsRequest__Output {
@@ -16,4 +21,9 @@ export interface GetRequesterFlagsRequest__Output {
    * requester.
    */
   'relation_id': (string);
+  /**
+   * Only relations of this interface (its name, such as "tls-certificates"); empty means
+   * every interface. With relation_id, it must be that relation's interface.
+   */
+  'interface': (string);
 }

@@ -25,6 +25,11 @@ export interface ListRequestsRequest {
    * Token from a previous page.
    */
   'page_token'?: (string);
+  /**
+   * Only relations of this interface (its name, such as "tls-certificates"); empty means
+   * every interface. With relation_id, it must be that relation's interface.
+   */
+  'interface'?: (string);
 }
 
 export interface ListRequestsRequest__Output {
@@ -48,4 +53,9 @@ export interface ListRequestsRequest__Output {
    * Token from a previous page.
    */
   'page_token': (string);
+  /**
+   * Only relations of this interface (its name, such as "tls-certificates"); empty means
+   * every interface. With relation_id, it must be that relation's interface.
+   */
+  'interface': (string);
 }

@@ -12,6 +12,11 @@ export interface ResponseByFieldRequest {
    * Field values the request must have.
    */
   'match_fields'?: (_google_protobuf_Struct | null);
+  /**
+   * Only relations of this interface (its name, such as "tls-certificates"); empty means
+   * every interface. With relation_id, it must be that relation's interface.
+   */
+  'interface'?: (string);
 }
 
 export interface ResponseByFieldRequest__Output {
@@ -23,4 +28,9 @@ export interface ResponseByFieldRequest__Output {
    * Field values the request must have.
    */
   'match_fields': (_google_protobuf_Struct__Output | null);
+  /**
+   * Only relations of this interface (its name, such as "tls-certificates"); empty means
+   * every interface. With relation_id, it must be that relation's interface.
+   */
+  'interface': (string);
 }

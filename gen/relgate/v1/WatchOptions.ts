@@ -35,6 +35,13 @@ export interface WatchOptions {
    * server's default, otherwise from 50 to 86400000 (a day).
    */
   'progress_interval_ms'?: (number);
+  /**
+   * Only relations of this interface (its name, such as "tls-certificates");
+   * empty means every interface. With relation_id, it must be that
+   * relation's interface; without, the watch covers the unit's relations of
+   * this interface only, and only joins of those end it.
+   */
+  'interface'?: (string);
 }
 
 /**
@@ -67,4 +74,11 @@ export interface WatchOptions__Output {
    * server's default, otherwise from 50 to 86400000 (a day).
    */
   'progress_interval_ms': (number);
+  /**
+   * Only relations of this interface (its name, such as "tls-certificates");
+   * empty means every interface. With relation_id, it must be that
+   * relation's interface; without, the watch covers the unit's relations of
+   * this interface only, and only joins of those end it.
+   */
+  'interface': (string);
 }
