@@ -9,3 +9,21 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
   // when stdout's reader had gone (a broken log pipe), so the process never exited.
   return pino(options, destination ?? pino.destination({ dest: 1, sync: true }));
 }
+
+/**
+ * Logs a repeated background task's first failure and its recovery, not every failed run: a task retried ten times a
+ * second against a full disk would otherwise fill the disk further with its own log.
+ */
+export function failureLog(logger: Logger, task: string): { failed(error: unknown): void; worked(): void } {
+  let failing = false;
+  return {
+    failed(error) {
+      if (!failing) logger.error({ err: error }, `${task} failed; it is retried, and logged again once it works`);
+      failing = true;
+    },
+    worked() {
+      if (failing) logger.info(`${task} works again`);
+      failing = false;
+    },
+  };
+}

@@ -146,7 +146,9 @@ export class Metrics {
     store.onCommitTime?.((seconds) => this.#commitTime.observe(seconds));
     const walFrames = new Gauge({ name: 'relgate_sqlite_wal_frames', help: 'Pages in the SQLite WAL at its last checkpoint by the checkpoint thread.', registers });
     const walCopied = new Gauge({ name: 'relgate_sqlite_wal_checkpointed_frames', help: 'Of those pages, the ones already copied into the database file.', registers });
+    const checkpointFailures = new Counter({ name: 'relgate_sqlite_checkpoint_failures_total', help: 'Checkpoints of the SQLite checkpoint thread that failed (the WAL then grows until one works).', registers });
     store.onCheckpoint?.((result) => {
+      if ('error' in result) return checkpointFailures.inc();
       walFrames.set(result.log);
       walCopied.set(result.checkpointed);
     });

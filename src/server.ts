@@ -10,7 +10,7 @@ import { Authenticator, type AuthMode } from './auth.ts';
 import { Code, RelgateError, asRelgateError, invalidArgument, isRelgateError, statusDetailsInterceptor, toServiceError } from './errors.ts';
 import { Violations } from './validate.ts';
 import { InterfaceRegistry } from './interfaces.ts';
-import { createLogger, type Logger } from './logger.ts';
+import { createLogger, failureLog, type Logger } from './logger.ts';
 import { startOpsServer, type OpsServer } from './http-server.ts';
 import { Metrics } from './metrics.ts';
 import { API_FILES, PROTO_DIR, compileDescriptors, loadApi, newRoot } from './protos.ts';
@@ -228,7 +228,7 @@ function withdrawnError(outcome: CallOutcome): RelgateError {
 }
 
 async function openStore(config: ServerConfig, logger: Logger): Promise<Store> {
-  if (!config.store) return new SqliteStore({ path: config.db, durability: config.durability });
+  if (!config.store) return new SqliteStore({ path: config.db, durability: config.durability, log: logger });
   if (!/^postgres(ql)?:\/\//.test(config.store)) throw new Error(`--store must be a postgres:// connection string, not "${config.store}"`);
   return PostgresStore.open({ url: config.store, log: logger });
 }
@@ -286,21 +286,23 @@ function required<T>(value: T | undefined): T {
 
 function startBackgroundWork(config: ServerConfig, store: Store, requests: RequestService, logger: Logger): NodeJS.Timeout[] {
   let sweeping = false;
+  const sweepLog = failureLog(logger, 'the expiry sweep');
   const sweep = setInterval(() => {
     if (sweeping) return;
     sweeping = true;
     requests
       .sweep()
-      .catch((error: unknown) => logger.error({ err: error }, 'expiry sweep failed'))
+      .then(sweepLog.worked, sweepLog.failed)
       .finally(() => (sweeping = false));
   }, 100);
+  const compactLog = failureLog(logger, 'compaction');
   const compact = setInterval(() => {
     void (async () => {
       const byCount = store.currentRevision() - config.historyRevisions;
       const byAge = await store.revisionAt(Date.now() - config.historyAgeMs);
       const cutoff = Math.max(byCount, byAge);
       if (cutoff > store.compactedRevision()) await store.compact(cutoff);
-    })().catch((error: unknown) => logger.error({ err: error }, 'compaction failed'));
+    })().then(compactLog.worked, compactLog.failed);
   }, 5_000);
   sweep.unref();
   compact.unref();

@@ -2,17 +2,22 @@
 // spawn in this project give Node the same flags, and with them a burst of
 // new streams leaves the young generation at Node 20's size.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, SERVE_NODE_FLAGS, serveArgv } from '../src/cli/serve-process.ts';
+import { createLogger, failureLog } from '../src/logger.ts';
+import { Writable } from 'node:stream';
 import { PROJECT_DIR } from '../src/protos.ts';
 import { freePort } from '../bench/lib/processes.ts';
 import { runProgram, spawnServe, type ServeProcess } from './helpers/grpcurl.ts';
 import { clientsOf, setupRelation } from './helpers/harness.ts';
-import { watchReady, type Watch } from './helpers/streams.ts';
+import { watch, watchReady, type Watch } from './helpers/streams.ts';
+import { Code } from '../src/errors.ts';
+import { struct } from './helpers/harness.ts';
 import { makeCertificates } from './helpers/tls.ts';
 
 const FLAGS = SERVE_NODE_FLAGS.join(' ');
@@ -62,6 +67,29 @@ describe('a burst of streams', () => {
     expect(newSpace).toBeLessThanOrEqual(NEW_SPACE_LIMIT);
     for (const watch of watches) watch.cancel();
   }, 60_000);
+});
+
+describe('background work that fails', () => {
+  it('is logged when it first fails and when it works again, not at every retry', () => {
+    const lines: { level: number; msg: string; err?: { message: string } }[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(JSON.parse(chunk.toString()));
+        done();
+      },
+    });
+    const log = failureLog(createLogger('info', destination), 'the expiry sweep');
+    log.worked();
+    for (let i = 0; i < 50; i++) log.failed(new Error(`disk full ${i}`));
+    log.worked();
+    log.worked();
+    log.failed(new Error('disk full again'));
+    expect(lines.map((line) => [line.level, line.msg, line.err?.message])).toEqual([
+      [50, 'the expiry sweep failed; it is retried, and logged again once it works', 'disk full 0'],
+      [30, 'the expiry sweep works again', undefined],
+      [50, 'the expiry sweep failed; it is retried, and logged again once it works', 'disk full again'],
+    ]);
+  });
 });
 
 describe('relgate serve on the command line', () => {
@@ -169,6 +197,49 @@ describe('relgate serve on the command line', () => {
       }
     } finally {
       await first.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('mark-restored makes watches that resume from after a backup start over, where they would skip what the restore took back', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'relgate-restore-'));
+    const db = path.join(dir, 'relgate.db');
+    const markRestored = () => runProgram(process.execPath, [MAIN, 'mark-restored', '--db', db]);
+    try {
+      let gateway = await spawnServe(['--listen', '127.0.0.1:0', '--db', db]);
+      let clients = clientsOf(gateway.address);
+      const relationId = await setupRelation(clients);
+      await clients.requester('webapp/0').call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: 'kept.example' }) });
+      // The backup docs/operations.md gives: VACUUM INTO from another connection, while the gateway serves.
+      const backup = path.join(dir, 'backup.db');
+      const reader = new Database(db, { readonly: true });
+      reader.prepare('VACUUM INTO ?').run(backup);
+      reader.close();
+      const { request: lost } = await clients.requester('webapp/0').call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: 'lost.example' }) });
+      const refused = await markRestored();
+      expect([refused.code, refused.stderr]).toEqual([1, expect.stringContaining('is in use by another gateway')]);
+      clients.close();
+      await gateway.stop();
+
+      // Restored as the docs say: the gateway stopped, its WAL gone with the database it belonged to.
+      rmSync(`${db}-wal`, { force: true });
+      rmSync(`${db}-shm`, { force: true });
+      copyFileSync(backup, db);
+      const marked = await markRestored();
+      expect([marked.code, marked.stdout], marked.stderr).toEqual([0, expect.stringContaining('watches that resume from before it start over from a snapshot')]);
+      gateway = await spawnServe(['--listen', '127.0.0.1:0', '--db', db]);
+      clients = clientsOf(gateway.address);
+      try {
+        // More writes than the restore took back: without the mark, their revisions would be the lost ones'.
+        for (const name of ['a', 'b', 'c']) await clients.requester('webapp/0').call('CreateRequest', { relation_id: relationId, fields: struct({ common_name: `${name}.example` }) });
+        const resumed = watch(clients.responder('ca/0'), { relation_id: relationId, start: 'WATCH_START_AFTER_REVISION', after_revision: String(lost.revision) });
+        const ended = await resumed.status;
+        expect([ended?.code, ended?.reason]).toEqual([Code.OUT_OF_RANGE, 'REVISION_COMPACTED']);
+      } finally {
+        clients.close();
+        await gateway.stop();
+      }
+    } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });

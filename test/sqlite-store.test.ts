@@ -3,7 +3,7 @@
 // records in front of the database.
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -12,7 +12,7 @@ import { Code } from '../src/errors.ts';
 import { Checkpointer } from '../src/store/checkpointer.ts';
 import { RecordCache, UndoLog } from '../src/store/record-cache.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
-import type { ChangeData, RequestRecord } from '../src/store/store.ts';
+import type { ChangeData, CheckpointResult, RequestRecord } from '../src/store/store.ts';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -134,6 +134,60 @@ describe('sqlite store upgrades', () => {
   });
 });
 
+describe('databases the store refuses', () => {
+  /** The error opening a store on the file throws, and what the file's header says after. */
+  function refusal(file: string): { error: unknown; header: unknown } {
+    let error: unknown;
+    try {
+      new SqliteStore({ path: file });
+    } catch (thrown) {
+      error = thrown;
+    }
+    const db = new Database(file, { readonly: true });
+    const header = { version: db.pragma('user_version', { simple: true }), application: db.pragma('application_id', { simple: true }) };
+    db.close();
+    return { error, header };
+  }
+
+  it('one a newer relgate wrote, changing nothing, also one that predates the application id', async () => {
+    const file = tempFile();
+    const store = new SqliteStore({ path: file });
+    await store.write(async (tx) => tx.appendChange('r1', registered('kept')));
+    await store.close();
+    for (const application of [0x726c6774, 0]) {
+      const db = new Database(file);
+      db.pragma('user_version = 99');
+      db.pragma(`application_id = ${application}`);
+      db.close();
+      const { error, header } = refusal(file);
+      expect(error).toMatchObject({ code: Code.FAILED_PRECONDITION, reason: 'SCHEMA_TOO_NEW', message: expect.stringContaining('schema version 99; this one knows up to 3') });
+      expect(header).toEqual({ version: 99, application });
+    }
+  });
+
+  it("another application's database, changing nothing; an empty file becomes relgate's", async () => {
+    const file = tempFile();
+    const db = new Database(file);
+    db.exec('CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)');
+    db.pragma('user_version = 1');
+    db.close();
+    const { error, header } = refusal(file);
+    expect(error).toMatchObject({ code: Code.FAILED_PRECONDITION, reason: 'NOT_RELGATE_DATABASE', message: expect.stringContaining('holds tables accounts') });
+    expect(header).toEqual({ version: 1, application: 0 });
+    const check = new Database(file, { readonly: true });
+    expect(check.prepare("SELECT name FROM sqlite_schema WHERE type = 'table'").pluck().all()).toEqual(['accounts']);
+    check.close();
+
+    const empty = tempFile();
+    writeFileSync(empty, '');
+    const store = new SqliteStore({ path: empty });
+    await store.close();
+    const created = new Database(empty, { readonly: true });
+    expect([created.pragma('application_id', { simple: true }), created.pragma('user_version', { simple: true })]).toEqual([0x726c6774, 3]);
+    created.close();
+  });
+});
+
 describe('the revision after a reopen', () => {
   const reopened = async (file: string) => {
     const store = new SqliteStore({ path: file });
@@ -154,6 +208,23 @@ describe('the revision after a reopen', () => {
     await again.write(async (tx) => tx.putApplication({ name: 'web', revision: await tx.revision() }));
     await again.close();
     expect(await reopened(file)).toBe(5);
+  });
+
+  it('moves past the clock after a restore, the whole change log compacted there, and stays there', async () => {
+    const file = tempFile();
+    const store = new SqliteStore({ path: file });
+    for (let i = 0; i < 3; i++) await store.write(async (tx) => tx.appendChange('r1', registered(`n${i}`)));
+    const now = Date.now();
+    const revision = await store.startOverAfterRestore(now);
+    expect([revision, store.compactedRevision()]).toEqual([now * 1000, now * 1000]);
+    await expect(store.changesSince(3, 100)).rejects.toMatchObject({ code: Code.OUT_OF_RANGE, reason: 'REVISION_COMPACTED' });
+    expect(await store.write(async (tx) => tx.revision())).toBe(revision + 1);
+    await store.close();
+    expect(await reopened(file)).toBe(revision + 1);
+    // A clock behind the revision (set back, or a second restore within a microsecond's worth of writes): one past it.
+    const again = new SqliteStore({ path: file });
+    expect(await again.startOverAfterRestore(0)).toBe(revision + 2);
+    await again.close();
   });
 
   it('is not taken again after the whole change log is compacted', async () => {
@@ -208,11 +279,12 @@ describe('the checkpoint thread', () => {
     const file = tempFile();
     const store = new SqliteStore({ path: file });
     const sizeBefore = statSync(file).size;
-    let checkpointed: (result: { log: number; checkpointed: number }) => void = () => {};
-    const first = new Promise<{ log: number; checkpointed: number }>((resolve) => (checkpointed = resolve));
+    let checkpointed: (result: CheckpointResult) => void = () => {};
+    const first = new Promise<CheckpointResult>((resolve) => (checkpointed = resolve));
     store.onCheckpoint((result) => checkpointed(result));
     for (let i = 0; i < 64; i++) await store.write(async (tx) => tx.appendChange('r1', registered(`n${i}`)));
     const result = await first;
+    if ('error' in result) throw new Error(result.error);
     expect(result.checkpointed).toBeGreaterThan(0);
     expect(result.checkpointed).toBeLessThanOrEqual(result.log);
     // SQLite's own checkpoint waits for 10,000 pages: the file grew by the thread's copy.
@@ -224,6 +296,29 @@ describe('the checkpoint thread', () => {
     const { changes } = await again.changesSince(0, 1_000);
     expect(changes.map((change) => change.data)).toEqual(Array.from({ length: 200 }, (_, i) => registered(`n${i}`)));
     await again.close();
+  });
+
+  it('cuts a WAL that a long reader grew back to its limit once it starts over', async () => {
+    const file = tempFile();
+    const limit = 256 * 1024;
+    const store = new SqliteStore({ path: file, checkpointEveryCommits: 1, walSizeLimitBytes: limit });
+    const write = (i: number) => store.write(async (tx) => tx.appendChange('r1', registered(`${'x'.repeat(4_000)}${i}`)));
+    const reader = new Database(file, { readonly: true });
+    reader.exec('BEGIN');
+    reader.prepare('SELECT count(*) FROM meta').get();
+    // The reader holds its view: nothing past it is copied, and the WAL grows.
+    for (let i = 0; i < 300; i++) await write(i);
+    const grown = statSync(`${file}-wal`).size;
+    expect(grown).toBeGreaterThan(4 * limit);
+    reader.exec('COMMIT');
+    reader.close();
+    let size = grown;
+    for (let i = 300; i < 400 && size > limit; i++) {
+      await write(i);
+      size = statSync(`${file}-wal`).size;
+    }
+    expect(size).toBeLessThanOrEqual(limit);
+    await store.close();
   });
 
   it('keeps a process with nothing else to do up until the store has closed', () => {
@@ -241,14 +336,78 @@ describe('the checkpoint thread', () => {
     expect(execFileSync(process.execPath, [program], { encoding: 'utf8' })).toBe('closed\n');
   });
 
-  it('that stops says why in a process warning, and closing it afterwards still returns', async () => {
-    const warned = once(process, 'warning') as Promise<[Error & { code?: string }]>;
-    const checkpointer = new Checkpointer(path.join(tempFile(), 'missing.db'), 1, () => {});
+  it('that stops says why, starts again at the next checkpoint, and closing it afterwards still returns', async () => {
+    const file = path.join(path.dirname(tempFile()), 'later', 'relgate.db');
+    const results: CheckpointResult[] = [];
+    let heard = () => {};
+    const checkpointer = new Checkpointer(file, 1, (result) => {
+      results.push(result);
+      heard();
+    });
+    const next = () => new Promise<void>((resolve) => (heard = resolve));
+    let arrived = next();
     checkpointer.committed();
-    const [warning] = await warned;
-    expect(warning.code).toBe('RELGATE_CHECKPOINTER');
-    expect(warning.message).toMatch(/^the SQLite checkpoint thread stopped: /);
+    await arrived;
+    expect(results).toEqual([{ error: expect.stringMatching(/^the checkpoint thread stopped: /) }]);
+    // The database is there now: the next checkpoint starts a new thread, which finds it.
+    mkdirSync(path.dirname(file));
+    const db = new Database(file);
+    db.pragma('journal_mode = WAL');
+    db.exec('CREATE TABLE t (x INTEGER)');
+    arrived = next();
+    checkpointer.committed();
+    await arrived;
+    expect(results[1]).toEqual({ log: expect.any(Number), checkpointed: expect.any(Number) });
     await checkpointer.close();
+    db.close();
+  });
+
+  it("that fails is logged once, and again once it works; without a log it is a process warning", async () => {
+    const file = tempFile();
+    const dir = path.dirname(file);
+    const logged: [string, object, string][] = [];
+    const log = { warn: (details: object, message: string) => logged.push(['warn', details, message]), info: (details: object, message: string) => logged.push(['info', details, message]) };
+    const store = new SqliteStore({ path: file, checkpointEveryCommits: 1, log });
+    const results: CheckpointResult[] = [];
+    let heard = () => {};
+    store.onCheckpoint((result) => {
+      results.push(result);
+      heard();
+    });
+    const checkpointAfterWrite = async () => {
+      const arrived = new Promise<void>((resolve) => (heard = resolve));
+      await store.write(async (tx) => tx.appendChange('r1', registered(`n${results.length}`)));
+      await arrived;
+    };
+    // The thread opens the database by its path: moved away, the file cannot be found, while the store's own
+    // connection, open already, goes on.
+    renameSync(dir, `${dir}-moved`);
+    try {
+      await checkpointAfterWrite();
+      await checkpointAfterWrite();
+    } finally {
+      renameSync(`${dir}-moved`, dir);
+    }
+    await checkpointAfterWrite();
+    await checkpointAfterWrite();
+    expect(results.map((result) => 'error' in result)).toEqual([true, true, false, false]);
+    expect(logged).toEqual([
+      ['warn', { error: expect.stringContaining('the checkpoint thread stopped') }, expect.stringContaining('the SQLite checkpoint thread failed')],
+      ['info', {}, 'the SQLite checkpoint thread works again'],
+    ]);
+    await store.close();
+
+    const warned = once(process, 'warning') as Promise<[Error & { code?: string }]>;
+    const quiet = new SqliteStore({ path: path.join(dir, 'quiet.db'), checkpointEveryCommits: 1 });
+    renameSync(dir, `${dir}-moved`);
+    try {
+      await quiet.write(async (tx) => tx.appendChange('r1', registered('n')));
+      const [warning] = await warned;
+      expect([warning.code, warning.message]).toEqual(['RELGATE_CHECKPOINTER', expect.stringContaining('the SQLite checkpoint thread failed')]);
+    } finally {
+      renameSync(`${dir}-moved`, dir);
+    }
+    await quiet.close();
   });
 });
 
@@ -309,6 +468,26 @@ describe('storage failures', () => {
     });
 
   const stored = (store: SqliteStore) => store.read(async (tx) => (await tx.listApplications()).map((app) => app.name));
+
+  it('a damaged page fails the read that meets it with DATA_LOSS, not INTERNAL; the store goes on', async () => {
+    const file = tempFile();
+    const store = new SqliteStore({ path: file });
+    for (let i = 0; i < 200; i++) await store.write(async (tx) => tx.appendChange('r1', registered(`${'x'.repeat(500)}${i}`)));
+    await store.close();
+    const db = new Database(file);
+    const pages = db.prepare<[], number>("SELECT pageno FROM dbstat WHERE name = 'changes' AND pagetype = 'leaf' ORDER BY pageno").pluck().all();
+    const pageSize = db.pragma('page_size', { simple: true }) as number;
+    db.close();
+    // A leaf in the middle of the log: opening the store reads only its last row.
+    const damaged = pages[Math.floor(pages.length / 2)] as number;
+    const fd = openSync(file, 'r+');
+    writeSync(fd, Buffer.alloc(pageSize, 0xa5), 0, pageSize, (damaged - 1) * pageSize);
+    closeSync(fd);
+    const reopened = new SqliteStore({ path: file });
+    await expect(reopened.changesSince(0, 1_000)).rejects.toMatchObject({ code: Code.DATA_LOSS, reason: 'STORE_CORRUPT' });
+    expect(await reopened.write(async (tx) => tx.revision())).toBe(201);
+    await reopened.close();
+  });
 
   it('a full disk, on which SQLite rolls the whole transaction back, fails every write of the batch with UNAVAILABLE and keeps nothing of them; writes go on once there is room', async () => {
     const file = tempFile();

@@ -1,10 +1,11 @@
 #!/usr/bin/env -S node --max-semi-space-size=16
 // relgate command line: `relgate serve` and its flags, each mirrored by a
 // RELGATE_* environment variable.
-import { readFile } from 'node:fs/promises';
+import { access, readFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError, type CommanderError, Option } from 'commander';
 import { Code } from '../errors.ts';
 import { DEFAULT_CONFIG, MAX_PROGRESS_MS, MIN_PROGRESS_MS, startServer } from '../server.ts';
+import { SqliteStore } from '../store/sqlite-store.ts';
 import { MAX_TIMER_MS, wholeNumber, wholeNumberIn } from './numbers.ts';
 import { addOperatorCommands } from './operator.ts';
 
@@ -67,6 +68,24 @@ program
       await serve(options, interfaces);
     } catch (error) {
       console.error(`relgate serve: cannot start: ${error instanceof Error ? error.message : String(error)}`);
+      process.exit(1);
+    }
+  });
+
+program
+  .command('mark-restored')
+  .description('Prepare a SQLite database restored from a backup, before a gateway serves it: watches resuming from any earlier revision start over from a snapshot.')
+  .requiredOption('--db <path>', 'the restored SQLite database file', dbPath)
+  .action(async (options: { db: string }) => {
+    try {
+      // The file must be there: a wrong path would otherwise be a new, empty database.
+      await access(options.db);
+      const store = new SqliteStore({ path: options.db });
+      const revision = await store.startOverAfterRestore();
+      await store.close();
+      console.log(`${options.db}: revisions go on from ${revision}; watches that resume from before it start over from a snapshot`);
+    } catch (error) {
+      console.error(`relgate mark-restored: ${error instanceof Error ? error.message : String(error)}`);
       process.exit(1);
     }
   });

@@ -2,7 +2,9 @@
 // thread with its own connection. SQLite's own checkpoint runs inside a COMMIT
 // on the event loop: one of 10,000 pages held it for 16-32 ms. With most pages
 // copied here first, the one inside COMMIT (kept as the fallback, and the
-// only one that can start the WAL over) has little left to do.
+// only one that can start the WAL over) has little left to do. A thread that
+// stops (it could not open the database) is started again at the next
+// checkpoint, so a passing failure does not leave the WAL to grow for good.
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { CheckpointResult } from './store.ts';
@@ -21,7 +23,7 @@ export class Checkpointer {
     this.#onResult = onResult;
   }
 
-  /** Counts a commit; every `everyCommits` of them asks the worker (started on first use) for a checkpoint. */
+  /** Counts a commit; every `everyCommits` of them asks the worker (started on first use, or again) for a checkpoint. */
   committed(): void {
     if (++this.#commits < this.#everyCommits) return;
     this.#commits = 0;
@@ -45,7 +47,10 @@ export class Checkpointer {
     this.#exited = new Promise((resolve) => worker.once('exit', resolve));
     worker.on('message', (result: CheckpointResult) => this.#onResult(result));
     // The checkpoint inside COMMIT still runs, so nothing depends on this thread: say why it stopped, and go on.
-    worker.on('error', (error) => process.emitWarning(`the SQLite checkpoint thread stopped: ${error.message}`, { code: 'RELGATE_CHECKPOINTER' }));
+    worker.on('error', (error) => {
+      if (this.#worker === worker) this.#worker = undefined;
+      this.#onResult({ error: `the checkpoint thread stopped: ${error.message}` });
+    });
     return worker;
   }
 }

@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { Code, RelgateError } from '../errors.ts';
-import type { SideName } from './store.ts';
+import type { SideName, StoreLog } from './store.ts';
 
 export interface WatcherKey {
   unit: string;
@@ -25,11 +25,6 @@ export interface PresenceOptions {
 
 export const DEFAULT_PRESENCE: PresenceOptions = { heartbeatMs: 2_000, staleMs: 10_000 };
 
-/** Where the PostgreSQL store tells the operator about its connections (a pino logger fits). */
-export interface StoreLog {
-  warn(details: object, message: string): void;
-  info(details: object, message: string): void;
-}
 
 export class PostgresPresence {
   readonly replica = randomUUID();

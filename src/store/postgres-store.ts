@@ -20,7 +20,7 @@ import { Code, RelgateError } from '../errors.ts';
 import { changeLogRow, changesOfLogRows } from './change-log.ts';
 import { compactedError } from './compaction.ts';
 import { migrate } from './postgres-migrations.ts';
-import { PostgresPresence, type PresenceOptions, type StoreLog } from './postgres-presence.ts';
+import { PostgresPresence, type PresenceOptions } from './postgres-presence.ts';
 import { copyFlags, copyRelation, DeferredRows, flagsKey, flagsKeyParts, recordCaches, UndoLog, type RecordCache } from './record-cache.ts';
 import { dueTime } from './sqlite-store.ts';
 import type {
@@ -36,6 +36,7 @@ import type {
   ResponseRecord,
   SideName,
   Store,
+  StoreLog,
   StoreTx,
   UnitRecord,
 } from './store.ts';

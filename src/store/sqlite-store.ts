@@ -30,6 +30,7 @@ import type {
   RequestRecord,
   ResponseRecord,
   Store,
+  StoreLog,
   StoreTx,
   UnitRecord,
 } from './store.ts';
@@ -45,10 +46,17 @@ export interface SqliteStoreOptions {
   cacheEntries?: number;
   /** Commits between two checkpoints of the checkpoint thread; 0 leaves every checkpoint to SQLite's own, inside COMMIT. */
   checkpointEveryCommits?: number;
+  /** Where the store tells of checkpoint failures; a process warning without it. */
+  log?: StoreLog;
+  /** Bytes the WAL file is cut back to when it starts over, after a long reader or a stalled checkpoint grew it. */
+  walSizeLimitBytes?: number;
 }
 
 /** How often the checkpoint thread copies the WAL: every so many commits (under load, a few times a second). */
 export const DEFAULT_CHECKPOINT_EVERY_COMMITS = 64;
+
+/** Above the 10,000 pages (about 40 MB) the WAL reaches under load, so that only a WAL grown past them is cut back. */
+export const DEFAULT_WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024;
 
 /** Enough for the units and relations of a large deployment; about 1 KB each at most. */
 export const DEFAULT_CACHE_ENTRIES = 50_000;
@@ -101,17 +109,33 @@ ALTER TABLE changes_by_revision RENAME TO changes;`,
 
 const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;
 
-/** Creates the schema, or brings an older database up to date, in one transaction. */
+/** SQLite's application id of a relgate database ("rlgt"), in its header: so `file` and relgate itself know it. */
+const APPLICATION_ID = 0x726c6774;
+
+/**
+ * Creates the schema, or brings an older database up to date, in one transaction. Refuses, changing nothing, a
+ * database of another application, and one a newer relgate wrote: an older gateway would misread its change log.
+ */
 function migrate(db: Database.Database): void {
   db.transaction(() => {
-    // A new database gets the whole schema at once; an older one first takes the steps it misses.
-    const existing = (db.pragma('table_info(requests)') as unknown[]).length > 0;
+    const tables = db.prepare<[], string>("SELECT name FROM sqlite_schema WHERE type = 'table'").pluck().all();
+    const marked = db.pragma('application_id', { simple: true }) === APPLICATION_ID;
+    // Databases relgate wrote before it set the application id hold its meta and requests tables.
+    const ours = marked || tables.length === 0 || (tables.includes('meta') && tables.includes('requests'));
+    if (!ours) throw databaseRefused('NOT_RELGATE_DATABASE', `${db.name} is not a relgate database (it holds tables ${tables.join(', ')}); name a new file, or one relgate wrote`);
     const current = db.pragma('user_version', { simple: true }) as number;
-    if (existing) for (const migration of MIGRATIONS) if (migration.version > current) db.exec(migration.sql);
+    if (current > SCHEMA_VERSION) {
+      throw databaseRefused('SCHEMA_TOO_NEW', `the database ${db.name} was written by a newer relgate (schema version ${current}; this one knows up to ${SCHEMA_VERSION}): run that version, or a newer one`);
+    }
+    // A new database gets the whole schema at once; an older one first takes the steps it misses.
+    if (tables.includes('requests')) for (const migration of MIGRATIONS) if (migration.version > current) db.exec(migration.sql);
     db.exec(SCHEMA);
     if (current < SCHEMA_VERSION) db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    if (!marked) db.pragma(`application_id = ${APPLICATION_ID}`);
   }).immediate();
 }
+
+const databaseRefused = (reason: string, message: string) => new RelgateError(Code.FAILED_PRECONDITION, message, { reason });
 
 function prepareStatements(db: Database.Database) {
   return {
@@ -216,6 +240,7 @@ export class SqliteStore implements Store {
   /** The WAL, when the store fsyncs it itself (full durability). */
   readonly #walFd: number | undefined;
   readonly #checkpointer: Checkpointer | undefined;
+  readonly #log: StoreLog | undefined;
   /** This store's hold on its file; none for a database in memory. */
   readonly #lock: DatabaseLock | undefined;
   #syncing = false;
@@ -225,6 +250,7 @@ export class SqliteStore implements Store {
   #afterSync: (() => void)[] = [];
 
   constructor(options: SqliteStoreOptions) {
+    this.#log = options.log;
     this.#lock = isFile(options.path) ? lockDatabaseFile(options.path) : undefined;
     let db: Database.Database | undefined;
     try {
@@ -238,6 +264,8 @@ export class SqliteStore implements Store {
       // The checkpoint thread copies the WAL as it grows; this checkpoint, inside a COMMIT on the event loop, copies
       // what is left and lets the WAL start over (rarely: fewer, larger ones copy a page rewritten by many commits once).
       this.#db.pragma('wal_autocheckpoint = 10000');
+      // Without a limit, a WAL that a long reader grew to gigabytes keeps its size on disk until the gateway stops.
+      this.#db.pragma(`journal_size_limit = ${options.walSizeLimitBytes ?? DEFAULT_WAL_SIZE_LIMIT_BYTES}`);
       migrate(this.#db);
       this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
       const checkpointEvery = options.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS;
@@ -267,14 +295,23 @@ export class SqliteStore implements Store {
 
   readonly #commitTimeListeners: ((seconds: number) => void)[] = [];
 
-  /** Hears what each checkpoint of the checkpoint thread found in the WAL. */
+  /** Hears what each checkpoint of the checkpoint thread found in the WAL, or why it failed. */
   onCheckpoint(listener: (result: CheckpointResult) => void): void {
     this.#checkpointListeners.push(listener);
   }
 
   readonly #checkpointListeners: ((result: CheckpointResult) => void)[] = [];
+  /** The last checkpoint failed: the operator has been told once, and hears when one works again. */
+  #checkpointFailing = false;
 
   #onCheckpoint(result: CheckpointResult): void {
+    const failed = 'error' in result;
+    if (failed && !this.#checkpointFailing) {
+      const message = 'the SQLite checkpoint thread failed; checkpoints inside commits go on, but the WAL may grow until it works again';
+      if (this.#log) this.#log.warn({ error: result.error }, message);
+      else process.emitWarning(`${message}: ${result.error}`, { code: 'RELGATE_CHECKPOINTER' });
+    } else if (!failed && this.#checkpointFailing) this.#log?.info({}, 'the SQLite checkpoint thread works again');
+    this.#checkpointFailing = failed;
     for (const listener of this.#checkpointListeners) listener(result);
   }
 
@@ -338,6 +375,25 @@ export class SqliteStore implements Store {
       this.#stmts.compact.run(upTo);
       this.#stmts.setMeta.run(upTo, 'compacted');
       this.#compacted = upTo;
+    });
+  }
+
+  /**
+   * For a database just restored from a backup, before a gateway serves it: moves the revision past every one a
+   * gateway may have handed out since the backup (to the clock in microseconds, when that is later), and compacts the
+   * whole change log up to it. Revisions handed out after the backup would otherwise be handed out again, and a watch
+   * resuming from one would skip what the restore took back; now it gets REVISION_COMPACTED and starts over from a
+   * snapshot. Returns the new revision.
+   */
+  async startOverAfterRestore(now = Date.now()): Promise<number> {
+    return this.write(async () => {
+      const revision = Math.max(this.#revision + 1, now * 1000);
+      this.#stmts.compact.run(revision);
+      this.#stmts.setMeta.run(revision, 'compacted');
+      this.#stmts.setMeta.run(revision, 'revision');
+      this.#compacted = revision;
+      this.#revision = revision;
+      return revision;
     });
   }
 
@@ -482,9 +538,15 @@ const isFile = (path: string): boolean => path !== '' && path !== ':memory:' && 
 
 const storeUnavailable = (message: string, cause: unknown) => new RelgateError(Code.UNAVAILABLE, message, { reason: 'STORE_UNAVAILABLE', cause });
 
-/** SQLite's storage failures (a full disk, I/O, memory, a locked or read-only file) become UNAVAILABLE; the rest pass unchanged. */
+/**
+ * SQLite's storage failures (a full disk, I/O, memory, a locked or read-only file) become UNAVAILABLE, and a damaged
+ * file DATA_LOSS; the rest pass unchanged.
+ */
 function asStoreError(error: unknown): unknown {
   const code = error instanceof Database.SqliteError ? error.code : '';
+  if (/^SQLITE_(CORRUPT|NOTADB)/.test(code)) {
+    return new RelgateError(Code.DATA_LOSS, 'the database file is damaged; restore it from a backup', { reason: 'STORE_CORRUPT', cause: error });
+  }
   return /^SQLITE_(FULL|IOERR|NOMEM|BUSY|LOCKED|READONLY|CANTOPEN|PROTOCOL)/.test(code) ? storeUnavailable('the store is unavailable', error) : error;
 }
 

@@ -177,12 +177,20 @@ export interface StoreTx {
   appendChange(relationId: string, data: ChangeData): Promise<void>;
 }
 
-/** What a checkpoint of the SQLite WAL by the checkpoint thread found. */
-export interface CheckpointResult {
-  /** Frames in the WAL. */
-  log: number;
-  /** Frames of it now in the database file. */
-  checkpointed: number;
+/** What a checkpoint of the SQLite WAL by the checkpoint thread found, or why it failed. */
+export type CheckpointResult =
+  | {
+      /** Frames in the WAL. */
+      log: number;
+      /** Frames of it now in the database file. */
+      checkpointed: number;
+    }
+  | { error: string };
+
+/** Where a store tells the operator about its connections and threads (a pino logger fits). */
+export interface StoreLog {
+  warn(details: object, message: string): void;
+  info(details: object, message: string): void;
 }
 
 export interface CommitListener {
