@@ -107,11 +107,23 @@ export async function compileDescriptors(roots: readonly string[]): Promise<Uint
       await symlink(source, target);
     }
     const out = path.join(work, 'image.binpb');
-    await run(BUF, ['build', '-o', out], { cwd: work });
+    await run(BUF, ['build', '-o', out], { cwd: work }).catch((error: unknown) => {
+      throw new Error(`the interface files do not compile:\n${bufProblems(error, roots)}`);
+    });
     return splitFileDescriptorSet(await readFile(out));
   } finally {
     await rm(work, { recursive: true, force: true });
   }
+}
+
+/** buf's messages of a failed build, each file named by its path instead of the build's module directory (m0, m1...). */
+function bufProblems(error: unknown, roots: readonly string[]): string {
+  const stderr = (error as { stderr?: unknown }).stderr;
+  const text = (typeof stderr === 'string' && stderr.trim()) || (error instanceof Error ? error.message : String(error));
+  return text.replace(/\bm(\d+)(?=\/|")/g, (found, index: string) => {
+    const root = roots[Number(index)];
+    return root === undefined ? found : path.resolve(root);
+  });
 }
 
 /** The name (field 1) of a serialized FileDescriptorProto. */

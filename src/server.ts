@@ -115,6 +115,8 @@ export interface RunningServer {
 export async function startServer(overrides: Partial<ServerConfig> = {}): Promise<RunningServer> {
   const config = { ...DEFAULT_CONFIG, ...overrides };
   const logger = createLogger(config.logLevel, config.logDestination);
+  // buf first: its messages name the file, line and column of a mistake in an interface file.
+  const descriptors = await compileDescriptors([PROTO_DIR, ...config.interfaces]);
   const interfaces = await InterfaceRegistry.load(config.interfaces);
   const store = await openStore(config, logger);
   const hub = new WatchHub(store, { maxBufferedEvents: config.watchBuffer, progressIntervalMs: config.progressIntervalMs, maxMessageBytes: config.maxSendBytes });
@@ -142,7 +144,6 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   let ops: OpsServer | undefined;
   let port: number;
   try {
-    const descriptors = await compileDescriptors([PROTO_DIR, ...config.interfaces]);
     addReflection(server, descriptors);
     await metrics?.start();
     // Before the gRPC port: a metrics address already taken fails the start before any client is served.

@@ -184,6 +184,12 @@ describe('interfaces of your own', () => {
     }
   });
 
+  test('a mistake in an interface file stops the start naming its file, line and column', async () => {
+    const dir = interfaceDir('with-mistake', '', 'string note = 1');
+    const start = startServer({ listen: '127.0.0.1:0', db: ':memory:', logLevel: 'silent', interfaces: [dir] });
+    await expect(start).rejects.toThrow(new RegExp(`^the interface files do not compile:\\n${dir}/with_mistake\\.proto:\\d+:\\d+:`));
+  });
+
   test('one path in two interface directories is refused, naming both', async () => {
     const [a, b] = [interfaceDir('same-path', '', 'string x = 1;'), interfaceDir('same-path', '', 'string x = 1;')];
     await expect(InterfaceRegistry.load([a as string, b as string])).rejects.toThrow(`interface file same_path.proto is in both ${a} and ${b}`);
