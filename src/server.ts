@@ -229,7 +229,12 @@ function withdrawnError(outcome: CallOutcome): RelgateError {
 }
 
 async function openStore(config: ServerConfig, logger: Logger): Promise<Store> {
-  if (!config.store) return new SqliteStore({ path: config.db, durability: config.durability, log: logger });
+  if (!config.store) {
+    const store = new SqliteStore({ path: config.db, durability: config.durability, log: logger });
+    // A path that missed its volume, or a typo, would otherwise start an empty gateway looking like any other.
+    if (store.created && config.db !== ':memory:') logger.info({ db: config.db }, 'created a new database: nothing was stored at this path');
+    return store;
+  }
   if (!/^postgres(ql)?:\/\//.test(config.store)) throw new Error(`--store must be a postgres:// connection string, not "${config.store}"`);
   return PostgresStore.open({ url: config.store, log: logger });
 }

@@ -170,7 +170,7 @@ describe('relgate serve on the command line', () => {
     }
   });
 
-  it('refuses a SQLite file another gateway serves, and takes it over once that gateway is killed', async () => {
+  it('refuses a SQLite file another gateway serves, and takes it over once that gateway is killed; says when it created the file', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'relgate-owned-'));
     const db = path.join(dir, 'relgate.db');
     const first = await spawnServe(['--listen', '127.0.0.1:0', '--db', db]);
@@ -189,6 +189,8 @@ describe('relgate serve on the command line', () => {
       await exited;
       const next = await spawnServe(['--listen', '127.0.0.1:0', '--db', db]);
       const after = clientsOf(next.address);
+      // Only the first start found no database at the path, and says so.
+      expect([first.log().includes('created a new database'), next.log().includes('created a new database')]).toEqual([true, false]);
       try {
         expect(await after.registry.call('GetRelation', { relation_id: relationId })).toMatchObject({ relation: { id: relationId } });
       } finally {

@@ -115,9 +115,10 @@ const APPLICATION_ID = 0x726c6774;
 /**
  * Creates the schema, or brings an older database up to date, in one transaction. Refuses, changing nothing, a
  * database of another application, and one a newer relgate wrote: an older gateway would misread its change log.
+ * Says whether the database was new (no tables).
  */
-function migrate(db: Database.Database): void {
-  db.transaction(() => {
+function migrate(db: Database.Database): boolean {
+  return db.transaction(() => {
     const tables = db.prepare<[], string>("SELECT name FROM sqlite_schema WHERE type = 'table'").pluck().all();
     const marked = db.pragma('application_id', { simple: true }) === APPLICATION_ID;
     // Databases relgate wrote before it set the application id hold its meta and requests tables.
@@ -132,6 +133,7 @@ function migrate(db: Database.Database): void {
     db.exec(SCHEMA);
     if (current < SCHEMA_VERSION) db.pragma(`user_version = ${SCHEMA_VERSION}`);
     if (!marked) db.pragma(`application_id = ${APPLICATION_ID}`);
+    return tables.length === 0;
   }).immediate();
 }
 
@@ -241,6 +243,8 @@ export class SqliteStore implements Store {
   readonly #walFd: number | undefined;
   readonly #checkpointer: Checkpointer | undefined;
   readonly #log: StoreLog | undefined;
+  /** The file held no database yet: this store created it. */
+  readonly created: boolean;
   /** This store's hold on its file; none for a database in memory. */
   readonly #lock: DatabaseLock | undefined;
   #syncing = false;
@@ -266,7 +270,7 @@ export class SqliteStore implements Store {
       this.#db.pragma('wal_autocheckpoint = 10000');
       // Without a limit, a WAL that a long reader grew to gigabytes keeps its size on disk until the gateway stops.
       this.#db.pragma(`journal_size_limit = ${options.walSizeLimitBytes ?? DEFAULT_WAL_SIZE_LIMIT_BYTES}`);
-      migrate(this.#db);
+      this.created = migrate(this.#db);
       this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
       const checkpointEvery = options.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS;
       this.#checkpointer = wal && checkpointEvery > 0 ? new Checkpointer(this.#db.name, checkpointEvery, (result) => this.#onCheckpoint(result)) : undefined;
