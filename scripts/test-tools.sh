@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives besides Node.js, each only when missing:
-#   - Debian's postgresql and chromium packages (PostgreSQL store, dashboard);
+#   - Debian's postgresql, chromium, gcc and libc6-dev packages (PostgreSQL store,
+#     dashboard, a library that makes fsync fail);
 #   - the pinned grpcurl, with `go install`, into ~/.cache/relgate-go/bin;
 #   - the Python and Go example clients (scripts/setup-polyglot.sh).
 # `npm test` runs it first (test/global-setup.ts), and so does .ci/run.
@@ -38,6 +39,9 @@ ensure_packages() {
   local missing=()
   [ -n "$(postgres_bin_dir)" ] || missing+=(postgresql)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  # A C compiler and libc's headers build the fsync-failing library one test preloads into a gateway.
+  command -v cc >/dev/null 2>&1 || missing+=(gcc)
+  [ -f /usr/include/dlfcn.h ] || missing+=(libc6-dev)
   if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
   [ -n "$(postgres_bin_dir)" ] || die "postgresql installed but no initdb under /usr/lib/postgresql"
   # As root, throw-away clusters run as the package's postgres user (initdb refuses root).

@@ -1,7 +1,7 @@
 // The gateway as its own process: `npm start`, the relgate command and every
 // spawn in this project give Node the same flags, and with them a burst of
 // new streams leaves the young generation at Node 20's size.
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import net from 'node:net';
@@ -240,6 +240,45 @@ describe('relgate serve on the command line', () => {
       } finally {
         clients.close();
         await gateway.stop();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('stops with a fatal log line, not a bare stack, when the disk fails to make the WAL durable; nothing acknowledged is lost', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'relgate-fsync-'));
+    const db = path.join(dir, 'relgate.db');
+    const flag = path.join(dir, 'fail');
+    const shim = path.join(dir, 'fail-fsync.so');
+    try {
+      execFileSync('cc', ['-shared', '-fPIC', '-o', shim, path.join(import.meta.dirname, 'helpers', 'fail-fsync.c'), '-ldl']);
+      const env = { ...process.env, LD_PRELOAD: shim, RELGATE_FAIL_FSYNC_FLAG: flag };
+      const gateway = await spawnServe(['--listen', '127.0.0.1:0', '--db', db], PROJECT_DIR, undefined, env);
+      const exited = new Promise<number | null>((resolve) => gateway.child.once('exit', resolve));
+      let clients = clientsOf(gateway.address);
+      const relationId = await setupRelation(clients);
+      const create = (requestId: string) => clients.requester('webapp/0').call('CreateRequest', { relation_id: relationId, request_id: requestId, fields: struct({ common_name: 'a.example' }) });
+      const kept = '0190f0a0-0000-7000-8000-0000000000a1';
+      const unsure = '0190f0a0-0000-7000-8000-0000000000a2';
+      await create(kept);
+      writeFileSync(flag, '');
+      await expect(create(unsure)).rejects.toMatchObject({ code: Code.UNAVAILABLE });
+      expect(await exited).toBe(1);
+      clients.close();
+      const fatal = gateway.log().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { level: number; msg: string; err?: { message: string } }).find((line) => line.level === 60);
+      expect([fatal?.msg, fatal?.err?.message]).toEqual(['relgate stopped on an error it cannot recover from; start it again', expect.stringContaining('fsync of the SQLite WAL failed; restart to recover from the database file')]);
+
+      const restarted = await spawnServe(['--listen', '127.0.0.1:0', '--db', db]);
+      clients = clientsOf(restarted.address);
+      try {
+        const { request } = await clients.requester('webapp/0').call('GetRequest', { request_id: kept });
+        expect(request.request_id).toBe(kept);
+        // The unacknowledged create may or may not have reached the disk: sent again, it is stored once either way.
+        expect((await create(unsure)).request.request_id).toBe(unsure);
+      } finally {
+        clients.close();
+        await restarted.stop();
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -121,6 +121,12 @@ async function serve(options: Record<string, unknown>, interfaces: string[]): Pr
     tlsClientCa: options.tlsClientCa as string | undefined,
     metricsListen: options.metricsListen as string | undefined,
   });
+  // What nothing caught ends the process, as it would anyway, but with a log line a log pipeline can read: a failed
+  // fsync of the WAL, after which nothing more may be acknowledged, is one.
+  process.on('uncaughtException', (error) => {
+    server.logger.fatal({ err: error }, 'relgate stopped on an error it cannot recover from; start it again');
+    process.exit(1);
+  });
   shutdown = () => void server.stop().then(() => process.exit(0));
   if (stopAsked) shutdown();
 }

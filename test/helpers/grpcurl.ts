@@ -60,9 +60,10 @@ export interface ServeProcess {
 }
 
 /** Starts `relgate serve` (from the sources, or the given entry point) as its own process and waits for its "relgate serving" log line. */
-export function spawnServe(args: readonly string[], cwd = PROJECT_DIR, main?: string): Promise<ServeProcess> {
+export function spawnServe(args: readonly string[], cwd = PROJECT_DIR, main?: string, env: NodeJS.ProcessEnv = process.env): Promise<ServeProcess> {
   const child = spawn(process.execPath, serveArgv(args, [], main), {
     cwd,
+    env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
