@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { InterfaceRegistry } from '../src/interfaces.ts';
 import { RegistryService } from '../src/registry-service.ts';
 import { RequestService } from '../src/request-service.ts';
-import { lockFileOf } from '../src/store/sqlite-lock.ts';
+import { lockFileOf, realPathOf } from '../src/store/sqlite-lock.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
 import { jsonToStruct } from '../src/struct.ts';
 import { gcPauses, percentile, type GcPauses, type LoadOptions, type LoadResult } from './lib/load.ts';
@@ -148,7 +148,7 @@ async function seededDatabase(options: ScaleOptions): Promise<{ db: string; layo
   }
   mkdirSync(options.cacheDir, { recursive: true });
   const partial = `${base}.partial.db`;
-  for (const file of [partial, `${partial}-wal`, `${partial}-shm`, lockFileOf(partial)]) rmSync(file, { force: true });
+  for (const file of [partial, `${partial}-wal`, `${partial}-shm`, lockFileOf(realPathOf(partial))]) rmSync(file, { force: true });
   const started = performance.now();
   const store = new SqliteStore({ path: partial, durability: 'normal' });
   const interfaces = await InterfaceRegistry.load();
@@ -161,7 +161,7 @@ async function seededDatabase(options: ScaleOptions): Promise<{ db: string; layo
     await store.close();
   }
   renameSync(partial, db);
-  rmSync(lockFileOf(partial));
+  rmSync(lockFileOf(realPathOf(partial)));
   process.stdout.write(`    seeded ${path.relative(path.dirname(BENCH_DIR), db)} in ${fmt((performance.now() - started) / 1000, 1)} s\n`);
   return { db, layout };
 }

@@ -64,6 +64,13 @@ export function canonicalFields(type: protobuf.Type, value: JsonObject): JsonObj
   return out;
 }
 
+/** Fields to match in their canonical form: unlike canonicalFields, a null stays, asking for a field that is not set. */
+export function canonicalMatch(type: protobuf.Type, match: JsonObject): JsonObject {
+  const out: JsonObject = {};
+  for (const [name, item] of Object.entries(match)) setOwn(out, name, canonicalValue(type, name, item));
+  return out;
+}
+
 /** One field's value in its canonical form; a value of no field of the type as it is, and null (unset) as null. */
 export function canonicalValue(type: protobuf.Type, name: string, value: Json): Json {
   const field = ownValue(type.fields, name);

@@ -120,9 +120,10 @@ export async function compileDescriptors(roots: readonly string[]): Promise<Uint
 function bufProblems(error: unknown, roots: readonly string[]): string {
   const stderr = (error as { stderr?: unknown }).stderr;
   const text = (typeof stderr === 'string' && stderr.trim()) || (error instanceof Error ? error.message : String(error));
-  return text.replace(/\bm(\d+)(?=\/|")/g, (found, index: string) => {
+  // A module directory starts a path: at the start of a line, or after a quote.
+  return text.replace(/(^|")m(\d+)(?=\/|")/gm, (found, before: string, index: string) => {
     const root = roots[Number(index)];
-    return root === undefined ? found : path.resolve(root);
+    return root === undefined ? found : `${before}${path.resolve(root)}`;
   });
 }
 

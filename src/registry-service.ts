@@ -2,7 +2,7 @@
 import { hashToken, newToken } from './auth.ts';
 import { Code, RelgateError, failedPrecondition, notFound } from './errors.ts';
 import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
-import { refreshFlags, requireUnit } from './relations.ts';
+import { refreshFlags, relationIdOf, requireUnit } from './relations.ts';
 import { relationMessage, unitMessage } from './present.ts';
 import type { RelationRecord, SideName, Store, StoreTx } from './store/store.ts';
 import { APPLICATION_NAME, ENDPOINT_NAME, UNIT_NAME, Violations } from './validate.ts';
@@ -140,7 +140,7 @@ export class RegistryService {
       const revision = await tx.revision();
       const relation: RelationRecord = {
         ...spec,
-        id: `${definition.name}:${await tx.nextRelationNumber()}`,
+        id: relationIdOf(definition.name, await tx.nextRelationNumber()),
         version: definition.version,
         create_revision: revision,
         revision,
@@ -210,7 +210,7 @@ export class RegistryService {
       await tx.putRelationUnit(joined);
       const updated = { ...relation, revision };
       await tx.putRelation(updated);
-      await tx.appendChange(relationId, { kind: 'unit-joined', unit: joined, interface: relation.interface });
+      await tx.appendChange(relationId, { kind: 'unit-joined', unit: joined });
       await refreshFlags(tx, updated, [...units, joined]);
       return { relation: relationMessage(updated, [...units, joined]) };
     });
@@ -226,7 +226,7 @@ export class RegistryService {
       const revision = await tx.revision();
       await tx.deleteRelationUnit(relationId, unitName);
       await tx.deleteFlags(relationId, unitName);
-      await tx.appendChange(relationId, { kind: 'unit-departed', unit: { ...leaving, revision }, interface: relation.interface });
+      await tx.appendChange(relationId, { kind: 'unit-departed', unit: { ...leaving, revision } });
       const released = await onLeave(tx, { ...relation, revision }, unitName);
       await tx.putRelation(released);
       const remaining = units.filter((record) => record.unit !== unitName);

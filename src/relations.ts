@@ -9,6 +9,16 @@ export interface Membership {
   units: RelationUnitRecord[];
 }
 
+/** A relation's id: its interface's name and a number, so that the id alone says which interface the relation is of. */
+export function relationIdOf(iface: string, number: number): string {
+  return `${iface}:${number}`;
+}
+
+/** The interface a relation id names (an interface name holds no colon). */
+export function interfaceOfRelation(relationId: string): string {
+  return relationId.slice(0, relationId.lastIndexOf(':'));
+}
+
 /** The calling unit's relation, checking it has joined on the given side. */
 export async function joinedRelation(tx: StoreTx, relationId: string, caller: UnitRecord, side: SideName): Promise<Membership> {
   const relation = await tx.getRelation(relationId);

@@ -3,7 +3,7 @@
 import { Code, RelgateError, failedPrecondition, invalidArgument, notFound } from './errors.ts';
 import { mergeRequesterFlags, mergeResponderFlags, requesterFlags, responderFlags } from './flags.ts';
 import type protobuf from 'protobufjs';
-import { canonicalFields, canonicalValue, validateFields } from './fields.ts';
+import { canonicalFields, canonicalMatch, canonicalValue, validateFields } from './fields.ts';
 import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
 import { isAddressedTo, isNewFor, requestMessage, responseMessage, type Viewer } from './present.ts';
 import { joinedRelation, joinedRelationIds, recordRequestChange, requireCaller, requireUnit } from './relations.ts';
@@ -173,7 +173,8 @@ export class RequestService {
     const violations = new Violations();
     const size = pageSize(violations, input.page_size);
     const match = structToJson(input.match_fields);
-    const query = canonicalJson({ side, relation_id: input.relation_id, interface: input.interface, filter: input.filter, match });
+    // Without an interface the query is what it was before lists took one: page tokens stay good across an upgrade.
+    const query = canonicalJson({ side, relation_id: input.relation_id, ...(input.interface ? { interface: input.interface } : {}), filter: input.filter, match });
     const after = decodePageToken(violations, input.page_token, query);
     if (side === 'responder' && input.filter === 'answered') violations.add('filter', 'responders list ALL or NEW requests');
     violations.throwIfAny();
@@ -367,7 +368,7 @@ export class RequestService {
     const types = new Map(relations.map(({ relation }) => [relation.id, this.#definition(relation).requestType]));
     const violations = [...types.values()].flatMap((type) => validateFields(type, match, 'match_fields', { checkRequired: false }));
     invalidIfAny(scope.relationId ? violations : dedupe(violations));
-    const scoped = new Map([...types].map(([id, type]) => [id, { type, match: canonicalFields(type, match) }]));
+    const scoped = new Map([...types].map(([id, type]) => [id, { type, match: canonicalMatch(type, match) }]));
     const matches = (request: RequestRecord) => {
       const scope = scoped.get(request.relation_id);
       return scope !== undefined && fieldsMatch(scope.type, request.fields, scope.match);

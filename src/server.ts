@@ -119,6 +119,16 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   const descriptors = await compileDescriptors([PROTO_DIR, ...config.interfaces]);
   const interfaces = await InterfaceRegistry.load(config.interfaces);
   const store = await openStore(config, logger);
+  try {
+    return await serve(config, logger, descriptors, interfaces, store);
+  } catch (error) {
+    // Nothing stays open behind a failed start: the store's file lock least of all, or a retry in this process fails.
+    await store.close();
+    throw error;
+  }
+}
+
+async function serve(config: ServerConfig, logger: Logger, descriptors: Uint8Array[], interfaces: InterfaceRegistry, store: Store): Promise<RunningServer> {
   const hub = new WatchHub(store, { maxBufferedEvents: config.watchBuffer, progressIntervalMs: config.progressIntervalMs, maxMessageBytes: config.maxSendBytes });
   const registry = new RegistryService(store, interfaces);
   const requests = new RequestService(store, interfaces);
@@ -151,11 +161,10 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
     const credentials = await serverCredentials(config);
     port = await new Promise<number>((resolve, reject) => server.bindAsync(config.listen, credentials, (error, bound) => (error ? reject(error) : resolve(bound))));
   } catch (error) {
-    // Nothing is left listening or open behind a failed start.
+    // Nothing is left listening or open behind a failed start (startServer closes the store).
     server.forceShutdown();
     hub.close();
     await ops?.close();
-    await store.close();
     throw error;
   }
   listening = true;

@@ -6,6 +6,7 @@
 // tick, so no change is missed or delivered twice.
 import { Code, RelgateError, asRelgateError } from './errors.ts';
 import { isAddressedTo, isNewFor, relationUnitMessage, requestMessage, responseMessage, type Viewer } from './present.ts';
+import { interfaceOfRelation } from './relations.ts';
 import { SetMap } from './set-map.ts';
 import { compactedError } from './store/compaction.ts';
 import type { Change, RelationUnitRecord, RequestState, SideName, Store, StoreTx } from './store/store.ts';
@@ -68,8 +69,6 @@ interface MembershipChange {
   unit: string;
   side: SideName;
   joined: boolean;
-  /** The relation's interface; undefined in changes logged before it was recorded. */
-  interface: string | undefined;
 }
 
 export const DEFAULT_HUB_OPTIONS: HubOptions = { maxBufferedEvents: 10_000, progressIntervalMs: 10_000, catchUpPage: 500, maxMessageBytes: 16 * 1024 * 1024 };
@@ -238,7 +237,7 @@ export class WatchHub {
       if (change.revision <= from) break;
       if (change.revision > at || change.unit !== spec.unit || change.side !== spec.side) continue;
       if (change.joined) relations.delete(change.relationId);
-      else if (ofInterface(spec, change.interface)) relations.set(change.relationId, 0);
+      else if (ofInterface(spec, change.relationId)) relations.set(change.relationId, 0);
     }
     return relations;
   }
@@ -383,15 +382,15 @@ function textSize(value: unknown): number {
 /** The joins and departures a change records; removing a relation is a departure of each of its members. */
 function membershipsOf(change: Change): MembershipChange[] {
   const data = change.data;
-  const of = (unit: RelationUnitRecord, joined: boolean, iface: string | undefined) => ({ revision: change.revision, relationId: change.relation_id, unit: unit.unit, side: unit.side, joined, interface: iface });
-  if (data.kind === 'unit-joined' || data.kind === 'unit-departed') return [of(data.unit, data.kind === 'unit-joined', data.interface)];
-  if (data.kind === 'relation-removed') return (data.units ?? []).map((unit) => of(unit, false, data.relation.interface));
+  const of = (unit: RelationUnitRecord, joined: boolean) => ({ revision: change.revision, relationId: change.relation_id, unit: unit.unit, side: unit.side, joined });
+  if (data.kind === 'unit-joined' || data.kind === 'unit-departed') return [of(data.unit, data.kind === 'unit-joined')];
+  if (data.kind === 'relation-removed') return (data.units ?? []).map((unit) => of(unit, false));
   return [];
 }
 
-/** Whether a relation of the interface is the watch's; one of an interface not recorded might be. */
-function ofInterface(spec: WatchSpec, iface: string | undefined): boolean {
-  return !spec.interface || iface === undefined || iface === spec.interface;
+/** Whether the relation is of the watch's interface, when it has one. */
+function ofInterface(spec: WatchSpec, relationId: string): boolean {
+  return !spec.interface || interfaceOfRelation(relationId) === spec.interface;
 }
 
 /** The relations a watch covers, with the revision each was joined at; why the unit is not in the others. */
@@ -555,7 +554,7 @@ export class Watcher {
     const revision = change.revision;
     const relationId = change.relation_id;
     if (this.#joined) return [];
-    if (data.kind === 'unit-joined' && data.unit.unit === this.spec.unit && data.unit.side === this.spec.side && !this.spec.relationId && ofInterface(this.spec, data.interface)) {
+    if (data.kind === 'unit-joined' && data.unit.unit === this.spec.unit && data.unit.side === this.spec.side && !this.spec.relationId && ofInterface(this.spec, relationId)) {
       // The relation's requests are the unit's from here on, but no change will announce them: the watch ends just
       // before the join, and its client starts again from a snapshot, which has them.
       this.#joined = { relationId, revision };

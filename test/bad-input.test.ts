@@ -466,8 +466,12 @@ describe('field values through the gateway', () => {
     const { responses } = await v.req().call('ListResponses', { request_id: request.request_id });
     expect(responses.map((response: { fields: unknown }) => json(response.fields as never))).toEqual([{ total: '1', tree: null }]);
     // In a match, null still means a field that is not set.
-    const { requests } = await v.req().call('ListRequests', { relation_id: v.relationId, match_fields: struct({ name: 'unset', count: null }) });
-    expect(requests.map((r: { request_id: string }) => r.request_id)).toEqual([request.request_id]);
+    const { request: counted } = await v.req().call('CreateRequest', { relation_id: v.relationId, fields: struct({ name: 'unset', count: 7 }) });
+    const matching = async (match: JsonObject) => (await v.req().call('ListRequests', { relation_id: v.relationId, match_fields: struct(match) })).requests.map((r: { request_id: string }) => r.request_id);
+    expect(await matching({ name: 'unset', count: null })).toEqual([request.request_id]);
+    const unset = await matching({ count: null });
+    expect([unset.includes(request.request_id), unset.includes(counted.request_id)]).toEqual([true, false]);
+    expect((await v.req().call('ResponseByField', { relation_id: v.relationId, match_fields: struct({ name: 'unset', count: null }) })).request.request_id).toBe(request.request_id);
   });
 
   test(`fields nested more than ${MAX_FIELD_DEPTH} levels are refused with the path, storing nothing; ${MAX_FIELD_DEPTH} levels are stored and sent`, async () => {

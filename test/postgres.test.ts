@@ -5,7 +5,7 @@ import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Code, RelgateError } from '../src/errors.ts';
 import { MIGRATIONS } from '../src/store/postgres-migrations.ts';
-import { PostgresStore, type PostgresStoreOptions } from '../src/store/postgres-store.ts';
+import { PostgresStore, startOverAfterRestore, type PostgresStoreOptions } from '../src/store/postgres-store.ts';
 import type { Change, RelationRecord, Store, UnitRecord } from '../src/store/store.ts';
 import { sql, startPostgres, type PostgresCluster } from './helpers/postgres.ts';
 
@@ -368,6 +368,26 @@ describe('replicas', () => {
   });
 });
 
+describe('a database restored from a backup', () => {
+  it('goes on past the clock with its change log compacted there, and is refused while a replica serves it', async () => {
+    const url = await cluster.createDatabase();
+    const store = await open(url);
+    for (let i = 0; i < 3; i++) await store.write(async (tx) => tx.appendChange('r1', { kind: 'registry', what: 'test', name: `n${i}` }));
+    await expect(startOverAfterRestore(url)).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, reason: 'DATABASE_IN_USE' });
+    await store.close();
+    const now = Date.now();
+    expect(await startOverAfterRestore(url, now)).toBe(now * 1000);
+    const restored = await open(url);
+    try {
+      expect([restored.currentRevision(), restored.compactedRevision()]).toEqual([now * 1000, now * 1000]);
+      await expect(restored.changesSince(3, 100)).rejects.toMatchObject({ code: Code.OUT_OF_RANGE, reason: 'REVISION_COMPACTED' });
+      expect(await restored.write(async (tx) => tx.revision())).toBe(now * 1000 + 1);
+    } finally {
+      await restored.close();
+    }
+  });
+});
+
 describe('watcher presence across replicas', () => {
   it('counts live watchers of every replica, until they end or their replica goes silent', async () => {
     const url = await cluster.createDatabase();
@@ -378,8 +398,8 @@ describe('watcher presence across replicas', () => {
       await tx.appendChange('r1', { kind: 'registry', what: 'test', name: 'join' });
     });
     expect(await b.presence.isWatched('r1', 'responder')).toBe(false);
-    const removeOne = await a.presence.add({ unit: 'ca/0', side: 'responder', relationId: 'r1' });
-    const removeAll = await a.presence.add({ unit: 'ca/0', side: 'responder', relationId: '' });
+    const removeOne = await a.presence.add({ unit: 'ca/0', side: 'responder', relationId: 'r1', interface: '' });
+    const removeAll = await a.presence.add({ unit: 'ca/0', side: 'responder', relationId: '', interface: '' });
     expect(await b.presence.isWatched('r1', 'responder')).toBe(true);
     expect(await b.presence.isWatched('r1', 'responder', 'ca/0')).toBe(true);
     expect(await b.presence.isWatched('r1', 'responder', 'ca/1')).toBe(false);
@@ -399,6 +419,22 @@ describe('watcher presence across replicas', () => {
     await until(() => b.presence.isWatched('r1', 'responder'), 'the watchers are written again');
     removeAll();
     await until(async () => !(await b.presence.isWatched('r1', 'responder')), 'the last watcher is gone');
+  });
+
+  it("counts a watch of every relation of one interface for that interface's relations only", async () => {
+    const url = await cluster.createDatabase();
+    const [a, b] = [await open(url), await open(url)];
+    await a.write(async (tx) => {
+      for (const relationId of ['http:1', 'tls-certificates:2', 'http-proxy:3']) {
+        await tx.putRelationUnit({ relation_id: relationId, unit: 'ca/0', side: 'responder', revision: await tx.revision() });
+      }
+      await tx.appendChange('', { kind: 'registry', what: 'test', name: 'joins' });
+    });
+    const remove = await a.presence.add({ unit: 'ca/0', side: 'responder', relationId: '', interface: 'http' });
+    const watched = async () => Promise.all(['http:1', 'tls-certificates:2', 'http-proxy:3'].map((relationId) => b.presence.isWatched(relationId, 'responder')));
+    expect(await watched()).toEqual([true, false, false]);
+    remove();
+    await until(async () => !(await watched()).includes(true), 'the watcher is gone');
   });
 });
 

@@ -1,7 +1,7 @@
 // RegistryService against a real server and SQLite file: interfaces and
 // their schemas, applications, units, relations, joining and leaving.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Code } from '../src/errors.ts';
@@ -188,6 +188,12 @@ describe('interfaces of your own', () => {
     const dir = interfaceDir('with-mistake', '', 'string note = 1');
     const start = startServer({ listen: '127.0.0.1:0', db: ':memory:', logLevel: 'silent', interfaces: [dir] });
     await expect(start).rejects.toThrow(new RegExp(`^the interface files do not compile:\\n${dir}/with_mistake\\.proto:\\d+:\\d+:`));
+    // In a folder of its own that happens to be named like buf's module folders.
+    const nested = path.join(dir, 'm1');
+    mkdirSync(nested);
+    renameSync(path.join(dir, 'with_mistake.proto'), path.join(nested, 'with_mistake.proto'));
+    const again = startServer({ listen: '127.0.0.1:0', db: ':memory:', logLevel: 'silent', interfaces: [dir] });
+    await expect(again).rejects.toThrow(new RegExp(`^the interface files do not compile:\\n${dir}/m1/with_mistake\\.proto:\\d+:\\d+:`));
   });
 
   test('one path in two interface directories is refused, naming both', async () => {

@@ -294,6 +294,15 @@ describe('SDK on one gateway', () => {
     watch.close();
   });
 
+  it('delivers bookmarks while nothing changes, each at the revision reached', async () => {
+    const world = await makeWorld(h);
+    const watch = as(world.requesters[0] as string).requester('tls-certificates', { relation: world.relationId }).watch({ start: 'now', progressIntervalMs: 100 });
+    const seen = await readUntil(watch, (event) => event.type === 'BOOKMARK');
+    const again = await readUntil(watch, (event) => event.type === 'BOOKMARK');
+    expect([seen.at(-1)?.revision, again.at(-1)?.revision]).toEqual([h.server.hub.revision, h.server.hub.revision]);
+    watch.close();
+  });
+
   it('lets go of a shared AbortSignal when its watches close, however they close', async () => {
     const world = await makeWorld(h);
     const endpoint = as(world.requesters[0] as string).requester('tls-certificates', { relation: world.relationId });

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, SERVE_NODE_FLAGS, serveArgv } from '../src/cli/serve-process.ts';
 import { createLogger, failureLog } from '../src/logger.ts';
+import { startServer } from '../src/server.ts';
 import { Writable } from 'node:stream';
 import { PROJECT_DIR } from '../src/protos.ts';
 import { freePort } from '../bench/lib/processes.ts';
@@ -32,6 +33,21 @@ describe('how the gateway is started', () => {
     const help = spawnSync('/usr/bin/env', ['-S', `${process.execPath} ${FLAGS}`, MAIN, 'serve', '--help'], { encoding: 'utf8' });
     expect([help.status, help.stderr]).toEqual([0, '']);
     expect(help.stdout).toContain('--listen');
+  });
+});
+
+describe('a start that fails', () => {
+  it('leaves the database free: a start in the same process after it opens it', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'relgate-failed-start-'));
+    const db = path.join(dir, 'relgate.db');
+    try {
+      // Token mode without an admin token fails after the store is open.
+      await expect(startServer({ listen: '127.0.0.1:0', db, logLevel: 'silent', auth: 'token' })).rejects.toThrow('authenticated mode needs an admin token');
+      const server = await startServer({ listen: '127.0.0.1:0', db, logLevel: 'silent' });
+      await server.stop();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

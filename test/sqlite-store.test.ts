@@ -3,7 +3,7 @@
 // records in front of the database.
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { closeSync, mkdirSync, mkdtempSync, openSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -144,7 +144,7 @@ describe('databases the store refuses', () => {
       error = thrown;
     }
     const db = new Database(file, { readonly: true });
-    const header = { version: db.pragma('user_version', { simple: true }), application: db.pragma('application_id', { simple: true }) };
+    const header = { version: db.pragma('user_version', { simple: true }), application: db.pragma('application_id', { simple: true }), journal: db.pragma('journal_mode', { simple: true }) };
     db.close();
     return { error, header };
   }
@@ -161,7 +161,7 @@ describe('databases the store refuses', () => {
       db.close();
       const { error, header } = refusal(file);
       expect(error).toMatchObject({ code: Code.FAILED_PRECONDITION, reason: 'SCHEMA_TOO_NEW', message: expect.stringContaining('schema version 99; this one knows up to 3') });
-      expect(header).toEqual({ version: 99, application });
+      expect(header).toEqual({ version: 99, application, journal: 'wal' });
     }
   });
 
@@ -173,7 +173,7 @@ describe('databases the store refuses', () => {
     db.close();
     const { error, header } = refusal(file);
     expect(error).toMatchObject({ code: Code.FAILED_PRECONDITION, reason: 'NOT_RELGATE_DATABASE', message: expect.stringContaining('holds tables accounts') });
-    expect(header).toEqual({ version: 1, application: 0 });
+    expect(header).toEqual({ version: 1, application: 0, journal: 'delete' });
     const check = new Database(file, { readonly: true });
     expect(check.prepare("SELECT name FROM sqlite_schema WHERE type = 'table'").pluck().all()).toEqual(['accounts']);
     check.close();
@@ -263,6 +263,14 @@ describe('one store per file', () => {
     expect(second.currentRevision()).toBe(2);
     await second.close();
 
+    // A second name of the file (a symbolic link) leads to the same lock, and a store opened by it works.
+    const alias = path.join(path.dirname(file), 'alias.db');
+    symlinkSync(file, alias);
+    const byAlias = new SqliteStore({ path: alias });
+    expect(() => new SqliteStore({ path: file })).toThrow(/is in use by another gateway/);
+    expect(await byAlias.write(async (tx) => tx.revision())).toBe(3);
+    await byAlias.close();
+
     // A file that is no database fails the start, and the lock goes with it.
     const notDatabase = tempFile();
     writeFileSync(notDatabase, 'not a database, but long enough for SQLite to read a header from it: '.repeat(4));
@@ -302,22 +310,36 @@ describe('the checkpoint thread', () => {
     const file = tempFile();
     const limit = 256 * 1024;
     const store = new SqliteStore({ path: file, checkpointEveryCommits: 1, walSizeLimitBytes: limit });
-    const write = (i: number) => store.write(async (tx) => tx.appendChange('r1', registered(`${'x'.repeat(4_000)}${i}`)));
+    // One checkpoint per commit, answered in order: after n commits, the n-th result describes the WAL they left.
+    let commits = 0;
+    const results: CheckpointResult[] = [];
+    let heard = () => {};
+    store.onCheckpoint((result) => {
+      results.push(result);
+      heard();
+    });
+    const write = async (i: number) => {
+      await store.write(async (tx) => tx.appendChange('r1', registered(`${'x'.repeat(4_000)}${i}`)));
+      commits += 1;
+    };
+    const lastCheckpoint = async () => {
+      while (results.length < commits) await new Promise<void>((resolve) => (heard = resolve));
+      return results[commits - 1] as CheckpointResult;
+    };
     const reader = new Database(file, { readonly: true });
     reader.exec('BEGIN');
     reader.prepare('SELECT count(*) FROM meta').get();
     // The reader holds its view: nothing past it is copied, and the WAL grows.
     for (let i = 0; i < 300; i++) await write(i);
-    const grown = statSync(`${file}-wal`).size;
-    expect(grown).toBeGreaterThan(4 * limit);
+    expect(statSync(`${file}-wal`).size).toBeGreaterThan(4 * limit);
     reader.exec('COMMIT');
     reader.close();
-    let size = grown;
-    for (let i = 300; i < 400 && size > limit; i++) {
-      await write(i);
-      size = statSync(`${file}-wal`).size;
-    }
-    expect(size).toBeLessThanOrEqual(limit);
+    // Once a checkpoint has copied the whole WAL, the next write starts it over, and it is cut back.
+    const copiedAll = (result: CheckpointResult) => !('error' in result) && result.checkpointed === result.log;
+    for (let i = 300; i < 400 && !copiedAll(await lastCheckpoint()); i++) await write(i);
+    expect(copiedAll(await lastCheckpoint())).toBe(true);
+    await write(400);
+    expect(statSync(`${file}-wal`).size).toBeLessThanOrEqual(limit);
     await store.close();
   });
 

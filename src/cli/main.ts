@@ -5,6 +5,7 @@ import { access, readFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError, type CommanderError, Option } from 'commander';
 import { Code } from '../errors.ts';
 import { DEFAULT_CONFIG, MAX_PROGRESS_MS, MIN_PROGRESS_MS, startServer } from '../server.ts';
+import { startOverAfterRestore } from '../store/postgres-store.ts';
 import { SqliteStore } from '../store/sqlite-store.ts';
 import { MAX_TIMER_MS, wholeNumber, wholeNumberIn } from './numbers.ts';
 import { addOperatorCommands } from './operator.ts';
@@ -74,21 +75,31 @@ program
 
 program
   .command('mark-restored')
-  .description('Prepare a SQLite database restored from a backup, before a gateway serves it: watches resuming from any earlier revision start over from a snapshot.')
-  .requiredOption('--db <path>', 'the restored SQLite database file', dbPath)
-  .action(async (options: { db: string }) => {
+  .description('Prepare a database restored from a backup, before a gateway serves it: watches resuming from any earlier revision start over from a snapshot.')
+  .addOption(new Option('--db <path>', 'the restored SQLite database file').argParser(dbPath).conflicts('store'))
+  .addOption(new Option('--store <url>', 'the restored PostgreSQL database (postgres:// connection string)'))
+  .action(async (options: { db?: string; store?: string }) => {
     try {
-      // The file must be there: a wrong path would otherwise be a new, empty database.
-      await access(options.db);
-      const store = new SqliteStore({ path: options.db });
-      const revision = await store.startOverAfterRestore();
-      await store.close();
-      console.log(`${options.db}: revisions go on from ${revision}; watches that resume from before it start over from a snapshot`);
+      const revision = await markRestored(options);
+      console.log(`${options.db ?? 'the database'}: revisions go on from ${revision}; watches that resume from before it start over from a snapshot`);
     } catch (error) {
       console.error(`relgate mark-restored: ${error instanceof Error ? error.message : String(error)}`);
       process.exit(1);
     }
   });
+
+async function markRestored({ db, store }: { db?: string; store?: string }): Promise<number> {
+  if (store) return startOverAfterRestore(store);
+  if (!db) throw new Error('name the restored database: --db <path> or --store <url>');
+  // The file must be there: a wrong path would otherwise be a new, empty database.
+  await access(db);
+  const sqlite = new SqliteStore({ path: db });
+  try {
+    return await sqlite.startOverAfterRestore();
+  } finally {
+    await sqlite.close();
+  }
+}
 
 async function serve(options: Record<string, unknown>, interfaces: string[]): Promise<void> {
   process.once('SIGTERM', () => shutdown());

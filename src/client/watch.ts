@@ -167,8 +167,9 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
     const last = this.#revision;
     for (const raw of batch.events) {
       const event = toWatchEvent<Req, Res>(raw);
-      // A resumed stream never repeats a revision; this guards the rule.
-      if (last !== undefined && event.revision <= last) continue;
+      // A resumed stream never repeats a change's revision; this guards the rule. A bookmark repeats the revision
+      // reached while nothing changes: that is its news.
+      if (last !== undefined && event.revision <= last && event.type !== 'BOOKMARK') continue;
       this.#push(event);
     }
     const revision = Number(batch.revision);

@@ -15,6 +15,8 @@ export interface WatcherKey {
   side: SideName;
   /** One relation, or '' for every relation the unit joins on the side. */
   relationId: string;
+  /** With no relation: only relations of this interface, or '' for every interface. */
+  interface: string;
 }
 
 export interface PresenceOptions {
@@ -54,7 +56,8 @@ export class PostgresPresence {
 
   /** Records a watcher before it starts; resolves once other replicas can see it. Returns its removal. */
   async add(key: WatcherKey): Promise<() => void> {
-    const id = JSON.stringify([key.unit, key.side, key.relationId]);
+    // A watch of every relation of one interface is kept as the prefix of those relations' ids ("http:").
+    const id = JSON.stringify([key.unit, key.side, key.relationId || (key.interface ? `${key.interface}:` : '')]);
     this.#count(id, 1);
     try {
       await this.#serially(() => this.#write(id));
@@ -78,7 +81,7 @@ export class PostgresPresence {
       `SELECT 1 FROM watchers w JOIN replicas r ON r.id = w.replica
        WHERE w.count > 0 AND w.side = $2 AND ($3::text IS NULL OR w.unit = $3)
          AND r.heartbeat > now() - make_interval(secs => $4::float8 / 1000)
-         AND (w.relation_id = $1 OR (w.relation_id = '' AND EXISTS (
+         AND (w.relation_id = $1 OR ((w.relation_id = '' OR (right(w.relation_id, 1) = ':' AND left($1, length(w.relation_id)) = w.relation_id)) AND EXISTS (
            SELECT 1 FROM relation_units m WHERE m.relation_id = $1 AND m.unit = w.unit AND m.side = w.side)))
        LIMIT 1`,
       [relationId, side, unit ?? null, this.#options.staleMs],

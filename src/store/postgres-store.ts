@@ -20,7 +20,7 @@ import { Code, RelgateError } from '../errors.ts';
 import { changeLogRow, changesOfLogRows } from './change-log.ts';
 import { compactedError } from './compaction.ts';
 import { migrate } from './postgres-migrations.ts';
-import { PostgresPresence, type PresenceOptions } from './postgres-presence.ts';
+import { DEFAULT_PRESENCE, PostgresPresence, type PresenceOptions } from './postgres-presence.ts';
 import { copyFlags, copyRelation, DeferredRows, flagsKey, flagsKeyParts, recordCaches, UndoLog, type RecordCache } from './record-cache.ts';
 import { dueTime } from './sqlite-store.ts';
 import type {
@@ -75,6 +75,35 @@ const connection = (url: string) => ({
   // An `options` parameter in the URL replaces this one.
   options: '-c jit=off',
 });
+
+/**
+ * SqliteStore.startOverAfterRestore for PostgreSQL: a database restored from a backup, before replicas serve it,
+ * gets a revision past every one handed out (the clock in microseconds, when later) and its change log compacted
+ * there. Refused while a replica's heartbeat is recent. Returns the new revision.
+ */
+export async function startOverAfterRestore(url: string, now = Date.now()): Promise<number> {
+  const client = new pg.Client(connection(url));
+  await client.connect();
+  try {
+    await migrate(client);
+    await client.query('BEGIN');
+    const { rows: live } = await client.query<{ n: number }>('SELECT count(*)::int AS n FROM replicas WHERE heartbeat > now() - make_interval(secs => $1::float8 / 1000)', [DEFAULT_PRESENCE.staleMs]);
+    if ((live[0]?.n ?? 0) > 0) {
+      throw new RelgateError(Code.FAILED_PRECONDITION, `${live[0]?.n} replicas serve this database; stop them first`, { reason: 'DATABASE_IN_USE' });
+    }
+    const { rows } = await client.query<{ revision: number }>('SELECT revision FROM state FOR UPDATE');
+    const revision = Math.max((rows[0]?.revision ?? 0) + 1, now * 1000);
+    await client.query('DELETE FROM changes');
+    await client.query('UPDATE state SET revision = $1, compacted = $1', [revision]);
+    await client.query('COMMIT');
+    return revision;
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw error;
+  } finally {
+    await client.end();
+  }
+}
 
 type Row = { doc: string };
 

@@ -6,6 +6,8 @@
 // ends, so a crash leaves nothing to clean up. SQLite also tells apart two
 // connections of one process, so a second store in the same process is
 // refused as well.
+import { realpathSync } from 'node:fs';
+import path from 'node:path';
 import Database from 'better-sqlite3';
 import { Code, RelgateError } from '../errors.ts';
 
@@ -13,12 +15,24 @@ export interface DatabaseLock {
   release(): void;
 }
 
-/** The file that holds the lock of the database at `path`. */
-export const lockFileOf = (path: string): string => `${path}-lock`;
+/** The file that holds the lock of the database at `file`. */
+export const lockFileOf = (file: string): string => `${file}-lock`;
 
-/** Takes the database file at `path` for this store, or refuses at once with DATABASE_IN_USE when another holds it. */
-export function lockDatabaseFile(path: string): DatabaseLock {
-  const file = lockFileOf(path);
+/**
+ * Where a path leads once its links are followed, as SQLite itself opens it: two names of one database file (a
+ * symbolic link) share one lock. A file not made yet is named by its directory's real path.
+ */
+export function realPathOf(file: string): string {
+  try {
+    return realpathSync(file);
+  } catch {
+    return path.join(realpathSync(path.dirname(file)), path.basename(file));
+  }
+}
+
+/** Takes the database file at `databasePath` for this store, or refuses at once with DATABASE_IN_USE when another holds it. */
+export function lockDatabaseFile(databasePath: string): DatabaseLock {
+  const file = lockFileOf(realPathOf(databasePath));
   // No busy timeout: a gateway that holds the lock holds it for its whole life.
   const db = new Database(file, { timeout: 0 });
   try {
@@ -30,8 +44,8 @@ export function lockDatabaseFile(path: string): DatabaseLock {
     if (error instanceof Database.SqliteError && error.code.startsWith('SQLITE_BUSY')) {
       throw new RelgateError(
         Code.FAILED_PRECONDITION,
-        `the database ${path} is in use by another gateway (its lock file ${file} is held); one SQLite file serves one gateway: run replicas on PostgreSQL (--store)`,
-        { reason: 'DATABASE_IN_USE', metadata: { path, lock_file: file } },
+        `the database ${databasePath} is in use by another gateway (its lock file ${file} is held); one SQLite file serves one gateway: run replicas on PostgreSQL (--store)`,
+        { reason: 'DATABASE_IN_USE', metadata: { path: databasePath, lock_file: file } },
       );
     }
     throw error;

@@ -15,7 +15,7 @@ import { RelgateError, Code } from '../errors.ts';
 import { Checkpointer } from './checkpointer.ts';
 import { changeLogRow, changesOfLogRows } from './change-log.ts';
 import { compactedError } from './compaction.ts';
-import { type DatabaseLock, lockDatabaseFile } from './sqlite-lock.ts';
+import { type DatabaseLock, lockDatabaseFile, realPathOf } from './sqlite-lock.ts';
 import { copyRelation, DeferredRows, flagsKey, recordCaches, UndoLog } from './record-cache.ts';
 import type {
   ApplicationRecord,
@@ -113,27 +113,30 @@ const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;
 const APPLICATION_ID = 0x726c6774;
 
 /**
- * Creates the schema, or brings an older database up to date, in one transaction. Refuses, changing nothing, a
+ * The tables of a database this store may open. Refuses, before anything is written (journal mode included), a
  * database of another application, and one a newer relgate wrote: an older gateway would misread its change log.
- * Says whether the database was new (no tables).
  */
-function migrate(db: Database.Database): boolean {
-  return db.transaction(() => {
-    const tables = db.prepare<[], string>("SELECT name FROM sqlite_schema WHERE type = 'table'").pluck().all();
-    const marked = db.pragma('application_id', { simple: true }) === APPLICATION_ID;
-    // Databases relgate wrote before it set the application id hold its meta and requests tables.
-    const ours = marked || tables.length === 0 || (tables.includes('meta') && tables.includes('requests'));
-    if (!ours) throw databaseRefused('NOT_RELGATE_DATABASE', `${db.name} is not a relgate database (it holds tables ${tables.join(', ')}); name a new file, or one relgate wrote`);
+function tablesOfOwnDatabase(db: Database.Database): string[] {
+  const tables = db.prepare<[], string>("SELECT name FROM sqlite_schema WHERE type = 'table'").pluck().all();
+  // Databases relgate wrote before it set the application id hold its meta and requests tables.
+  const ours = db.pragma('application_id', { simple: true }) === APPLICATION_ID || tables.length === 0 || (tables.includes('meta') && tables.includes('requests'));
+  if (!ours) throw databaseRefused('NOT_RELGATE_DATABASE', `${db.name} is not a relgate database (it holds tables ${tables.join(', ')}); name a new file, or one relgate wrote`);
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version > SCHEMA_VERSION) {
+    throw databaseRefused('SCHEMA_TOO_NEW', `the database ${db.name} was written by a newer relgate (schema version ${version}; this one knows up to ${SCHEMA_VERSION}): run that version, or a newer one`);
+  }
+  return tables;
+}
+
+/** Creates the schema, or brings an older database (of the tables found) up to date, in one transaction. */
+function migrate(db: Database.Database, tables: readonly string[]): void {
+  db.transaction(() => {
     const current = db.pragma('user_version', { simple: true }) as number;
-    if (current > SCHEMA_VERSION) {
-      throw databaseRefused('SCHEMA_TOO_NEW', `the database ${db.name} was written by a newer relgate (schema version ${current}; this one knows up to ${SCHEMA_VERSION}): run that version, or a newer one`);
-    }
     // A new database gets the whole schema at once; an older one first takes the steps it misses.
     if (tables.includes('requests')) for (const migration of MIGRATIONS) if (migration.version > current) db.exec(migration.sql);
     db.exec(SCHEMA);
     if (current < SCHEMA_VERSION) db.pragma(`user_version = ${SCHEMA_VERSION}`);
-    if (!marked) db.pragma(`application_id = ${APPLICATION_ID}`);
-    return tables.length === 0;
+    if (db.pragma('application_id', { simple: true }) !== APPLICATION_ID) db.pragma(`application_id = ${APPLICATION_ID}`);
   }).immediate();
 }
 
@@ -260,6 +263,8 @@ export class SqliteStore implements Store {
     try {
       db = new Database(options.path);
       this.#db = db;
+      const tables = tablesOfOwnDatabase(db);
+      this.created = tables.length === 0;
       const wal = this.#db.pragma('journal_mode = WAL', { simple: true }) === 'wal';
       // NORMAL in WAL mode writes commits without fsync; at full durability the store then fsyncs the WAL before anyone hears of the commit.
       const syncWal = wal && options.durability !== 'normal';
@@ -270,8 +275,9 @@ export class SqliteStore implements Store {
       this.#db.pragma('wal_autocheckpoint = 10000');
       // Without a limit, a WAL that a long reader grew to gigabytes keeps its size on disk until the gateway stops.
       this.#db.pragma(`journal_size_limit = ${options.walSizeLimitBytes ?? DEFAULT_WAL_SIZE_LIMIT_BYTES}`);
-      this.created = migrate(this.#db);
-      this.#walFd = syncWal ? openSync(`${this.#db.name}-wal`, 'r') : undefined;
+      migrate(this.#db, tables);
+      // SQLite names the WAL after the database file a symbolic link leads to.
+      this.#walFd = syncWal ? openSync(`${realPathOf(this.#db.name)}-wal`, 'r') : undefined;
       const checkpointEvery = options.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS;
       this.#checkpointer = wal && checkpointEvery > 0 ? new Checkpointer(this.#db.name, checkpointEvery, (result) => this.#onCheckpoint(result)) : undefined;
       this.#stmts = prepareStatements(this.#db);

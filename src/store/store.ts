@@ -104,8 +104,7 @@ export type RequestChange =
 export type ChangeData =
   | RequestChange
   | { kind: 'response'; response: ResponseRecord }
-  /** `interface`: the relation's; absent from changes logged before it was recorded. */
-  | { kind: 'unit-joined' | 'unit-departed'; unit: RelationUnitRecord; interface?: string }
+  | { kind: 'unit-joined' | 'unit-departed'; unit: RelationUnitRecord }
   | { kind: 'relation-created'; relation: Omit<RelationRecord, 'counters'> }
   /** `units`: the members it had, so that a watch resumed from before the removal knows it was one (absent from changes logged before it was recorded). */
   | { kind: 'relation-removed'; relation: Omit<RelationRecord, 'counters'>; units?: RelationUnitRecord[] }
