@@ -334,6 +334,8 @@ const ADDRESSING_CHECKS: Check[] = [
         ['EVENT_TYPE_DELETED', SELECTOR_ID, 'REQUEST_STATE_ANSWERED'],
       ]);
       expect(events.some((e) => e.type === 'EVENT_TYPE_SNAPSHOT_COMPLETE')).toBe(true);
+      // As the README shows them: the snapshot, the answer's change, then its acknowledgement.
+      expect(messages.map((m) => (m.ack ? 'ack' : 'events'))).toEqual(['events', 'events', 'ack']);
     },
   },
 ];

@@ -671,6 +671,26 @@ describe('SDK credentials', () => {
     }
   });
 
+  it('ends a session whose token is revoked with TOKEN_REVOKED, without trying again', async () => {
+    const h = await startHarness({ auth: 'token', adminToken: 'admin-secret' });
+    try {
+      const registry = new Rpc(new (v1.RegistryService as NonNullable<typeof v1.RegistryService>)(h.server.address, grpc.credentials.createInsecure()));
+      registry.metadata.set('authorization', 'Bearer admin-secret');
+      await registry.call('RegisterApplication', { name: 'revoked' });
+      const { token } = await registry.call('RegisterUnit', { name: 'revoked/0' });
+      const connection = connect(h.server.address, { token });
+      const session = connection.openSession({ responses: {} });
+      await readUntil(session.responses(), (event) => event.type === 'SNAPSHOT_COMPLETE');
+      await registry.call('RevokeUnitToken', { name: 'revoked/0' });
+      const ended = await session.closed;
+      expect([ended?.code, ended?.reason, session.stats.reconnects]).toEqual([Code.UNAUTHENTICATED, 'TOKEN_REVOKED', 0]);
+      registry.client.close();
+      connection.close();
+    } finally {
+      await h.close();
+    }
+  });
+
   it('connects over mutual TLS, the client certificate naming the unit', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'relgate-sdk-tls-'));
     const certs = makeCertificates(dir, ['tlsweb/0']);

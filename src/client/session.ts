@@ -284,7 +284,8 @@ export class ClientSession {
       else if (name === windDown.metadata.watch) sink?.end(name === watchEnded ? undefined : windDown);
       else sink?.end(ended);
     }
-    if (failure && !windDown && !RETRIABLE.has(failure.code)) return this.#finish(failure);
+    // A wind-down that names a watch is that watch's; one that names none (a revoked token) is the session's.
+    if (failure && !windDown?.metadata.watch && !RETRIABLE.has(failure.code)) return this.#finish(failure);
     this.stats.reconnects += 1;
     if ((drained && !failure) || watchEnded) {
       // Reopens as soon as the readers have caught up.

@@ -98,7 +98,7 @@ export interface CreateOptions {
 }
 
 export interface CallOptions extends CreateOptions {
-  /** When the call gives up with DEADLINE_EXCEEDED (the request stays stored). Default 60 s. */
+  /** When the call gives up with DEADLINE_EXCEEDED (the request stays stored). Default: the connection's timeoutMs (30 s). */
   deadline?: Date | number;
   /** Store the request and wait even when no responder unit is watching. */
   waitForResponders?: boolean;
