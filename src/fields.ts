@@ -51,9 +51,10 @@ export function validateFields(type: protobuf.Type, value: JsonObject, pathPrefi
 }
 
 /**
- * Valid fields in their canonical form: 64-bit integers as decimal strings, enums by name (an alias by the first name
- * of its number), bytes in standard base64. A field set to null is left out: in protobuf's JSON null means unset,
- * except for a Value (whose null is a value) and a NullValue.
+ * Fields in their canonical form: 64-bit integers as decimal strings, enums by name (an alias by the first name of
+ * its number), bytes in standard base64; a value of another shape than its field's, or of no field, stays as it is.
+ * A field set to null is left out: in protobuf's JSON null means unset, except for a Value (whose null is a value)
+ * and a NullValue.
  */
 export function canonicalFields(type: protobuf.Type, value: JsonObject): JsonObject {
   const out: JsonObject = {};

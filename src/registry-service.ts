@@ -2,7 +2,8 @@
 import { hashToken, newToken } from './auth.ts';
 import { Code, RelgateError, failedPrecondition, notFound } from './errors.ts';
 import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
-import { refreshFlags, relationIdOf, requireUnit } from './relations.ts';
+import { relationIdOf } from './relation-id.ts';
+import { refreshFlags, requireUnit } from './relations.ts';
 import { relationMessage, unitMessage } from './present.ts';
 import type { RelationRecord, SideName, Store, StoreTx } from './store/store.ts';
 import { APPLICATION_NAME, ENDPOINT_NAME, UNIT_NAME, Violations } from './validate.ts';

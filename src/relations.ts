@@ -9,16 +9,6 @@ export interface Membership {
   units: RelationUnitRecord[];
 }
 
-/** A relation's id: its interface's name and a number, so that the id alone says which interface the relation is of. */
-export function relationIdOf(iface: string, number: number): string {
-  return `${iface}:${number}`;
-}
-
-/** The interface a relation id names (an interface name holds no colon). */
-export function interfaceOfRelation(relationId: string): string {
-  return relationId.slice(0, relationId.lastIndexOf(':'));
-}
-
 /** The calling unit's relation, checking it has joined on the given side. */
 export async function joinedRelation(tx: StoreTx, relationId: string, caller: UnitRecord, side: SideName): Promise<Membership> {
   const relation = await tx.getRelation(relationId);
@@ -48,7 +38,6 @@ export async function joinedRelationIds(tx: StoreTx, unit: string, side: SideNam
     .map((record) => record.relation_id);
 }
 
-/** Stores a request change with its counters, change-log entry and flags. */
 /** Every pending request of the relations, oldest first, read a page at a time. */
 export async function* pendingRequests(tx: StoreTx, relationIds: string[], pageSize = 1000): AsyncGenerator<RequestRecord> {
   for (let after = 0; relationIds.length > 0; ) {
@@ -60,6 +49,7 @@ export async function* pendingRequests(tx: StoreTx, relationIds: string[], pageS
   }
 }
 
+/** Stores a request change with its counters, change-log entry and flags. */
 export async function recordRequestChange(tx: StoreTx, relation: RelationRecord, before: RequestRecord | null, after: RequestRecord | null): Promise<void> {
   const revision = await tx.revision();
   if (after) await tx.putRequest(after);

@@ -7,6 +7,7 @@ import { canonicalFields, canonicalMatch, canonicalValue, validateFields } from 
 import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
 import { isAddressedTo, isNewFor, requestMessage, responseMessage, type Viewer } from './present.ts';
 import { joinedRelation, joinedRelationIds, recordRequestChange, requireCaller, requireUnit } from './relations.ts';
+import { checkInterface, ofInterface } from './relation-id.ts';
 import { newRequestId } from './request-id.ts';
 import { matches, parseSelector } from './selector.ts';
 import type { DeliveryModeName, RelationRecord, RequestRecord, SideName, Store, StoreTx, UnitRecord } from './store/store.ts';
@@ -44,13 +45,6 @@ export interface RelationScope {
   relationId: string;
   /** An interface name, or '' for every interface. */
   iface: string;
-}
-
-/** A relation named together with an interface must be of that interface. */
-export function checkInterface(relation: RelationRecord, iface: string): void {
-  if (iface && relation.interface !== iface) {
-    invalidIfAny([{ field: 'interface', description: `relation ${relation.id} is of interface ${relation.interface}, not ${iface}` }]);
-  }
 }
 
 const MAX_TTL_MS = 30 * 24 * 3600 * 1000;
@@ -306,7 +300,7 @@ export class RequestService {
     });
   }
 
-  /** Releases the unit's claims on a relation it leaves; returns the updated relation. */
+  /** Releases the unit's claims on a relation it leaves; returns the relation, whose counters the releases changed in place. */
   async releaseClaimsOf(tx: StoreTx, relation: RelationRecord, unit: string): Promise<RelationRecord> {
     let after = 0;
     for (;;) {
@@ -379,13 +373,13 @@ export class RequestService {
   async #relationsInScope(tx: StoreTx, caller: UnitRecord, { relationId, iface }: RelationScope, side: SideName) {
     if (relationId) {
       const membership = await joinedRelation(tx, relationId, caller, side);
-      checkInterface(membership.relation, iface);
+      checkInterface(relationId, iface);
       return [membership];
     }
     const memberships = [];
     for (const id of await joinedRelationIds(tx, caller.name, side)) {
       const membership = await joinedRelation(tx, id, caller, side);
-      if (!iface || membership.relation.interface === iface) memberships.push(membership);
+      if (ofInterface(id, iface)) memberships.push(membership);
     }
     return memberships;
   }

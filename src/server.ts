@@ -16,7 +16,8 @@ import { Metrics } from './metrics.ts';
 import { API_FILES, PROTO_DIR, compileDescriptors, loadApi, newRoot } from './protos.ts';
 import { RegistryService } from './registry-service.ts';
 import { joinedRelation, joinedRelationIds, requireCaller } from './relations.ts';
-import { RequestService, checkInterface, type DeliveryInput, type RelationScope, type RequestFilterName } from './request-service.ts';
+import { RequestService, type DeliveryInput, type RelationScope, type RequestFilterName } from './request-service.ts';
+import { checkInterface, ofInterface } from './relation-id.ts';
 import type { PostgresPresence } from './store/postgres-presence.ts';
 import { PostgresStore } from './store/postgres-store.ts';
 import { SqliteStore, type Durability } from './store/sqlite-store.ts';
@@ -351,7 +352,7 @@ const START: Record<string, WatchStartName> = {
 };
 const SIDE: Record<string, SideName | undefined> = { SIDE_UNSPECIFIED: undefined, SIDE_REQUESTER: 'requester', SIDE_RESPONDER: 'responder' };
 
-export function deliveryInput(delivery: Req | null | undefined): DeliveryInput {
+function deliveryInput(delivery: Req | null | undefined): DeliveryInput {
   return { mode: enumValue(MODE, delivery?.mode, 'delivery.mode') ?? 'any', unit: delivery?.unit ?? '', selector: delivery?.selector ?? '' };
 }
 
@@ -760,8 +761,8 @@ class Handlers {
         scope.set(id, error);
         continue;
       }
-      if (spec.relationId) checkInterface(membership.relation, spec.interface);
-      else if (spec.interface && membership.relation.interface !== spec.interface) continue;
+      if (spec.relationId) checkInterface(id, spec.interface);
+      else if (!ofInterface(id, spec.interface)) continue;
       scope.set(id, membership.units.find((unit) => unit.unit === caller.name)?.revision ?? 0);
     }
     return scope;
@@ -821,7 +822,6 @@ function watchSpec(unit: string, side: SideName, options: Req | null | undefined
   return { unit, side, relationId: options?.relation_id ?? '', interface: options?.interface ?? '', filter: filter === 'new' ? 'new' : 'all', start, afterRevision, progressIntervalMs: progress };
 }
 
-export { API_FILES };
 
 type LogCall = (method: string, call: { getPeer(): string }, code: number, started: number, error?: unknown) => void;
 

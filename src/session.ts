@@ -12,9 +12,10 @@ import type { WatchSink, WatchSpec, Watcher } from './watch-hub.ts';
 export const MAX_IN_FLIGHT = 1024;
 
 /**
- * ErrorInfo metadata of a session the gateway ended because one of its watches
- * ended: every command it read was carried out and acknowledged first, so a
- * command without an acknowledgement was not carried out and may be sent again.
+ * ErrorInfo metadata of a session the gateway wound down (one of its watches
+ * ended, a shutdown, a revoked token): every command it read was carried out
+ * and acknowledged first, so a command without an acknowledgement was not
+ * carried out and may be sent again.
  */
 export const UNACKNOWLEDGED_COMMANDS = 'unacknowledged_commands';
 export const NOT_CARRIED_OUT = 'not_carried_out';

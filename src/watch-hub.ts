@@ -6,7 +6,7 @@
 // tick, so no change is missed or delivered twice.
 import { Code, RelgateError, asRelgateError } from './errors.ts';
 import { isAddressedTo, isNewFor, relationUnitMessage, requestMessage, responseMessage, type Viewer } from './present.ts';
-import { interfaceOfRelation } from './relations.ts';
+import { ofInterface } from './relation-id.ts';
 import { SetMap } from './set-map.ts';
 import { compactedError } from './store/compaction.ts';
 import type { Change, RelationUnitRecord, RequestState, SideName, Store, StoreTx } from './store/store.ts';
@@ -237,7 +237,7 @@ export class WatchHub {
       if (change.revision <= from) break;
       if (change.revision > at || change.unit !== spec.unit || change.side !== spec.side) continue;
       if (change.joined) relations.delete(change.relationId);
-      else if (ofInterface(spec, change.relationId)) relations.set(change.relationId, 0);
+      else if (ofInterface(change.relationId, spec.interface)) relations.set(change.relationId, 0);
     }
     return relations;
   }
@@ -388,10 +388,6 @@ function membershipsOf(change: Change): MembershipChange[] {
   return [];
 }
 
-/** Whether the relation is of the watch's interface, when it has one. */
-function ofInterface(spec: WatchSpec, relationId: string): boolean {
-  return !spec.interface || interfaceOfRelation(relationId) === spec.interface;
-}
 
 /** The relations a watch covers, with the revision each was joined at; why the unit is not in the others. */
 export type WatchScope = Map<string, number | RelgateError>;
@@ -554,7 +550,7 @@ export class Watcher {
     const revision = change.revision;
     const relationId = change.relation_id;
     if (this.#joined) return [];
-    if (data.kind === 'unit-joined' && data.unit.unit === this.spec.unit && data.unit.side === this.spec.side && !this.spec.relationId && ofInterface(this.spec, relationId)) {
+    if (data.kind === 'unit-joined' && data.unit.unit === this.spec.unit && data.unit.side === this.spec.side && !this.spec.relationId && ofInterface(relationId, this.spec.interface)) {
       // The relation's requests are the unit's from here on, but no change will announce them: the watch ends just
       // before the join, and its client starts again from a snapshot, which has them.
       this.#joined = { relationId, revision };

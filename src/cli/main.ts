@@ -1,6 +1,7 @@
 #!/usr/bin/env -S node --max-semi-space-size=16
 // relgate command line: `relgate serve` and its flags, each mirrored by a
-// RELGATE_* environment variable.
+// RELGATE_* environment variable; `relgate mark-restored` for a database
+// restored from a backup; and the operator commands (operator.ts).
 import { access, readFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError, type CommanderError, Option } from 'commander';
 import { Code } from '../errors.ts';
@@ -33,13 +34,18 @@ const pemFile = nonEmpty('an empty path names no file');
 /** Empty, it would be SQLite's temporary database, deleted at exit: nothing acknowledged would survive. */
 const dbPath = nonEmpty('an empty path is no database file; name a file, or :memory:');
 const collect = (value: string, previous: string[] = []) => [...previous, value];
+/** The one kind of store URL there is. */
+const postgresUrl = (value: string) => {
+  if (!/^postgres(ql)?:\/\//.test(value)) throw new InvalidArgumentError('must be a postgres:// connection string');
+  return value;
+};
 
 program
   .command('serve')
   .description('Start the gateway.')
   .addOption(new Option('--listen <host:port>', 'address to listen on').env('RELGATE_LISTEN').default(DEFAULT_CONFIG.listen))
   .addOption(new Option('--db <path>', 'SQLite database file, or :memory:').argParser(dbPath).env('RELGATE_DB').default(DEFAULT_CONFIG.db))
-  .addOption(new Option('--store <url>', 'postgres:// connection string: replicas on one PostgreSQL instead of the SQLite file').env('RELGATE_STORE'))
+  .addOption(new Option('--store <url>', 'postgres:// connection string: replicas on one PostgreSQL instead of the SQLite file').argParser(postgresUrl).env('RELGATE_STORE'))
   .addOption(new Option('--durability <level>', 'full: fsync every commit; normal: survive a process kill only').choices(['full', 'normal']).env('RELGATE_DURABILITY').default(DEFAULT_CONFIG.durability))
   .addOption(new Option('--interfaces <dir>', 'directory of interface .proto files (repeatable; RELGATE_INTERFACES takes a colon-separated list)').argParser(collect).env('RELGATE_INTERFACES'))
   .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).env('RELGATE_LOG_LEVEL').default(DEFAULT_CONFIG.logLevel))
@@ -77,8 +83,9 @@ program
   .command('mark-restored')
   .description('Prepare a database restored from a backup, before a gateway serves it: watches resuming from any earlier revision start over from a snapshot.')
   .addOption(new Option('--db <path>', 'the restored SQLite database file').argParser(dbPath).conflicts('store'))
-  .addOption(new Option('--store <url>', 'the restored PostgreSQL database (postgres:// connection string)'))
-  .action(async (options: { db?: string; store?: string }) => {
+  .addOption(new Option('--store <url>', 'the restored PostgreSQL database (postgres:// connection string)').argParser(postgresUrl))
+  .action(async (options: { db?: string; store?: string }, command: Command) => {
+    if (!options.db && !options.store) command.error('error: name the restored database: --db <path> or --store <url>');
     try {
       const revision = await markRestored(options);
       console.log(`${options.db ?? 'the database'}: revisions go on from ${revision}; watches that resume from before it start over from a snapshot`);
@@ -90,10 +97,9 @@ program
 
 async function markRestored({ db, store }: { db?: string; store?: string }): Promise<number> {
   if (store) return startOverAfterRestore(store);
-  if (!db) throw new Error('name the restored database: --db <path> or --store <url>');
   // The file must be there: a wrong path would otherwise be a new, empty database.
-  await access(db);
-  const sqlite = new SqliteStore({ path: db });
+  await access(db as string);
+  const sqlite = new SqliteStore({ path: db as string });
   try {
     return await sqlite.startOverAfterRestore();
   } finally {

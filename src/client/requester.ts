@@ -37,17 +37,17 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
   }
 
   /**
-   * Updates the first request whose fields named by matchFields equal those
-   * of `fields`, or creates one. An update that changes the fields drops its
+   * Updates the first request whose fields named in matchOn equal those of
+   * `fields`, or creates one. An update that changes the fields drops its
    * responses and makes the request new again.
    */
   async createOrUpdate(
-    matchFields: readonly (keyof RequestFields<I> & string)[],
+    matchOn: readonly (keyof RequestFields<I> & string)[],
     fields: RequestFields<I>,
     options: Omit<CreateOptions, 'requestId'> = {},
   ): Promise<{ request: Request<RequestFields<I>>; created: boolean; updated: boolean }> {
     const { request_id: _generatedId, ...create } = this.createBody(fields, options); // an update keeps its id
-    const body = { ...create, match_fields: [...matchFields] };
+    const body = { ...create, match_fields: [...matchOn] };
     const result = await this.command('create_or_update', body, (cb) => this.connection.requesterClient.CreateOrUpdateRequest(body, this.metadata, this.connection.callOptions(), cb));
     return { request: this.#request(result.request), created: result.created, updated: result.updated };
   }

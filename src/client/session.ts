@@ -267,7 +267,7 @@ export class ClientSession {
     this.#draining = false;
     const failure = error === undefined ? undefined : toRelgateError(error);
     const ended = new RelgateError(Code.UNAVAILABLE, 'the session stream ended', { reason: 'SESSION_CLOSED' });
-    // The gateway ended the stream because a watch ended, after acknowledging every command it had read.
+    // The gateway wound the stream down (a watch ended, a shutdown, a revoked token) after acknowledging every command it had read.
     const windDown = failure?.metadata[UNACKNOWLEDGED_COMMANDS] === NOT_CARRIED_OUT ? failure : undefined;
     for (const pending of this.#pending.values()) pending.reject(windDown ? notSent(`not carried out: ${windDown.message}`) : (failure ?? ended));
     this.#pending.clear();

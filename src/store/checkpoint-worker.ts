@@ -17,7 +17,7 @@ port.on('message', (message: 'checkpoint' | 'close') => {
   }
   // A failure (a full disk, an I/O error) is reported, and the next checkpoint tries again.
   try {
-    const [result] = db.pragma('wal_checkpoint(PASSIVE)') as { busy: number; log: number; checkpointed: number }[];
+    const [result] = db.pragma('wal_checkpoint(PASSIVE)') as { log: number; checkpointed: number }[];
     if (result) port.postMessage({ log: result.log, checkpointed: result.checkpointed });
   } catch (error) {
     port.postMessage({ error: error instanceof Error ? error.message : String(error) });

@@ -8,6 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { Code, RelgateError } from '../errors.ts';
+import { relationIdPrefix } from '../relation-id.ts';
 import type { SideName, StoreLog } from './store.ts';
 
 export interface WatcherKey {
@@ -57,7 +58,7 @@ export class PostgresPresence {
   /** Records a watcher before it starts; resolves once other replicas can see it. Returns its removal. */
   async add(key: WatcherKey): Promise<() => void> {
     // A watch of every relation of one interface is kept as the prefix of those relations' ids ("http:").
-    const id = JSON.stringify([key.unit, key.side, key.relationId || (key.interface ? `${key.interface}:` : '')]);
+    const id = JSON.stringify([key.unit, key.side, key.relationId || (key.interface ? relationIdPrefix(key.interface) : '')]);
     this.#count(id, 1);
     try {
       await this.#serially(() => this.#write(id));

@@ -18,7 +18,7 @@
 import pg from 'pg';
 import { Code, RelgateError } from '../errors.ts';
 import { changeLogRow, changesOfLogRows } from './change-log.ts';
-import { compactedError } from './compaction.ts';
+import { compactedError, revisionAfterRestore } from './compaction.ts';
 import { migrate } from './postgres-migrations.ts';
 import { DEFAULT_PRESENCE, PostgresPresence, type PresenceOptions } from './postgres-presence.ts';
 import { copyFlags, copyRelation, DeferredRows, flagsKey, flagsKeyParts, recordCaches, UndoLog, type RecordCache } from './record-cache.ts';
@@ -92,7 +92,7 @@ export async function startOverAfterRestore(url: string, now = Date.now()): Prom
       throw new RelgateError(Code.FAILED_PRECONDITION, `${live[0]?.n} replicas serve this database; stop them first`, { reason: 'DATABASE_IN_USE' });
     }
     const { rows } = await client.query<{ revision: number }>('SELECT revision FROM state FOR UPDATE');
-    const revision = Math.max((rows[0]?.revision ?? 0) + 1, now * 1000);
+    const revision = revisionAfterRestore(rows[0]?.revision ?? 0, now);
     await client.query('DELETE FROM changes');
     await client.query('UPDATE state SET revision = $1, compacted = $1', [revision]);
     await client.query('COMMIT');

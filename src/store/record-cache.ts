@@ -23,8 +23,6 @@ export function recordCaches(maxEntries: number) {
   };
 }
 
-export type RecordCaches = ReturnType<typeof recordCaches>;
-
 export const flagsKey = (relationId: string, unit: string) => `${relationId}\n${unit}`;
 
 /** The relation id and unit of a flagsKey (relation ids hold no newline). */

@@ -11,10 +11,10 @@
 // A worker thread copies the WAL into the database file (checkpointer.ts).
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import { RelgateError, Code } from '../errors.ts';
+import { RelgateError, Code, failedPrecondition } from '../errors.ts';
 import { Checkpointer } from './checkpointer.ts';
 import { changeLogRow, changesOfLogRows } from './change-log.ts';
-import { compactedError } from './compaction.ts';
+import { compactedError, revisionAfterRestore } from './compaction.ts';
 import { type DatabaseLock, lockDatabaseFile, realPathOf } from './sqlite-lock.ts';
 import { copyRelation, DeferredRows, flagsKey, recordCaches, UndoLog } from './record-cache.ts';
 import type {
@@ -120,10 +120,10 @@ function tablesOfOwnDatabase(db: Database.Database): string[] {
   const tables = db.prepare<[], string>("SELECT name FROM sqlite_schema WHERE type = 'table'").pluck().all();
   // Databases relgate wrote before it set the application id hold its meta and requests tables.
   const ours = db.pragma('application_id', { simple: true }) === APPLICATION_ID || tables.length === 0 || (tables.includes('meta') && tables.includes('requests'));
-  if (!ours) throw databaseRefused('NOT_RELGATE_DATABASE', `${db.name} is not a relgate database (it holds tables ${tables.join(', ')}); name a new file, or one relgate wrote`);
+  if (!ours) throw failedPrecondition('NOT_RELGATE_DATABASE', `${db.name} is not a relgate database (it holds tables ${tables.join(', ')}); name a new file, or one relgate wrote`);
   const version = db.pragma('user_version', { simple: true }) as number;
   if (version > SCHEMA_VERSION) {
-    throw databaseRefused('SCHEMA_TOO_NEW', `the database ${db.name} was written by a newer relgate (schema version ${version}; this one knows up to ${SCHEMA_VERSION}): run that version, or a newer one`);
+    throw failedPrecondition('SCHEMA_TOO_NEW', `the database ${db.name} was written by a newer relgate (schema version ${version}; this one knows up to ${SCHEMA_VERSION}): run that version, or a newer one`);
   }
   return tables;
 }
@@ -139,8 +139,6 @@ function migrate(db: Database.Database, tables: readonly string[]): void {
     if (db.pragma('application_id', { simple: true }) !== APPLICATION_ID) db.pragma(`application_id = ${APPLICATION_ID}`);
   }).immediate();
 }
-
-const databaseRefused = (reason: string, message: string) => new RelgateError(Code.FAILED_PRECONDITION, message, { reason });
 
 function prepareStatements(db: Database.Database) {
   return {
@@ -381,11 +379,15 @@ export class SqliteStore implements Store {
   async compact(revision: number): Promise<void> {
     await this.write(async () => {
       const upTo = Math.min(revision, this.#committedRevision);
-      if (upTo <= this.#compacted) return;
-      this.#stmts.compact.run(upTo);
-      this.#stmts.setMeta.run(upTo, 'compacted');
-      this.#compacted = upTo;
+      if (upTo > this.#compacted) this.#compactTo(upTo);
     });
+  }
+
+  /** Drops the change log up to the revision, which becomes the oldest a watch may resume from. */
+  #compactTo(revision: number): void {
+    this.#stmts.compact.run(revision);
+    this.#stmts.setMeta.run(revision, 'compacted');
+    this.#compacted = revision;
   }
 
   /**
@@ -397,11 +399,9 @@ export class SqliteStore implements Store {
    */
   async startOverAfterRestore(now = Date.now()): Promise<number> {
     return this.write(async () => {
-      const revision = Math.max(this.#revision + 1, now * 1000);
-      this.#stmts.compact.run(revision);
-      this.#stmts.setMeta.run(revision, 'compacted');
-      this.#stmts.setMeta.run(revision, 'revision');
-      this.#compacted = revision;
+      const revision = revisionAfterRestore(this.#revision, now);
+      this.#compactTo(revision);
+      // The commit writes the revision to meta, as for any write that logs no change.
       this.#revision = revision;
       return revision;
     });

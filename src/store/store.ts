@@ -1,4 +1,4 @@
-// The storage contract. Service logic (gateway.ts) runs every read and write
+// The storage contract. Service logic (request-service.ts, registry-service.ts) runs every read and write
 // through a StoreTx so that both back-ends share one implementation of the
 // semantics; a store only keeps records, revisions and the change log.
 import type { JsonObject } from '../struct.ts';
