@@ -370,6 +370,10 @@ describe('replicas', () => {
 
 describe('a database restored from a backup', () => {
   it('goes on past the clock with its change log compacted there, and is refused while a replica serves it', async () => {
+    // A database without relgate's data (a mistyped name, a restore that did not happen) is refused, and left empty.
+    const empty = await cluster.createDatabase();
+    await expect(startOverAfterRestore(empty)).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, reason: 'NOT_RELGATE_DATABASE' });
+    expect((await sql(empty, "SELECT to_regclass('state')::text AS state")).rows[0].state).toBeNull();
     const url = await cluster.createDatabase();
     const store = await open(url);
     for (let i = 0; i < 3; i++) await store.write(async (tx) => tx.appendChange('r1', { kind: 'registry', what: 'test', name: `n${i}` }));

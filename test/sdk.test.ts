@@ -680,10 +680,14 @@ describe('SDK credentials', () => {
       const { token } = await registry.call('RegisterUnit', { name: 'revoked/0' });
       const connection = connect(h.server.address, { token });
       const session = connection.openSession({ responses: {} });
-      await readUntil(session.responses(), (event) => event.type === 'SNAPSHOT_COMPLETE');
+      const responses = session.responses();
+      await readUntil(responses, (event) => event.type === 'SNAPSHOT_COMPLETE');
       await registry.call('RevokeUnitToken', { name: 'revoked/0' });
       const ended = await session.closed;
       expect([ended?.code, ended?.reason, session.stats.reconnects]).toEqual([Code.UNAUTHENTICATED, 'TOKEN_REVOKED', 0]);
+      // Its watch ends with the same error: a program that only reads it learns why.
+      await expect(responses.next()).rejects.toMatchObject({ code: Code.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' });
+      expect(await responses.closed).toMatchObject({ reason: 'TOKEN_REVOKED' });
       registry.client.close();
       connection.close();
     } finally {

@@ -309,7 +309,8 @@ describe('relgate serve on the command line', () => {
       writeFileSync(path.join(dir, `${name}.proto`), `syntax = "proto3";\npackage test.${name}.v1;\nimport "relgate/v1/options.proto";\n${message('INTERFACE_ROLE_REQUEST', 'Request')}${message('INTERFACE_ROLE_RESPONSE', 'Response')}`);
       return dir;
     });
-    const child = spawn(process.execPath, serveArgv(['--listen', '127.0.0.1:0', '--db', ':memory:']), { env: { ...process.env, RELGATE_INTERFACES: dirs.join(':') }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // A RELGATE_STORE left blank by a template is no store: SQLite serves.
+    const child = spawn(process.execPath, serveArgv(['--listen', '127.0.0.1:0', '--db', ':memory:']), { env: { ...process.env, RELGATE_INTERFACES: dirs.join(':'), RELGATE_STORE: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     const serving = new Promise<string>((resolve, reject) => {
       child.stdout.on('data', (data: Buffer) => {

@@ -270,6 +270,13 @@ describe('one store per file', () => {
     expect(() => new SqliteStore({ path: file })).toThrow(/is in use by another gateway/);
     expect(await byAlias.write(async (tx) => tx.revision())).toBe(3);
     await byAlias.close();
+    // Also a link made before its target: SQLite makes the target, and the lock is the target's.
+    const target = path.join(path.dirname(file), 'later.db');
+    const early = path.join(path.dirname(file), 'early.db');
+    symlinkSync(target, early);
+    const byEarlyLink = new SqliteStore({ path: early });
+    expect(() => new SqliteStore({ path: target })).toThrow(/is in use by another gateway/);
+    await byEarlyLink.close();
 
     // A file that is no database fails the start, and the lock goes with it.
     const notDatabase = tempFile();

@@ -34,9 +34,9 @@ const pemFile = nonEmpty('an empty path names no file');
 /** Empty, it would be SQLite's temporary database, deleted at exit: nothing acknowledged would survive. */
 const dbPath = nonEmpty('an empty path is no database file; name a file, or :memory:');
 const collect = (value: string, previous: string[] = []) => [...previous, value];
-/** The one kind of store URL there is. */
+/** The one kind of store URL there is; empty (a templated RELGATE_STORE left blank) is none. */
 const postgresUrl = (value: string) => {
-  if (!/^postgres(ql)?:\/\//.test(value)) throw new InvalidArgumentError('must be a postgres:// connection string');
+  if (value !== '' && !/^postgres(ql)?:\/\//.test(value)) throw new InvalidArgumentError('must be a postgres:// connection string');
   return value;
 };
 
@@ -141,6 +141,8 @@ async function serve(options: Record<string, unknown>, interfaces: string[]): Pr
   // What nothing caught ends the process, as it would anyway, but with a log line a log pipeline can read: a failed
   // fsync of the WAL, after which nothing more may be acknowledged, is one.
   process.on('uncaughtException', (error) => {
+    // With the log silenced, the error still goes somewhere.
+    if (!server.logger.isLevelEnabled('fatal')) console.error(error);
     server.logger.fatal({ err: error }, 'relgate stopped on an error it cannot recover from; start it again');
     process.exit(1);
   });

@@ -276,10 +276,13 @@ export class ClientSession {
     // Each watch decides for itself: resume, start over, or fail. One whose relation the unit left ends, as a watch
     // of its own would; the session goes on without it.
     const watchEnded = windDown?.reason === WATCH_ENDED ? windDown.metadata.watch : undefined;
+    // A wind-down that names no watch, and that a new stream would not get past (a revoked token), ends every watch.
+    const final = windDown && !windDown.metadata.watch && !RETRIABLE.has(windDown.code) ? windDown : undefined;
     for (const [name, registered] of this.#watches) {
       const sink = registered.sink;
       registered.sink = undefined;
-      if (!windDown) sink?.end(causedBy(registered.watch, failure) ? failure : ended);
+      if (final) sink?.end(final);
+      else if (!windDown) sink?.end(causedBy(registered.watch, failure) ? failure : ended);
       // The watch that ended the stream hears why (to resume, or to start over from a snapshot); the others resume.
       else if (name === windDown.metadata.watch) sink?.end(name === watchEnded ? undefined : windDown);
       else sink?.end(ended);

@@ -169,7 +169,7 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
       const event = toWatchEvent<Req, Res>(raw);
       // A resumed stream never repeats a change's revision; this guards the rule. A bookmark repeats the revision
       // reached while nothing changes: that is its news.
-      if (last !== undefined && event.revision <= last && event.type !== 'BOOKMARK') continue;
+      if (last !== undefined && (event.revision < last || (event.revision === last && event.type !== 'BOOKMARK'))) continue;
       this.#push(event);
     }
     const revision = Number(batch.revision);

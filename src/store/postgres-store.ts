@@ -85,6 +85,9 @@ export async function startOverAfterRestore(url: string, now = Date.now()): Prom
   const client = new pg.Client(connection(url));
   await client.connect();
   try {
+    // A mistyped database name, or a restore that did not happen, would otherwise get a new schema and go on.
+    const { rows: found } = await client.query<{ state: string | null }>("SELECT to_regclass('state')::text AS state");
+    if (!found[0]?.state) throw new RelgateError(Code.FAILED_PRECONDITION, 'the database holds no relgate data; name the restored one', { reason: 'NOT_RELGATE_DATABASE' });
     await migrate(client);
     await client.query('BEGIN');
     const { rows: live } = await client.query<{ n: number }>('SELECT count(*)::int AS n FROM replicas WHERE heartbeat > now() - make_interval(secs => $1::float8 / 1000)', [DEFAULT_PRESENCE.staleMs]);

@@ -6,7 +6,7 @@
 // ends, so a crash leaves nothing to clean up. SQLite also tells apart two
 // connections of one process, so a second store in the same process is
 // refused as well.
-import { realpathSync } from 'node:fs';
+import { readlinkSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { Code, RelgateError } from '../errors.ts';
@@ -20,13 +20,31 @@ export const lockFileOf = (file: string): string => `${file}-lock`;
 
 /**
  * Where a path leads once its links are followed, as SQLite itself opens it: two names of one database file (a
- * symbolic link) share one lock. A file not made yet is named by its directory's real path.
+ * symbolic link) share one lock. A file not made yet (a link's target included: SQLite makes it) is named by its
+ * directory's real path; in a directory that is not there either, by its own (SQLite then refuses to open it).
  */
-export function realPathOf(file: string): string {
+export function realPathOf(file: string, links = 0): string {
   try {
     return realpathSync(file);
   } catch {
-    return path.join(realpathSync(path.dirname(file)), path.basename(file));
+    const target = linkTarget(file);
+    if (target !== undefined && links < MAX_LINKS) return realPathOf(path.resolve(path.dirname(file), target), links + 1);
+    try {
+      return path.join(realpathSync(path.dirname(file)), path.basename(file));
+    } catch {
+      return path.resolve(file);
+    }
+  }
+}
+
+/** Links followed at most, as the kernel's own bound. */
+const MAX_LINKS = 40;
+
+function linkTarget(file: string): string | undefined {
+  try {
+    return readlinkSync(file);
+  } catch {
+    return undefined;
   }
 }
 
