@@ -3,7 +3,7 @@
 // each side in its own process. Prints the table and writes JSON and
 // markdown to bench/results/.
 //
-//   npm run bench                       full run (about 8 minutes)
+//   npm run bench                       full run (10-13 minutes)
 //   npm run bench -- --quick            short run, for development
 //   npm run bench -- --only echo,relgate-session
 //   npm run bench -- --only scale,watch    the scenarios measured as figures
@@ -97,10 +97,10 @@ async function withServer<S extends ServerProcess>(start: () => Promise<S>, use:
   }
 }
 
-const measureInserts = async () => {
+const measureInserts = (role: 'insert' | 'insert-grouped') => async () => {
   const dir = tempDir('sqlite-bench-');
   try {
-    return await withRoles([{ file: 'sqlite-insert.ts', name: 'insert', config: { dir: dir.dir } }]);
+    return await withRoles([{ file: 'sqlite-insert.ts', name: role, config: { dir: dir.dir } }]);
   } finally {
     dir.remove();
   }
@@ -269,7 +269,13 @@ const SYSTEMS: SystemSpec[] = [
     name: 'sqlite-insert',
     label: 'better-sqlite3 inserts',
     settings: 'raw better-sqlite3 insert loop in its own process, one transaction per insert, WAL, synchronous=FULL',
-    measure: measureInserts,
+    measure: measureInserts('insert'),
+  },
+  {
+    name: 'sqlite-insert-grouped',
+    label: 'better-sqlite3 grouped inserts',
+    settings: 'raw better-sqlite3 inserts in their own process, those of one event-loop turn in one transaction (one fsync), as relgate groups its writes; WAL, synchronous=FULL',
+    measure: measureInserts('insert-grouped'),
   },
   { name: 'ghz-echo', label: 'ghz on grpc-js echo', settings: `ghz ${GHZ_VERSION}, one connection`, measure: measureGhz('echo') },
   { name: 'ghz-call', label: 'ghz on relgate Call', settings: `ghz ${GHZ_VERSION}, one connection; the responder answers over its session`, measure: measureGhz('relgate-call') },
@@ -315,6 +321,7 @@ const COMPARISONS: Comparison[] = [
   { scenario: 'Session vs NATS request-reply (stores nothing)', relgate: 'relgate-session', baseline: 'nats', throughput: { inFlight: 64, atLeast: 0.5 }, p50: { atMostTimes: 2 } },
   { scenario: 'Call vs NATS request-reply (stores nothing)', relgate: 'relgate-call', baseline: 'nats' },
   { scenario: 'Durable creates vs raw SQLite inserts', relgate: 'relgate-ingest', baseline: 'sqlite-insert' },
+  { scenario: 'Durable creates vs raw SQLite inserts grouped per turn', relgate: 'relgate-ingest', baseline: 'sqlite-insert-grouped' },
   { scenario: 'Round trip without gRPC (ceiling) vs echo', relgate: 'relgate-core', baseline: 'echo' },
 ];
 

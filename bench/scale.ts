@@ -18,7 +18,7 @@ import { InterfaceRegistry } from '../src/interfaces.ts';
 import { RegistryService } from '../src/registry-service.ts';
 import { RequestService } from '../src/request-service.ts';
 import { lockFileOf, realPathOf } from '../src/store/sqlite-lock.ts';
-import { SqliteStore } from '../src/store/sqlite-store.ts';
+import { SQLITE_SCHEMA_VERSION, SqliteStore } from '../src/store/sqlite-store.ts';
 import { jsonToStruct } from '../src/struct.ts';
 import { gcPauses, percentile, type GcPauses, type LoadOptions, type LoadResult } from './lib/load.ts';
 import { gatewayOutput, type GatewayOutput } from './lib/gateway-output.ts';
@@ -139,7 +139,8 @@ async function seedRequests(store: SqliteStore, requests: RequestService, relati
 
 /** The cached database for the counts, seeded first if it is not there yet. */
 async function seededDatabase(options: ScaleOptions): Promise<{ db: string; layout: string }> {
-  const base = path.join(options.cacheDir, `scale-${options.requests}-requests-${options.relations}-relations-v${SEED_FORMAT}`);
+  // Keyed by the store's schema too: a database seeded by an older layout and migrated in place is not what a new one is.
+  const base = path.join(options.cacheDir, `scale-${options.requests}-requests-${options.relations}-relations-v${SEED_FORMAT}-schema${SQLITE_SCHEMA_VERSION}`);
   const db = `${base}.db`;
   const layout = `${base}.json`;
   if (existsSync(db) && existsSync(layout)) {

@@ -198,11 +198,12 @@ export async function runWatchScenarios(options: { quick: boolean }): Promise<Ro
     rows.push({ scenario: `Watch fan-out to ${fmt(FANOUT_WATCHERS)} watchers (deliveries/s, median)`, relgate: fmt(relgateFanOut), baseline: fmt(bareFanOut), ratio: `${fmt(fanOutRatio, 2)}x`, target: '>= 0.80x', met: fanOutRatio >= 0.8 });
     report(rows.at(-1) as Row);
 
-    // A fresh server: the RSS it grows by is the watches' alone.
+    // Fresh servers on both sides: the RSS each grows by is the watches' alone.
     const idleServer = await startRelgate();
     const idleWatch = { options: { relation_id: idleServer.relationId, start: 'WATCH_START_SNAPSHOT' } };
     const relgateMemory = await memoryPerWatch(idleServer.server.child.pid as number, idleServer.server.address, idleWatch, idleWatches).finally(() => idleServer.close());
-    const bareMemory = await memoryPerWatch(bare.child.pid as number, bare.address, idleWatch, idleWatches);
+    const idleBare = await spawnBareWatchServer({ template, catchUpCount: 0 });
+    const bareMemory = await memoryPerWatch(idleBare.child.pid as number, idleBare.address, idleWatch, idleWatches).finally(() => idleBare.stop());
     rows.push({ scenario: `Watch memory per idle watch at ${fmt(idleWatches)} (KB)`, relgate: fmt(relgateMemory, 1), baseline: fmt(bareMemory, 1), ratio: `${fmt(relgateMemory / bareMemory, 2)}x`, target: '<= 20 KB', met: relgateMemory <= 20 });
     report(rows.at(-1) as Row);
 

@@ -8,6 +8,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
+import { SERVE_NODE_FLAGS } from '../../src/cli/serve-process.ts';
 import { loadApi } from '../../src/protos.ts';
 
 export interface BareWatchServerConfig {
@@ -26,7 +27,8 @@ export interface BareWatchServer {
 const SELF = fileURLToPath(import.meta.url);
 
 export function spawnBareWatchServer(config: BareWatchServerConfig): Promise<BareWatchServer> {
-  const child = fork(SELF, ['bare-watch-server', JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // With the gateway's own Node flags, so that memory is compared on the same young generation.
+  const child = fork(SELF, ['bare-watch-server', JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [...process.execArgv, ...SERVE_NODE_FLAGS] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   return new Promise((resolve, reject) => {
     child.once('message', (message: { address: string }) =>
@@ -42,6 +44,9 @@ export function spawnBareWatchServer(config: BareWatchServerConfig): Promise<Bar
     child.once('exit', (code) => reject(new Error(`bare watch server exited with ${code}`)));
   });
 }
+
+/** Events per catch-up message, as the gateway's watch hub sends at most. */
+const CATCH_UP_BATCH = 500;
 
 type Message = Record<string, unknown>;
 type Stream = grpc.ServerWritableStream<Message, Message>;
@@ -60,10 +65,12 @@ async function serve(config: BareWatchServerConfig): Promise<void> {
       const options = (call.request.options ?? {}) as Message;
       if (options.start !== 'WATCH_START_AFTER_REVISION') return void call.write({ batch: { events: [], revision: String(revision) } });
       let sent = 0;
+      // Batched as the gateway's catch-up sends the change log: up to 500 events a message.
       const pump = () => {
         while (sent < config.catchUpCount) {
-          sent += 1;
-          if (!call.write({ batch: { events: [event(sent)], revision: String(sent) } })) return void call.once('drain', pump);
+          const events = Array.from({ length: Math.min(CATCH_UP_BATCH, config.catchUpCount - sent) }, (_, i) => event(sent + i + 1));
+          sent += events.length;
+          if (!call.write({ batch: { events, revision: String(sent) } })) return void call.once('drain', pump);
         }
       };
       pump();

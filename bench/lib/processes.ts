@@ -102,9 +102,18 @@ export function spawnUntilReady(command: string, args: readonly string[], ready:
   });
 }
 
-/** `relgate serve` on a free loopback port with its database in `db`, at the default durability. */
-export function spawnRelgate(db: string, execArgv: readonly string[] = []): Promise<ServerProcess & { address: string }> {
-  return spawnGateway(['--db', db], execArgv);
+/**
+ * `relgate serve` on a free loopback port with its database in `db`, at full durability: named, so that a
+ * RELGATE_DURABILITY in the environment cannot change what the figures are labelled, and checked in its ready line.
+ */
+export async function spawnRelgate(db: string, execArgv: readonly string[] = []): Promise<ServerProcess & { address: string }> {
+  const server = await spawnGateway(['--db', db, '--durability', 'full'], execArgv);
+  const { durability } = JSON.parse(server.readyLine) as { durability?: string };
+  if (durability !== 'full') {
+    await server.stop();
+    throw new Error(`relgate serve reported durability ${durability}, not full`);
+  }
+  return server;
 }
 
 /** `relgate serve` on a free loopback port with the given store flags (`--db` or `--store`). */

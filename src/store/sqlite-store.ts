@@ -107,7 +107,8 @@ ALTER TABLE changes_by_revision RENAME TO changes;`,
   },
 ];
 
-const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;
+/** The schema version this store writes (SQLite's user_version). */
+export const SQLITE_SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;
 
 /** SQLite's application id of a relgate database ("rlgt"), in its header: so `file` and relgate itself know it. */
 const APPLICATION_ID = 0x726c6774;
@@ -122,8 +123,8 @@ function tablesOfOwnDatabase(db: Database.Database): string[] {
   const ours = db.pragma('application_id', { simple: true }) === APPLICATION_ID || tables.length === 0 || (tables.includes('meta') && tables.includes('requests'));
   if (!ours) throw failedPrecondition('NOT_RELGATE_DATABASE', `${db.name} is not a relgate database (it holds tables ${tables.join(', ')}); name a new file, or one relgate wrote`);
   const version = db.pragma('user_version', { simple: true }) as number;
-  if (version > SCHEMA_VERSION) {
-    throw failedPrecondition('SCHEMA_TOO_NEW', `the database ${db.name} was written by a newer relgate (schema version ${version}; this one knows up to ${SCHEMA_VERSION}): run that version, or a newer one`);
+  if (version > SQLITE_SCHEMA_VERSION) {
+    throw failedPrecondition('SCHEMA_TOO_NEW', `the database ${db.name} was written by a newer relgate (schema version ${version}; this one knows up to ${SQLITE_SCHEMA_VERSION}): run that version, or a newer one`);
   }
   return tables;
 }
@@ -135,7 +136,7 @@ function migrate(db: Database.Database, tables: readonly string[]): void {
     // A new database gets the whole schema at once; an older one first takes the steps it misses.
     if (tables.includes('requests')) for (const migration of MIGRATIONS) if (migration.version > current) db.exec(migration.sql);
     db.exec(SCHEMA);
-    if (current < SCHEMA_VERSION) db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    if (current < SQLITE_SCHEMA_VERSION) db.pragma(`user_version = ${SQLITE_SCHEMA_VERSION}`);
     if (db.pragma('application_id', { simple: true }) !== APPLICATION_ID) db.pragma(`application_id = ${APPLICATION_ID}`);
   }).immediate();
 }
