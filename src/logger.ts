@@ -10,20 +10,34 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
   return pino(options, destination ?? pino.destination({ dest: 1, sync: true }));
 }
 
+/** What a repeated task reports of each run; see onceWhileFailing. */
+export interface RunReport {
+  failed(error: unknown): void;
+  worked(): void;
+}
+
 /**
- * Logs a repeated background task's first failure and its recovery, not every failed run: a task retried ten times a
- * second against a full disk would otherwise fill the disk further with its own log.
+ * Passes on a repeated task's first failure and its recovery, not every failed run: a task retried ten times a second
+ * against a full disk would otherwise fill the disk further with its own log.
  */
-export function failureLog(logger: Logger, task: string): { failed(error: unknown): void; worked(): void } {
+export function onceWhileFailing(tell: { failed(error: unknown): void; recovered(): void }): RunReport {
   let failing = false;
   return {
     failed(error) {
-      if (!failing) logger.error({ err: error }, `${task} failed; it is retried, and logged again once it works`);
+      if (!failing) tell.failed(error);
       failing = true;
     },
     worked() {
-      if (failing) logger.info(`${task} works again`);
+      if (failing) tell.recovered();
       failing = false;
     },
   };
+}
+
+/** A background task's failures and recovery in the log, once each while they last. */
+export function failureLog(logger: Logger, task: string): RunReport {
+  return onceWhileFailing({
+    failed: (error) => logger.error({ err: error }, `${task} failed; it is retried, and logged again once it works`),
+    recovered: () => logger.info(`${task} works again`),
+  });
 }

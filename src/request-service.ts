@@ -364,8 +364,8 @@ export class RequestService {
     invalidIfAny(scope.relationId ? violations : dedupe(violations));
     const scoped = new Map([...types].map(([id, type]) => [id, { type, match: canonicalMatch(type, match) }]));
     const matches = (request: RequestRecord) => {
-      const scope = scoped.get(request.relation_id);
-      return scope !== undefined && fieldsMatch(scope.type, request.fields, scope.match);
+      const entry = scoped.get(request.relation_id);
+      return entry !== undefined && fieldsMatch(entry.type, request.fields, entry.match);
     };
     return { relationIds, matches };
   }
@@ -377,10 +377,8 @@ export class RequestService {
       return [membership];
     }
     const memberships = [];
-    for (const id of await joinedRelationIds(tx, caller.name, side)) {
-      const membership = await joinedRelation(tx, id, caller, side);
-      if (ofInterface(id, iface)) memberships.push(membership);
-    }
+    // The id says the interface: relations of others are not read.
+    for (const id of await joinedRelationIds(tx, caller.name, side)) if (ofInterface(id, iface)) memberships.push(await joinedRelation(tx, id, caller, side));
     return memberships;
   }
 }

@@ -219,7 +219,7 @@ function shuttingDownError(): RelgateError {
   return new RelgateError(Code.UNAVAILABLE, 'the gateway is shutting down; reconnect, and resume from the last revision', { reason: 'SHUTTING_DOWN' });
 }
 
-/** What ended a Call or CallAll after its request was stored, naming it as CALL_TIMEOUT does: a retry can replay it. */
+/** What ended a Call or CallAll after its request was stored, naming the request: a retry can replay it. */
 function storedRequestError(error: RelgateError, outcome: CallOutcome): RelgateError {
   const requestId = String(outcome.request.request_id);
   return new RelgateError(error.code, `${error.message}; request ${requestId} stays stored and can still be answered`, {
@@ -569,12 +569,7 @@ class Handlers {
       });
     }
     if (outcome.withdrawn) throw withdrawnError(outcome);
-    if (!outcome.complete) {
-      throw new RelgateError(Code.DEADLINE_EXCEEDED, `no response before the deadline; request ${String(outcome.request.request_id)} stays stored and can still be answered`, {
-        reason: 'CALL_TIMEOUT',
-        metadata: { request_id: String(outcome.request.request_id) },
-      });
-    }
+    if (!outcome.complete) throw storedRequestError(new RelgateError(Code.DEADLINE_EXCEEDED, 'no response before the deadline', { reason: 'CALL_TIMEOUT' }), outcome);
     // The change that brought the response holds the request as it left it: no read needed (and none to wait for).
     const request = outcome.answered ?? (await this.#requests.getRequest(unit, String(outcome.request.request_id), 'requester')).request;
     return { request, response };
@@ -748,7 +743,8 @@ class Handlers {
 
   async #watchScope(tx: Parameters<Parameters<WatchHub['watch']>[2]>[0], spec: WatchSpec): Promise<WatchScope> {
     const caller = await requireCaller(tx, spec.unit);
-    const ids = spec.relationId ? [spec.relationId] : await joinedRelationIds(tx, caller.name, spec.side);
+    // The id says the interface: relations of others are not read.
+    const ids = spec.relationId ? [spec.relationId] : (await joinedRelationIds(tx, caller.name, spec.side)).filter((id) => ofInterface(id, spec.interface));
     const scope: WatchScope = new Map();
     for (const id of ids) {
       let membership: Awaited<ReturnType<typeof joinedRelation>>;
@@ -762,7 +758,6 @@ class Handlers {
         continue;
       }
       if (spec.relationId) checkInterface(id, spec.interface);
-      else if (!ofInterface(id, spec.interface)) continue;
       scope.set(id, membership.units.find((unit) => unit.unit === caller.name)?.revision ?? 0);
     }
     return scope;

@@ -8,7 +8,7 @@ import { Code, RelgateError, asRelgateError } from './errors.ts';
 import { isAddressedTo, isNewFor, relationUnitMessage, requestMessage, responseMessage, type Viewer } from './present.ts';
 import { ofInterface } from './relation-id.ts';
 import { SetMap } from './set-map.ts';
-import { compactedError } from './store/compaction.ts';
+import { compactedError } from './store/store-errors.ts';
 import type { Change, RelationUnitRecord, RequestState, SideName, Store, StoreTx } from './store/store.ts';
 
 export type WatchStartName = 'snapshot' | 'now' | 'after';
@@ -387,7 +387,6 @@ function membershipsOf(change: Change): MembershipChange[] {
   if (data.kind === 'relation-removed') return (data.units ?? []).map((unit) => of(unit, false));
   return [];
 }
-
 
 /** The relations a watch covers, with the revision each was joined at; why the unit is not in the others. */
 export type WatchScope = Map<string, number | RelgateError>;

@@ -7,8 +7,9 @@
 // which writes them all again, so a database outage leaves no phantom.
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import { Code, RelgateError } from '../errors.ts';
 import { relationIdPrefix } from '../relation-id.ts';
+import { onceWhileFailing, type RunReport } from '../logger.ts';
+import { storeUnavailable } from './store-errors.ts';
 import type { SideName, StoreLog } from './store.ts';
 
 export interface WatcherKey {
@@ -39,14 +40,20 @@ export class PostgresPresence {
   /** A row write failed, or the replica's row was made again: the next heartbeat rewrites every row. */
   #stale = false;
   #timer: NodeJS.Timeout | undefined;
-  readonly #log: StoreLog | undefined;
-  /** The last heartbeat failed: the operator has been told once, and hears when one succeeds again. */
-  #failing = false;
+  /** The operator hears of the first failed heartbeat, and of the next that succeeds. */
+  readonly #heartbeats: RunReport;
 
   constructor(pool: pg.Pool, options: Partial<PresenceOptions> = {}, log?: StoreLog) {
     this.#pool = pool;
     this.#options = { ...DEFAULT_PRESENCE, ...options };
-    this.#log = log;
+    this.#heartbeats = onceWhileFailing({
+      failed: (error) =>
+        log?.warn(
+          { replica: this.replica, err: error, stale_after_ms: this.#options.staleMs },
+          'PostgreSQL heartbeat failed: other replicas stop counting this replica\'s watchers (Call may answer NO_RESPONDERS) until it succeeds',
+        ),
+      recovered: () => log?.info({ replica: this.replica }, 'PostgreSQL heartbeat restored: other replicas count this replica\'s watchers again'),
+    });
   }
 
   async start(): Promise<void> {
@@ -65,7 +72,7 @@ export class PostgresPresence {
     } catch (error) {
       this.#count(id, -1);
       this.#stale = true;
-      throw unavailable(error);
+      throw storeUnavailable('the store is unavailable', error);
     }
     let removed = false;
     return () => {
@@ -98,21 +105,7 @@ export class PostgresPresence {
   }
 
   #beat(): void {
-    this.#heartbeat().then(
-      () => {
-        if (!this.#failing) return;
-        this.#failing = false;
-        this.#log?.info({ replica: this.replica }, 'PostgreSQL heartbeat restored: other replicas count this replica\'s watchers again');
-      },
-      (error: unknown) => {
-        if (this.#failing) return;
-        this.#failing = true;
-        this.#log?.warn(
-          { replica: this.replica, err: error, stale_after_ms: this.#options.staleMs },
-          'PostgreSQL heartbeat failed: other replicas stop counting this replica\'s watchers (Call may answer NO_RESPONDERS) until it succeeds',
-        );
-      },
-    );
+    this.#heartbeat().then(this.#heartbeats.worked, this.#heartbeats.failed);
   }
 
   async #heartbeat(): Promise<void> {
@@ -177,7 +170,7 @@ export class PostgresPresence {
     try {
       return await this.#pool.query(text, values);
     } catch (error) {
-      throw unavailable(error);
+      throw storeUnavailable('the store is unavailable', error);
     }
   }
 
@@ -186,8 +179,4 @@ export class PostgresPresence {
     this.#chain = run.catch(() => undefined);
     return run;
   }
-}
-
-function unavailable(error: unknown): RelgateError {
-  return new RelgateError(Code.UNAVAILABLE, 'the store is unavailable', { reason: 'STORE_UNAVAILABLE', cause: error });
 }

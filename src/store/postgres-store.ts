@@ -18,7 +18,7 @@
 import pg from 'pg';
 import { Code, RelgateError } from '../errors.ts';
 import { changeLogRow, changesOfLogRows } from './change-log.ts';
-import { compactedError, revisionAfterRestore } from './compaction.ts';
+import { compactedError, storeUnavailable } from './store-errors.ts';
 import { migrate } from './postgres-migrations.ts';
 import { DEFAULT_PRESENCE, PostgresPresence, type PresenceOptions } from './postgres-presence.ts';
 import { copyFlags, copyRelation, DeferredRows, flagsKey, flagsKeyParts, recordCaches, UndoLog, type RecordCache } from './record-cache.ts';
@@ -40,6 +40,7 @@ import type {
   StoreTx,
   UnitRecord,
 } from './store.ts';
+import { revisionAfterRestore } from './store.ts';
 
 export interface PostgresStoreOptions {
   /** postgres:// connection string. */
@@ -414,7 +415,7 @@ export class PostgresStore implements Store {
       // The lock can fail (a lock_timeout, a cancel) after BEGIN: the connection is then inside a failed transaction,
       // which would refuse every later write.
       this.#dropWriter(client);
-      throw new RelgateError(Code.UNAVAILABLE, 'the store could not begin a write', { reason: 'STORE_UNAVAILABLE', cause: error });
+      throw storeUnavailable('the store could not begin a write', error);
     }
     this.#batchClient = client;
     this.#batchCaches = batchCaches(this.#options.batchCacheEntries);
@@ -457,7 +458,7 @@ export class PostgresStore implements Store {
       for (const listener of this.#commitTimeListeners) listener((performance.now() - started) / 1000);
     } catch (error) {
       this.#dropWriter(client);
-      const failure = new RelgateError(Code.UNAVAILABLE, 'the store could not commit', { reason: 'STORE_UNAVAILABLE', cause: error });
+      const failure = storeUnavailable('the store could not commit', error);
       for (const waiter of waiting) waiter.reject(failure);
       return;
     }
@@ -680,7 +681,7 @@ function closedError(): RelgateError {
 function asStoreError(error: unknown): unknown {
   if (error instanceof RelgateError) return error;
   if (error instanceof Error && isConnectionFailure(error)) {
-    return new RelgateError(Code.UNAVAILABLE, 'the store is unavailable', { reason: 'STORE_UNAVAILABLE', cause: error });
+    return storeUnavailable('the store is unavailable', error);
   }
   return error;
 }

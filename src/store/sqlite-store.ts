@@ -12,9 +12,10 @@
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { RelgateError, Code, failedPrecondition } from '../errors.ts';
+import { onceWhileFailing, type RunReport } from '../logger.ts';
 import { Checkpointer } from './checkpointer.ts';
 import { changeLogRow, changesOfLogRows } from './change-log.ts';
-import { compactedError, revisionAfterRestore } from './compaction.ts';
+import { compactedError, storeUnavailable } from './store-errors.ts';
 import { type DatabaseLock, lockDatabaseFile, realPathOf } from './sqlite-lock.ts';
 import { copyRelation, DeferredRows, flagsKey, recordCaches, UndoLog } from './record-cache.ts';
 import type {
@@ -34,6 +35,7 @@ import type {
   StoreTx,
   UnitRecord,
 } from './store.ts';
+import { revisionAfterRestore } from './store.ts';
 
 export type Durability = 'full' | 'normal';
 
@@ -244,7 +246,8 @@ export class SqliteStore implements Store {
   /** The WAL, when the store fsyncs it itself (full durability). */
   readonly #walFd: number | undefined;
   readonly #checkpointer: Checkpointer | undefined;
-  readonly #log: StoreLog | undefined;
+  /** The operator hears of the first failed checkpoint of the checkpoint thread, and of the next that works. */
+  readonly #checkpoints: RunReport;
   /** The file held no database yet: this store created it. */
   readonly created: boolean;
   /** This store's hold on its file; none for a database in memory. */
@@ -256,7 +259,7 @@ export class SqliteStore implements Store {
   #afterSync: (() => void)[] = [];
 
   constructor(options: SqliteStoreOptions) {
-    this.#log = options.log;
+    this.#checkpoints = checkpointReport(options.log);
     this.#lock = isFile(options.path) ? lockDatabaseFile(options.path) : undefined;
     let db: Database.Database | undefined;
     try {
@@ -310,17 +313,10 @@ export class SqliteStore implements Store {
   }
 
   readonly #checkpointListeners: ((result: CheckpointResult) => void)[] = [];
-  /** The last checkpoint failed: the operator has been told once, and hears when one works again. */
-  #checkpointFailing = false;
 
   #onCheckpoint(result: CheckpointResult): void {
-    const failed = 'error' in result;
-    if (failed && !this.#checkpointFailing) {
-      const message = 'the SQLite checkpoint thread failed; checkpoints inside commits go on, but the WAL may grow until it works again';
-      if (this.#log) this.#log.warn({ error: result.error }, message);
-      else process.emitWarning(`${message}: ${result.error}`, { code: 'RELGATE_CHECKPOINTER' });
-    } else if (!failed && this.#checkpointFailing) this.#log?.info({}, 'the SQLite checkpoint thread works again');
-    this.#checkpointFailing = failed;
+    if ('error' in result) this.#checkpoints.failed(result.error);
+    else this.#checkpoints.worked();
     for (const listener of this.#checkpointListeners) listener(result);
   }
 
@@ -544,10 +540,17 @@ export class SqliteStore implements Store {
   }
 }
 
+/** Checkpoint failures and recovery for the operator: in the store's log, or as a process warning without one. */
+function checkpointReport(log: StoreLog | undefined): RunReport {
+  const message = 'the SQLite checkpoint thread failed; checkpoints inside commits go on, but the WAL may grow until it works again';
+  return onceWhileFailing({
+    failed: (error) => (log ? log.warn({ error }, message) : process.emitWarning(`${message}: ${String(error)}`, { code: 'RELGATE_CHECKPOINTER' })),
+    recovered: () => log?.info({}, 'the SQLite checkpoint thread works again'),
+  });
+}
+
 /** SQLite's names for a database that lives in memory or in a temporary file gone at close. */
 const isFile = (path: string): boolean => path !== '' && path !== ':memory:' && !path.startsWith('file::memory:');
-
-const storeUnavailable = (message: string, cause: unknown) => new RelgateError(Code.UNAVAILABLE, message, { reason: 'STORE_UNAVAILABLE', cause });
 
 /**
  * SQLite's storage failures (a full disk, I/O, memory, a locked or read-only file) become UNAVAILABLE, and a damaged

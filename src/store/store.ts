@@ -228,3 +228,12 @@ export interface Store {
   onCheckpoint?(listener: (result: CheckpointResult) => void): void;
   close(): Promise<void>;
 }
+
+/**
+ * The revision a database restored from a backup goes on from: past every revision a gateway may have handed out
+ * since the backup, taken as the clock in microseconds (a gateway hands out far fewer than a million a second), or
+ * just past the current one when the clock is behind it.
+ */
+export function revisionAfterRestore(current: number, now: number): number {
+  return Math.max(current + 1, now * 1000);
+}
