@@ -7,7 +7,7 @@ import path from 'node:path';
 import { Code } from '../src/errors.ts';
 import { InterfaceRegistry } from '../src/interfaces.ts';
 import { clientsOf, startHarness, struct, type Harness } from './helpers/harness.ts';
-import { startServer } from '../src/server.ts';
+import { startServer, type RunningServer } from '../src/server.ts';
 import { appName, makeWorld } from './helpers/world.ts';
 
 let h: Harness;
@@ -124,20 +124,37 @@ describe('interfaces of your own', () => {
     }
   });
 
-  test("a relation whose interface is no longer loaded keeps its requests listed; only matching or writing fields needs the interface", async () => {
-    const dir = interfaceDir('gone-later', '', 'string note = 1;');
-    const own = await startHarness({ interfaces: [dir] });
-    let restarted: Awaited<ReturnType<typeof startServer>> | undefined;
+  /**
+   * Sets up a gateway with the interface directories `before`, then restarts it on the same database with `after` and
+   * checks the restarted one; everything is closed however it ends.
+   */
+  async function acrossRestart<T>(before: string[], after: string[], setup: (own: Harness) => Promise<T>, check: (clients: ReturnType<typeof clientsOf>, server: RunningServer, state: T) => Promise<void>) {
+    const own = await startHarness({ interfaces: before });
+    let restarted: RunningServer | undefined;
     let clients: ReturnType<typeof clientsOf> | undefined;
     try {
+      const state = await setup(own);
+      await own.server.stop();
+      restarted = await startServer({ listen: '127.0.0.1:0', db: own.db, logLevel: 'silent', interfaces: after });
+      clients = clientsOf(restarted.address);
+      await check(clients, restarted, state);
+    } finally {
+      clients?.close();
+      await restarted?.stop();
+      await own.close();
+    }
+  }
+
+  test("a relation whose interface is no longer loaded keeps its requests listed; only matching or writing fields needs the interface", async () => {
+    const setup = async (own: Harness) => {
       const gone = await makeWorld(own, { iface: 'gone-later' });
       const kept = await makeWorld(own, { requesterApp: gone.requesterApp, responderApp: gone.responderApp });
       for (const unit of [...gone.requesters, ...gone.responders]) await own.registry.call('JoinRelation', { relation_id: kept.relationId, unit });
       const { request: old } = await gone.req().call('CreateRequest', { relation_id: gone.relationId, fields: struct({ note: 'n' }) });
       const { request: tls } = await kept.req().call('CreateRequest', { relation_id: kept.relationId, fields: struct({ common_name: 'a.example' }) });
-      await own.server.stop();
-      restarted = await startServer({ listen: '127.0.0.1:0', db: own.db, logLevel: 'silent' });
-      clients = clientsOf(restarted.address);
+      return { gone, old, tls };
+    };
+    await acrossRestart([interfaceDir('gone-later', '', 'string note = 1;')], [], setup, async (clients, _server, { gone, old, tls }) => {
       const requester = clients.requester(gone.requesters[0] as string);
       const responder = clients.responder(gone.responders[0] as string);
       const listed = (reply: { requests: { request_id: string }[] }) => reply.requests.map((request) => request.request_id).sort();
@@ -147,26 +164,19 @@ describe('interfaces of your own', () => {
       for (const error of [await requester.fail('ListRequests', { match_fields: struct({ common_name: 'a.example' }) }), await responder.fail('Respond', { request_id: old.request_id, fields: struct({ ok: 'y' }) })]) {
         expect([error.code, error.reason]).toEqual([Code.FAILED_PRECONDITION, 'INTERFACE_NOT_LOADED']);
       }
-    } finally {
-      clients?.close();
-      await restarted?.stop();
-      await own.close();
-    }
+    });
   });
 
   test('a create sent again after its interface changed is a replay of the stored request, not a refusal', async () => {
     const before = interfaceDir('evolving', '', 'string note = 1; string kind = 2;');
     const after = interfaceDir('evolving', '', 'string note = 1;');
-    const own = await startHarness({ interfaces: [before] });
-    let restarted: Awaited<ReturnType<typeof startServer>> | undefined;
-    let clients: ReturnType<typeof clientsOf> | undefined;
-    try {
+    const setup = async (own: Harness) => {
       const world = await makeWorld(own, { iface: 'evolving' });
       const create = { relation_id: world.relationId, request_id: '0190f0a0-0000-7000-8000-000000000001', fields: struct({ note: 'n', kind: 'k' }) };
       const { request } = await world.req().call('CreateRequest', create);
-      await own.server.stop();
-      restarted = await startServer({ listen: '127.0.0.1:0', db: own.db, logLevel: 'silent', interfaces: [after] });
-      clients = clientsOf(restarted.address);
+      return { world, create, request };
+    };
+    await acrossRestart([before], [after], setup, async (clients, restarted, { world, create, request }) => {
       const requester = clients.requester(world.requesters[0] as string);
       const revision = restarted.store.currentRevision();
       const replay = await requester.call('CreateRequest', create);
@@ -177,11 +187,7 @@ describe('interfaces of your own', () => {
       const conflict = await requester.fail('CreateRequest', { ...create, fields: struct({ note: 'other' }) });
       expect([conflict.code, conflict.reason]).toEqual([Code.ALREADY_EXISTS, 'REQUEST_ID_CONFLICT']);
       expect(restarted.store.currentRevision()).toBe(revision);
-    } finally {
-      clients?.close();
-      await restarted?.stop();
-      await own.close();
-    }
+    });
   });
 
   test('a mistake in an interface file stops the start naming its file, line and column', async () => {
