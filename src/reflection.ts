@@ -3,10 +3,12 @@
 // protobufjs and serves it encoded again, which drops every option protobufjs
 // does not know, relgate's own on interface messages and fields among them;
 // and it indexes extensions under names with a leading dot, which no client
-// asks with. Both are put right on the library's own indexes.
+// asks with. Both are put right on the library's own indexes. Bytes that are
+// no reflection request end the stream INVALID_ARGUMENT, not INTERNAL.
 import type * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { descriptorFileName } from './protos.ts';
+import { refusingMalformed } from './utf8.ts';
 
 /** What this module relies on inside each of the library's implementations (v1 and v1alpha). */
 interface Indexes {
@@ -29,7 +31,8 @@ export function addReflection(server: grpc.Server, descriptors: Uint8Array[]): v
       if (extendee.startsWith('.')) indexes.extensions[extendee.slice(1)] ??= numbers;
     }
   }
-  service.addToServer(server);
+  const checking = { addService: (definition: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation) => server.addService(...refusingMalformed(definition, implementation)) };
+  service.addToServer(checking as unknown as grpc.Server);
 }
 
 function isIndexes(value: Partial<Indexes>): value is Indexes {

@@ -155,7 +155,7 @@ export class RegistryService {
   }
 
   async getRelation(relationId: string) {
-    new Violations().required('relation_id', relationId).throwIfAny();
+    new Violations().relationId('relation_id', relationId).throwIfAny();
     return this.#store.read(async (tx) => {
       const relation = await tx.getRelation(relationId);
       if (!relation) throw notFound('relation', relationId);
@@ -177,7 +177,7 @@ export class RegistryService {
   }
 
   async deleteRelation(relationId: string) {
-    new Violations().required('relation_id', relationId).throwIfAny();
+    new Violations().relationId('relation_id', relationId).throwIfAny();
     return this.#store.write(async (tx) => {
       const relation = await tx.getRelation(relationId);
       if (!relation) throw notFound('relation', relationId);
@@ -191,7 +191,7 @@ export class RegistryService {
   }
 
   async joinRelation(relationId: string, unitName: string, side: SideName | undefined) {
-    new Violations().required('relation_id', relationId).unitName('unit', unitName).throwIfAny();
+    new Violations().relationId('relation_id', relationId).unitName('unit', unitName).throwIfAny();
     return this.#store.write(async (tx) => {
       const { relation, unit } = await relationAndUnit(tx, relationId, unitName);
       const joinSide = side ?? inferSide(relation, unit.application);
@@ -218,7 +218,7 @@ export class RegistryService {
   }
 
   async leaveRelation(relationId: string, unitName: string, onLeave: (tx: StoreTx, relation: RelationRecord, unit: string) => Promise<RelationRecord>) {
-    new Violations().required('relation_id', relationId).unitName('unit', unitName).throwIfAny();
+    new Violations().relationId('relation_id', relationId).unitName('unit', unitName).throwIfAny();
     return this.#store.write(async (tx) => {
       const { relation } = await relationAndUnit(tx, relationId, unitName);
       const units = await tx.listRelationUnits(relationId);

@@ -2,6 +2,7 @@
 // bookkeeping a request change needs (counters, change log, flags).
 import { Code, RelgateError, failedPrecondition, notFound } from './errors.ts';
 import { applyChange, requesterFlags, responderFlags, sameFlags } from './flags.ts';
+import { Violations } from './validate.ts';
 import type { LoggedRequest, RelationRecord, RelationUnitRecord, RequestChange, RequestRecord, RequestState, SideName, StoreTx, UnitRecord } from './store/store.ts';
 
 export interface Membership {
@@ -11,6 +12,7 @@ export interface Membership {
 
 /** The calling unit's relation, checking it has joined on the given side. */
 export async function joinedRelation(tx: StoreTx, relationId: string, caller: UnitRecord, side: SideName): Promise<Membership> {
+  new Violations().relationId('relation_id', relationId).throwIfAny();
   const relation = await tx.getRelation(relationId);
   if (!relation) throw notFound('relation', relationId);
   const application = side === 'requester' ? relation.requester_application : relation.responder_application;

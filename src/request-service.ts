@@ -106,7 +106,7 @@ export class RequestService {
   }
 
   async createOrUpdate(callerName: string, input: Omit<CreateInput, 'request_id'> & { match_fields: string[] }) {
-    const violations = new Violations().required('relation_id', input.relation_id);
+    const violations = new Violations().relationId('relation_id', input.relation_id);
     const ttl = durationMs(violations, 'ttl', input.ttl, MAX_TTL_MS);
     const given = structToJson(input.fields);
     const selector = checkDelivery(violations, input.delivery);
@@ -404,7 +404,7 @@ interface ParsedCreate {
 
 /** The checks of a create that need no store. */
 function parseCreate(input: CreateInput): ParsedCreate {
-  const violations = new Violations().required('relation_id', input.relation_id).uuid('request_id', input.request_id, true);
+  const violations = new Violations().relationId('relation_id', input.relation_id).uuid('request_id', input.request_id, true);
   const ttl = durationMs(violations, 'ttl', input.ttl, MAX_TTL_MS);
   const fields = structToJson(input.fields);
   const selector = checkDelivery(violations, input.delivery);

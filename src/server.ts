@@ -25,7 +25,7 @@ import type { SideName, Store } from './store/store.ts';
 import { Session } from './session.ts';
 import { SetMap } from './set-map.ts';
 import { WatchHub, type WatchBatchMessage, type WatchScope, type WatchSink, type WatchSpec, type WatchStartName, type Watcher } from './watch-hub.ts';
-import { checkingUtf8, undecodableError } from './utf8.ts';
+import { checkingUtf8, refusingMalformed, undecodableError } from './utf8.ts';
 
 export interface ServerConfig {
   /** host:port; port 0 picks a free port. */
@@ -267,15 +267,17 @@ function addHealth(server: grpc.Server, health: HealthImplementation): Set<grpc.
   const tracking = {
     addService(service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation) {
       const watch = implementation.watch as grpc.handleServerStreamingCall<unknown, unknown>;
-      server.addService(service, {
-        ...implementation,
-        watch: (call: grpc.ServerWritableStream<unknown, unknown>) => {
-          watches.add(call);
-          call.once('cancelled', () => watches.delete(call));
-          call.once('error', () => watches.delete(call));
-          watch(call);
-        },
-      });
+      server.addService(
+        ...refusingMalformed(service, {
+          ...implementation,
+          watch: (call: grpc.ServerWritableStream<unknown, unknown>) => {
+            watches.add(call);
+            call.once('cancelled', () => watches.delete(call));
+            call.once('error', () => watches.delete(call));
+            watch(call);
+          },
+        }),
+      );
     },
   };
   health.addToServer(tracking as unknown as grpc.Server);
@@ -743,6 +745,7 @@ class Handlers {
 
   async #watchScope(tx: Parameters<Parameters<WatchHub['watch']>[2]>[0], spec: WatchSpec): Promise<WatchScope> {
     const caller = await requireCaller(tx, spec.unit);
+    if (spec.relationId) new Violations().relationId('relation_id', spec.relationId).throwIfAny();
     // The id says the interface: relations of others are not read.
     const ids = spec.relationId ? [spec.relationId] : (await joinedRelationIds(tx, caller.name, spec.side)).filter((id) => ofInterface(id, spec.interface));
     const scope: WatchScope = new Map();

@@ -7,7 +7,7 @@
 import { isAscii, isUtf8 } from 'node:buffer';
 import type * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs';
-import { Code, invalidArgument, RelgateError } from './errors.ts';
+import { Code, invalidArgument, RelgateError, toServiceError } from './errors.ts';
 
 const INVALID_UTF8 = Symbol('relgate.invalidUtf8');
 /** Marks what stands in for a request whose bytes are not a message of its type at all. */
@@ -112,4 +112,59 @@ export function undecodableError(message: unknown): RelgateError | undefined {
   const paths = (message as { [INVALID_UTF8]?: string[] } | null)?.[INVALID_UTF8];
   if (!paths) return undefined;
   return invalidArgument(paths.map((field) => ({ field, description: 'is not valid UTF-8' })));
+}
+
+/**
+ * A service from a library (health, reflection) with its requests' bytes checked as they are decoded: bytes that are
+ * no message of the type end the call with INVALID_ARGUMENT, where grpc-js would end it INTERNAL.
+ */
+export function refusingMalformed(service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): [grpc.ServiceDefinition, grpc.UntypedServiceImplementation] {
+  const checked: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  const handlers: grpc.UntypedServiceImplementation = {};
+  for (const [name, method] of Object.entries(service)) {
+    const decode = method.requestDeserialize;
+    checked[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return decode(bytes);
+        } catch (error) {
+          return Object.defineProperty({}, MALFORMED, { value: `the message is not a valid ${method.path.split('/')[1] ?? 'request'} request: ${(error as Error).message}` });
+        }
+      },
+    };
+    const handler = implementation[name] ?? implementation[method.originalName ?? ''];
+    if (handler) handlers[name] = refusingMalformedIn(method, handler);
+  }
+  return [checked as grpc.ServiceDefinition, handlers];
+}
+
+function refusingMalformedIn(method: grpc.MethodDefinition<unknown, unknown>, handler: grpc.UntypedHandleCall): grpc.UntypedHandleCall {
+  const refusal = (message: unknown) => {
+    const error = undecodableError(message);
+    return error && toServiceError(error);
+  };
+  if (method.requestStream) {
+    // Each message is checked as the library's own listener would get it.
+    return (call: grpc.ServerDuplexStream<unknown, unknown>) => {
+      const emit = call.emit.bind(call);
+      call.emit = (event: string | symbol, ...args: unknown[]) => {
+        const error = event === 'data' ? refusal(args[0]) : undefined;
+        return error ? emit('error', error) : emit(event, ...args);
+      };
+      (handler as grpc.handleBidiStreamingCall<unknown, unknown>)(call);
+    };
+  }
+  if (method.responseStream) {
+    return (call: grpc.ServerWritableStream<unknown, unknown>) => {
+      const error = refusal(call.request);
+      if (error) return void call.emit('error', error);
+      (handler as grpc.handleServerStreamingCall<unknown, unknown>)(call);
+    };
+  }
+  return (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+    const error = refusal(call.request);
+    if (error) return callback(error);
+    (handler as grpc.handleUnaryCall<unknown, unknown>)(call, callback);
+  };
 }

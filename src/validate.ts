@@ -8,6 +8,8 @@ import { isLabelKey, isLabelValue } from './selector.ts';
 export const APPLICATION_NAME = /^[a-z][a-z0-9]*(-[a-z0-9]+)*$/;
 export const UNIT_NAME = /^([a-z][a-z0-9]*(?:-[a-z0-9]+)*)\/(0|[1-9][0-9]{0,8})$/;
 export const ENDPOINT_NAME = /^[a-z][a-z0-9]*(-[a-z0-9]+)*$/;
+/** An interface's name (as interfaces.ts allows), a colon and the relation's number: "tls-certificates:1". */
+export const RELATION_ID = /^[a-z][a-z0-9]*(-[a-z0-9]+)*:[1-9][0-9]{0,15}$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export class Violations {
@@ -42,6 +44,10 @@ export class Violations {
   uuid(field: string, value: string, optional = false): this {
     if (value === '' && optional) return this;
     return this.pattern(field, value, UUID, 'a UUID such as "123e4567-e89b-42d3-a456-426614174000"');
+  }
+
+  relationId(field: string, value: string): this {
+    return this.pattern(field, value, RELATION_ID, 'a relation id "<interface>:<number>" such as "tls-certificates:1"');
   }
 
   unitName(field: string, value: string): this {

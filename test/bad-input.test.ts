@@ -106,6 +106,12 @@ const CASES: Case[] = [
   { name: 'negative ttl below a millisecond', rpc: requester, method: 'CreateRequest', request: create({ ttl: { seconds: 0, nanos: -1 } }), ...INVALID, fields: ['ttl'], description: 'negative' },
   { name: 'ttl over 30 days', rpc: requester, method: 'CreateRequest', request: create({ ttl: { seconds: 31 * 86400 } }), ...INVALID, fields: ['ttl'] },
   { name: 'negative lease', rpc: responder, method: 'ClaimRequest', request: () => ({ request_id: pendingId, lease: { seconds: -1 } }), ...INVALID, fields: ['lease'] },
+  // A relation id is "<interface>:<number>": anything else names no relation, and is refused as such.
+  { name: 'malformed relation id on create', rpc: requester, method: 'CreateRequest', request: create({ relation_id: 'a b:1' }), ...INVALID, fields: ['relation_id'], description: 'relation id' },
+  { name: 'relation id without a number on list', rpc: responder, method: 'ListIncomingRequests', request: () => ({ relation_id: 'tls-certificates:' }), ...INVALID, fields: ['relation_id'] },
+  { name: 'relation id with a number of letters on flags', rpc: requester, method: 'GetRequesterFlags', request: () => ({ relation_id: 'tls-certificates:abc' }), ...INVALID, fields: ['relation_id'] },
+  { name: 'malformed relation id on get relation', rpc: registry, method: 'GetRelation', request: () => ({ relation_id: '%%%' }), ...INVALID, fields: ['relation_id'] },
+  { name: 'relation number 0 on join', rpc: registry, method: 'JoinRelation', request: () => ({ relation_id: 'http:0', unit: w.requesters[0] }), ...INVALID, fields: ['relation_id'] },
   { name: 'page_size over 1000', rpc: requester, method: 'ListRequests', request: () => ({ relation_id: w.relationId, page_size: 1001 }), ...INVALID, fields: ['page_size'] },
   { name: 'selector on an any request', rpc: requester, method: 'CreateRequest', request: create({ delivery: { mode: 'DELIVERY_MODE_ANY', selector: 'a=b' } }), ...INVALID, fields: ['delivery.selector'] },
   { name: 'unit on a selector request', rpc: requester, method: 'CreateRequest', request: create({ delivery: { mode: 'DELIVERY_MODE_SELECTOR', unit: 'ca/0' } }), ...INVALID, fields: ['delivery.unit'] },
@@ -165,7 +171,7 @@ const CASES: Case[] = [
 
   // Not found.
   { name: 'unknown relation on create', rpc: requester, method: 'CreateRequest', request: create({ relation_id: 'tls-certificates:99999' }), code: Code.NOT_FOUND, reason: 'RELATION_NOT_FOUND' },
-  { name: 'unknown relation on list', rpc: responder, method: 'ListIncomingRequests', request: () => ({ relation_id: 'nope' }), code: Code.NOT_FOUND, reason: 'RELATION_NOT_FOUND' },
+  { name: 'unknown relation on list', rpc: responder, method: 'ListIncomingRequests', request: () => ({ relation_id: 'tls-certificates:424242' }), code: Code.NOT_FOUND, reason: 'RELATION_NOT_FOUND' },
   { name: 'unknown relation on join', rpc: registry, method: 'JoinRelation', request: () => ({ relation_id: 'http:424242', unit: w.requesters[0] }), code: Code.NOT_FOUND, reason: 'RELATION_NOT_FOUND' },
   { name: 'unknown request', rpc: requester, method: 'GetRequest', request: () => ({ request_id: '123e4567-e89b-42d3-a456-426614174000' }), code: Code.NOT_FOUND, reason: 'REQUEST_NOT_FOUND' },
 

@@ -300,3 +300,46 @@ describe('invalid UTF-8 on the wire', () => {
     expect(h.server.store.currentRevision()).toBe(revision + 1);
   });
 });
+
+describe('bytes that are no message, sent to the health and reflection services', () => {
+  // A varint of more than ten bytes, then wire type 7, which does not exist.
+  const notAMessage = Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+  const raw = (bytes: Buffer) => bytes;
+  const refusal = (error: grpc.ServiceError | grpc.StatusObject) => {
+    const refused = fromServiceError(error as grpc.ServiceError);
+    return [refused.code, refused.reason];
+  };
+
+  test('Check and Watch of health end INVALID_ARGUMENT, MALFORMED_MESSAGE; a valid Check still answers', async () => {
+    const client = w.req().client;
+    const checked = (bytes: Buffer) =>
+      new Promise<{ error: grpc.ServiceError | null; reply?: Buffer }>((resolve) =>
+        client.makeUnaryRequest('/grpc.health.v1.Health/Check', raw, raw, bytes, (error, reply) => resolve({ error, reply })),
+      );
+    const bad = await checked(notAMessage);
+    expect(refusal(bad.error as grpc.ServiceError)).toEqual([Code.INVALID_ARGUMENT, 'MALFORMED_MESSAGE']);
+    const watch = client.makeServerStreamRequest('/grpc.health.v1.Health/Watch', raw, raw, notAMessage);
+    watch.on('data', () => undefined);
+    const watchEnd = await new Promise<grpc.ServiceError>((resolve) => watch.on('error', resolve));
+    expect(refusal(watchEnd)).toEqual([Code.INVALID_ARGUMENT, 'MALFORMED_MESSAGE']);
+    // HealthCheckRequest{} (the server as a whole) -> HealthCheckResponse{ status: SERVING (1) }.
+    const good = await checked(Buffer.alloc(0));
+    expect([good.error, good.reply?.toString('hex')]).toEqual([null, '0801']);
+  });
+
+  test.each(['v1', 'v1alpha'])('the %s reflection stream ends INVALID_ARGUMENT, MALFORMED_MESSAGE; a valid stream still answers', async (version) => {
+    const client = w.req().client;
+    const path = `/grpc.reflection.${version}.ServerReflection/ServerReflectionInfo`;
+    const bad = client.makeBidiStreamRequest(path, raw, raw);
+    bad.on('data', () => undefined);
+    const ended = new Promise<grpc.ServiceError>((resolve) => bad.on('error', resolve));
+    bad.write(notAMessage);
+    expect(refusal(await ended)).toEqual([Code.INVALID_ARGUMENT, 'MALFORMED_MESSAGE']);
+    const good = client.makeBidiStreamRequest(path, raw, raw);
+    const reply = new Promise<Buffer>((resolve) => good.once('data', resolve));
+    // ServerReflectionRequest{ list_services: "" } (field 7).
+    good.write(Buffer.from([0x3a, 0x00]));
+    expect((await reply).toString('latin1')).toContain('relgate.v1.RequesterService');
+    good.end();
+  });
+});

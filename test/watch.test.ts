@@ -413,6 +413,14 @@ describe('one interface of the unit', () => {
     expect((await watch(r.res(), { relation_id: r.id, interface: 'http' }).status)?.fieldViolations.map((violation) => violation.field)).toEqual(['interface']);
   });
 
+  test('a watch of a relation id that is not "<interface>:<number>" ends INVALID_ARGUMENT naming relation_id, also when it resumes', async () => {
+    const r = await relate(h);
+    for (const options of [{ relation_id: 'tls-certificates:' }, { relation_id: 'nope', start: 'WATCH_START_AFTER_REVISION', after_revision: '1' }]) {
+      const status = await watch(r.res(), options).status;
+      expect([status?.code, status?.fieldViolations.map((violation) => violation.field)]).toEqual([Code.INVALID_ARGUMENT, ['relation_id']]);
+    }
+  });
+
   test("a watch of the interface's relations sees only theirs, ends only at joins of that interface, and resumes without the others", async () => {
     const r = await relate(h);
     const web = await relateAlso(r, 'http', 'website');

@@ -32,14 +32,16 @@ import type { WithdrawRequestResponse as _relgate_v1_WithdrawRequestResponse, Wi
  */
 export interface RequesterServiceClient extends grpc.Client {
   /**
-   * Creates a request and waits for its response within the call's deadline.
+   * Creates a request and waits for its response within the call's deadline
+   * (60 seconds for a call sent without one).
    */
   Call(argument: _relgate_v1_CallRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_CallResponse__Output>): grpc.ClientUnaryCall;
   Call(argument: _relgate_v1_CallRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_CallResponse__Output>): grpc.ClientUnaryCall;
   Call(argument: _relgate_v1_CallRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_CallResponse__Output>): grpc.ClientUnaryCall;
   Call(argument: _relgate_v1_CallRequest, callback: grpc.requestCallback<_relgate_v1_CallResponse__Output>): grpc.ClientUnaryCall;
   /**
-   * Creates a request and waits for its response within the call's deadline.
+   * Creates a request and waits for its response within the call's deadline
+   * (60 seconds for a call sent without one).
    */
   call(argument: _relgate_v1_CallRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_CallResponse__Output>): grpc.ClientUnaryCall;
   call(argument: _relgate_v1_CallRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_CallResponse__Output>): grpc.ClientUnaryCall;
@@ -48,13 +50,13 @@ export interface RequesterServiceClient extends grpc.Client {
   
   /**
    * Creates a selector request and streams the expected count, then each
-   * response, then who did not answer.
+   * response, then who did not answer by the deadline (as for Call).
    */
   CallAll(argument: _relgate_v1_CallAllRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_relgate_v1_CallAllResponse__Output>;
   CallAll(argument: _relgate_v1_CallAllRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_relgate_v1_CallAllResponse__Output>;
   /**
    * Creates a selector request and streams the expected count, then each
-   * response, then who did not answer.
+   * response, then who did not answer by the deadline (as for Call).
    */
   callAll(argument: _relgate_v1_CallAllRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_relgate_v1_CallAllResponse__Output>;
   callAll(argument: _relgate_v1_CallAllRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_relgate_v1_CallAllResponse__Output>;
@@ -206,13 +208,14 @@ export interface RequesterServiceClient extends grpc.Client {
  */
 export interface RequesterServiceHandlers extends grpc.UntypedServiceImplementation {
   /**
-   * Creates a request and waits for its response within the call's deadline.
+   * Creates a request and waits for its response within the call's deadline
+   * (60 seconds for a call sent without one).
    */
   Call: grpc.handleUnaryCall<_relgate_v1_CallRequest__Output, _relgate_v1_CallResponse>;
   
   /**
    * Creates a selector request and streams the expected count, then each
-   * response, then who did not answer.
+   * response, then who did not answer by the deadline (as for Call).
    */
   CallAll: grpc.handleServerStreamingCall<_relgate_v1_CallAllRequest__Output, _relgate_v1_CallAllResponse>;
   
