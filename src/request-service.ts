@@ -12,7 +12,7 @@ import { newRequestId } from './request-id.ts';
 import { matches, parseSelector } from './selector.ts';
 import type { DeliveryModeName, RelationRecord, RequestRecord, SideName, Store, StoreTx, UnitRecord } from './store/store.ts';
 import { canonicalJson, jsonEqual, ownValue, structToJson, type JsonObject, type StructMessage } from './struct.ts';
-import { Violations, decodePageToken, durationMs, encodePageToken, pageSize, type DurationMessage } from './validate.ts';
+import { Violations, decodePageToken, durationMs, encodePageToken, expectedRevision, pageSize, type DurationMessage } from './validate.ts';
 
 export type RequestFilterName = 'all' | 'new' | 'answered';
 
@@ -28,6 +28,36 @@ export interface CreateInput {
   fields: StructMessage | null;
   delivery: DeliveryInput;
   ttl: DurationMessage | null;
+}
+
+/**
+ * A write's condition on the revision of the request it acts on (an int64 as proto-loader gives it): unset or 0 sets
+ * none. It is checked after every other check, just before the write: a call refused for another reason (not found,
+ * invalid, already answered...) says so, and ABORTED means that only the request's change since the caller read it
+ * stood in the way.
+ */
+export interface Conditional {
+  expected_revision?: string | number | undefined;
+}
+
+export interface CreateOrUpdateInput extends Omit<CreateInput, 'request_id'>, Conditional {
+  match_fields: string[];
+}
+
+export interface WithdrawInput extends Conditional {
+  request_id: string;
+}
+
+export interface RespondInput extends Conditional {
+  request_id: string;
+  code: number;
+  error: string;
+  fields: StructMessage | null;
+}
+
+export interface ClaimInput extends Conditional {
+  request_id: string;
+  lease: DurationMessage | null;
 }
 
 export interface ListInput {
@@ -105,9 +135,10 @@ export class RequestService {
     return { caller, relation, requestId, fields, existing: undefined, expected: await resolveDelivery(tx, relation, units, input.delivery, parsed.selector) };
   }
 
-  async createOrUpdate(callerName: string, input: Omit<CreateInput, 'request_id'> & { match_fields: string[] }) {
+  async createOrUpdate(callerName: string, input: CreateOrUpdateInput) {
     const violations = new Violations().relationId('relation_id', input.relation_id);
     const ttl = durationMs(violations, 'ttl', input.ttl, MAX_TTL_MS);
+    const condition = expectedRevision(violations, input.expected_revision);
     const given = structToJson(input.fields);
     const selector = checkDelivery(violations, input.delivery);
     if (input.match_fields.length === 0) violations.add('match_fields', 'name at least one field');
@@ -125,12 +156,16 @@ export class RequestService {
       const match = Object.fromEntries(input.match_fields.map((name) => [name, ownValue(fields, name) ?? null]));
       const existing = await firstMatch(tx, [relation.id], (request) => fieldsMatch(type, request.fields, match));
       if (!existing) {
+        // The caller expected to update a request it read: creating another would hide that it is gone.
+        if (condition !== 0) throw revisionMismatch(condition, 0, `no request of relation ${relation.id} matches match_fields (current revision 0)`, { relation_id: relation.id });
         const revision = await tx.revision();
         const expected = await resolveDelivery(tx, relation, units, input.delivery, selector);
         const request = newRequest(caller, relation, newRequestId(), fields, input.delivery, expected, ttl, tx.now, revision);
         await recordRequestChange(tx, relation, null, request);
         return { request: requestMessage(request, requesterView(caller)), created: true, updated: false };
       }
+      // Before the unchanged case too, which writes nothing: an OK always means the request was where the caller expected.
+      checkRevision(condition, existing);
       // Fields stored before values had one canonical form are compared in it. An expired match is reopened even
       // with the same fields: handing back a request nobody may answer would leave the caller stuck.
       const unchanged = jsonEqual(canonicalFields(type, existing.fields), fields);
@@ -183,10 +218,13 @@ export class RequestService {
     });
   }
 
-  async withdraw(callerName: string, requestId: string) {
-    new Violations().uuid('request_id', requestId).throwIfAny();
+  async withdraw(callerName: string, input: WithdrawInput) {
+    const violations = new Violations().uuid('request_id', input.request_id);
+    const condition = expectedRevision(violations, input.expected_revision);
+    violations.throwIfAny();
     return this.#store.write(async (tx) => {
-      const { request, relation } = await this.#visibleRequest(tx, callerName, requestId, 'requester');
+      const { request, relation } = await this.#visibleRequest(tx, callerName, input.request_id, 'requester');
+      checkRevision(condition, request);
       await tx.deleteResponses(request.request_id);
       await recordRequestChange(tx, relation, request, null);
       return { revision: await tx.revision() };
@@ -227,10 +265,11 @@ export class RequestService {
 
   // ---- responder side ----
 
-  async respond(callerName: string, input: { request_id: string; code: number; error: string; fields: StructMessage | null }) {
+  async respond(callerName: string, input: RespondInput) {
     const violations = new Violations().uuid('request_id', input.request_id);
     const given = structToJson(input.fields);
     if (input.code !== 0 && input.error === '') violations.add('error', 'is required when code is not 0');
+    const condition = expectedRevision(violations, input.expected_revision);
     violations.throwIfAny();
     return this.#store.write(async (tx) => {
       const { request, relation } = await this.#visibleRequest(tx, callerName, input.request_id, 'responder');
@@ -238,6 +277,7 @@ export class RequestService {
       invalidIfAny(validateFields(type, given, 'fields', { checkRequired: input.code === 0 }));
       const fields = canonicalFields(type, given);
       checkAnswerable(request, callerName, tx.now);
+      checkRevision(condition, request);
       const revision = await tx.revision();
       const response = {
         request_id: request.request_id,
@@ -266,14 +306,16 @@ export class RequestService {
     });
   }
 
-  async claim(callerName: string, requestId: string, lease: DurationMessage | null) {
-    const violations = new Violations().uuid('request_id', requestId);
-    const leaseMs = durationMs(violations, 'lease', lease, MAX_LEASE_MS) || DEFAULT_LEASE_MS;
+  async claim(callerName: string, input: ClaimInput) {
+    const violations = new Violations().uuid('request_id', input.request_id);
+    const leaseMs = durationMs(violations, 'lease', input.lease, MAX_LEASE_MS) || DEFAULT_LEASE_MS;
+    const condition = expectedRevision(violations, input.expected_revision);
     violations.throwIfAny();
     return this.#store.write(async (tx) => {
-      const { request, relation } = await this.#visibleRequest(tx, callerName, requestId, 'responder');
+      const { request, relation } = await this.#visibleRequest(tx, callerName, input.request_id, 'responder');
       if (request.delivery.mode !== 'any') throw failedPrecondition('CLAIM_NOT_APPLICABLE', 'only requests delivered to any responder can be claimed');
       checkAnswerable(request, callerName, tx.now);
+      checkRevision(condition, request);
       const after = { ...request, claim: { unit: callerName, expire_time: tx.now + leaseMs }, update_time: tx.now, revision: await tx.revision() };
       await recordRequestChange(tx, relation, request, after);
       return { request: requestMessage(after, { unit: callerName, side: 'responder' }) };
@@ -495,6 +537,20 @@ function checkAnswerable(request: RequestRecord, unit: string, now: number): voi
   if (request.claim && request.claim.unit !== unit && request.claim.expire_time > now) {
     throw failedPrecondition('REQUEST_CLAIMED', `request ${request.request_id} is claimed by ${request.claim.unit}`, { ...meta, claimed_by: request.claim.unit });
   }
+}
+
+/** ABORTED unless the request a write acts on is at the expected revision (0: no condition). */
+function checkRevision(expected: number, request: RequestRecord): void {
+  if (expected === 0 || expected === request.revision) return;
+  throw revisionMismatch(expected, request.revision, `request ${request.request_id} is at revision ${request.revision}`, { request_id: request.request_id });
+}
+
+/** A conditional write refused because the request changed since the caller read it (or is gone). */
+function revisionMismatch(expected: number, current: number, found: string, metadata: Record<string, string>): RelgateError {
+  return new RelgateError(Code.ABORTED, `expected revision ${expected}, but ${found}; nothing was written`, {
+    reason: 'REVISION_MISMATCH',
+    metadata: { ...metadata, expected_revision: String(expected), current_revision: String(current) },
+  });
 }
 
 /** Whether stored fields hold the (canonical) match's values; stored values are compared in their canonical form. */

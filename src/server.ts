@@ -373,6 +373,7 @@ class Handlers {
   readonly #presence: PostgresPresence | undefined;
 
   readonly #calls: CallService;
+  readonly #commands: ReturnType<typeof commandsOf>;
   readonly #auth: Authenticator;
   /** Closers of each unit's open watches and sessions, for revocation. */
   readonly #streams = new SetMap<(error: RelgateError) => void>();
@@ -388,6 +389,7 @@ class Handlers {
     this.#hub = hub;
     this.#presence = presence;
     this.#calls = new CallService(requests, hub, presence);
+    this.#commands = commandsOf(requests);
     this.#auth = auth;
     hub.onCommit((changes) => {
       for (const change of changes) {
@@ -521,14 +523,15 @@ class Handlers {
 
   requester(): grpc.UntypedServiceImplementation {
     const s = this.#requests;
+    const c = this.#commands;
     const u = (name: string, fn: (request: Req, unit: string, call: UnaryCall) => unknown) =>
       this.#unary(`RequesterService/${name}`, async (q, call) => fn(q, await this.#auth.requireUnit(call), call));
     return {
-      CreateRequest: u('CreateRequest', (q, unit) => s.create(unit, createInput(q))),
-      CreateOrUpdateRequest: u('CreateOrUpdateRequest', (q, unit) => s.createOrUpdate(unit, { ...createInput(q), match_fields: q.match_fields })),
+      CreateRequest: u('CreateRequest', (q, unit) => c.create(unit, q)),
+      CreateOrUpdateRequest: u('CreateOrUpdateRequest', (q, unit) => c.create_or_update(unit, q)),
       GetRequest: u('GetRequest', (q, unit) => s.getRequest(unit, q.request_id, 'requester')),
       ListRequests: u('ListRequests', (q, unit) => s.listRequests(unit, listInput(q), 'requester')),
-      WithdrawRequest: u('WithdrawRequest', (q, unit) => s.withdraw(unit, q.request_id)),
+      WithdrawRequest: u('WithdrawRequest', (q, unit) => c.withdraw(unit, q)),
       ListResponses: u('ListResponses', (q, unit) => s.listResponses(unit, q.request_id)),
       ResponseByField: u('ResponseByField', (q, unit) => s.responseByField(unit, relationScope(q), q.match_fields)),
       GetRequesterFlags: u('GetRequesterFlags', (q, unit) => s.requesterFlags(unit, relationScope(q))),
@@ -540,14 +543,15 @@ class Handlers {
 
   responder(): grpc.UntypedServiceImplementation {
     const s = this.#requests;
+    const c = this.#commands;
     const u = (name: string, fn: (request: Req, unit: string) => unknown) =>
       this.#unary(`ResponderService/${name}`, async (q, call) => fn(q, await this.#auth.requireUnit(call)));
     return {
       ListIncomingRequests: u('ListIncomingRequests', (q, unit) => s.listRequests(unit, listInput(q), 'responder')),
       GetIncomingRequest: u('GetIncomingRequest', (q, unit) => s.getRequest(unit, q.request_id, 'responder')),
-      Respond: u('Respond', (q, unit) => s.respond(unit, { request_id: q.request_id, code: q.code, error: q.error, fields: q.fields })),
-      ClaimRequest: u('ClaimRequest', (q, unit) => s.claim(unit, q.request_id, q.lease)),
-      ReleaseRequest: u('ReleaseRequest', (q, unit) => s.release(unit, q.request_id)),
+      Respond: u('Respond', (q, unit) => c.respond(unit, q)),
+      ClaimRequest: u('ClaimRequest', (q, unit) => c.claim(unit, q)),
+      ReleaseRequest: u('ReleaseRequest', (q, unit) => c.release(unit, q)),
       GetResponderFlags: u('GetResponderFlags', (q, unit) => s.responderFlags(unit, relationScope(q))),
       WatchIncomingRequests: this.#watch('ResponderService/WatchIncomingRequests', 'responder'),
     };
@@ -634,15 +638,7 @@ class Handlers {
   }
 
   session(): grpc.UntypedServiceImplementation {
-    const s = this.#requests;
-    const commands = {
-      create: (unit: string, q: Req) => s.create(unit, createInput(q)),
-      create_or_update: (unit: string, q: Req) => s.createOrUpdate(unit, { ...createInput(q), match_fields: q.match_fields }),
-      withdraw: (unit: string, q: Req) => s.withdraw(unit, q.request_id),
-      claim: (unit: string, q: Req) => s.claim(unit, q.request_id, q.lease),
-      release: (unit: string, q: Req) => s.release(unit, q.request_id),
-      respond: (unit: string, q: Req) => s.respond(unit, { request_id: q.request_id, code: q.code, error: q.error, fields: q.fields }),
-    };
+    const commands = this.#commands;
     return {
       Open: (call: grpc.ServerDuplexStream<Req, unknown>) => {
         const method = 'SessionService/Open';
@@ -790,6 +786,21 @@ function callOptions(q: Req) {
 
 function unitProperties(q: Req) {
   return { name: q.name, ingress_address: q.ingress_address, egress_subnets: q.egress_subnets, labels: q.labels };
+}
+
+/**
+ * The writes a session carries as commands, by command name. The unary RPCs of the same name run these too: one
+ * parsing of each message, so both honour every field alike.
+ */
+function commandsOf(s: RequestService) {
+  return {
+    create: (unit: string, q: Req) => s.create(unit, createInput(q)),
+    create_or_update: (unit: string, q: Req) => s.createOrUpdate(unit, { ...createInput(q), match_fields: q.match_fields, expected_revision: q.expected_revision }),
+    withdraw: (unit: string, q: Req) => s.withdraw(unit, { request_id: q.request_id, expected_revision: q.expected_revision }),
+    claim: (unit: string, q: Req) => s.claim(unit, { request_id: q.request_id, lease: q.lease, expected_revision: q.expected_revision }),
+    release: (unit: string, q: Req) => s.release(unit, q.request_id),
+    respond: (unit: string, q: Req) => s.respond(unit, { request_id: q.request_id, code: q.code, error: q.error, fields: q.fields, expected_revision: q.expected_revision }),
+  };
 }
 
 function createInput(q: Req) {

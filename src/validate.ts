@@ -102,6 +102,18 @@ export function durationMs(violations: Violations, field: string, duration: Dura
   return ms;
 }
 
+/**
+ * The revision a conditional write expects its request at (an int64, which proto-loader gives as a decimal string):
+ * 0 when unset, which sets no condition. Revisions are safe integers: a larger value was never one, and could not be
+ * echoed exactly in the error that refuses it.
+ */
+export function expectedRevision(violations: Violations, value: string | number | undefined): number {
+  const revision = Number(value ?? 0);
+  if (!(revision >= 0)) violations.add('expected_revision', 'must not be negative (0 sets no condition)');
+  else if (!Number.isSafeInteger(revision)) violations.add('expected_revision', `must be at most ${Number.MAX_SAFE_INTEGER}`);
+  return revision;
+}
+
 export const DEFAULT_PAGE_SIZE = 100;
 export const MAX_PAGE_SIZE = 1000;
 

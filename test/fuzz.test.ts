@@ -78,17 +78,17 @@ const record = <T extends Record<string, fc.Arbitrary<unknown>>>(shape: T) => fc
 
 const anyCall = fc.oneof(
   call('requester', 'CreateRequest', record({ relation_id: relationId, request_id: text, fields: jsonFields, delivery, ttl: duration })),
-  call('requester', 'CreateOrUpdateRequest', record({ relation_id: relationId, match_fields: fc.array(text, { maxLength: 3 }), fields: jsonFields, delivery, ttl: duration })),
+  call('requester', 'CreateOrUpdateRequest', record({ relation_id: relationId, match_fields: fc.array(text, { maxLength: 3 }), fields: jsonFields, delivery, ttl: duration, expected_revision: revision })),
   call('requester', 'GetRequest', record({ request_id: requestId })),
   call('requester', 'ListRequests', record({ relation_id: relationId, filter: enumValue(['REQUEST_FILTER_ALL', 'REQUEST_FILTER_NEW', 'REQUEST_FILTER_ANSWERED']), match_fields: jsonFields, page_size: fc.integer({ min: 0, max: 2 ** 32 - 1 }), page_token: pageToken })),
-  call('requester', 'WithdrawRequest', record({ request_id: text })),
+  call('requester', 'WithdrawRequest', record({ request_id: text, expected_revision: revision })),
   call('requester', 'ListResponses', record({ request_id: requestId })),
   call('requester', 'ResponseByField', record({ relation_id: relationId, match_fields: jsonFields })),
   call('requester', 'GetRequesterFlags', record({ relation_id: relationId })),
   call('responder', 'ListIncomingRequests', record({ relation_id: relationId, page_size: fc.integer({ min: 0, max: 2 ** 32 - 1 }), page_token: pageToken })),
   call('responder', 'GetIncomingRequest', record({ request_id: requestId })),
-  call('responder', 'Respond', record({ request_id: text, code: fc.integer({ min: -1, max: 20 }), error: text, fields: jsonFields })),
-  call('responder', 'ClaimRequest', record({ request_id: text, lease: duration })),
+  call('responder', 'Respond', record({ request_id: text, code: fc.integer({ min: -1, max: 20 }), error: text, fields: jsonFields, expected_revision: revision })),
+  call('responder', 'ClaimRequest', record({ request_id: text, lease: duration, expected_revision: revision })),
   call('responder', 'ReleaseRequest', record({ request_id: text })),
   call('registry', 'GetUnit', record({ name: unitName })),
   call('registry', 'RegisterUnit', record({ name: unitName, ingress_address: text, egress_subnets: fc.array(text, { maxLength: 3 }), labels: fc.dictionary(text, text, { maxKeys: 3 }) })),
@@ -163,6 +163,10 @@ describe('generated requests', () => {
       fc.integer({ min: 1, max: 2 ** 31 }).map((seconds): [Call, string] => [
         { side: 'requester', method: 'CreateRequest', request: { relation_id: w.relationId, ttl: { seconds: -seconds }, fields: struct({ common_name: 'a.example' }) } },
         'ttl',
+      ]),
+      fc.tuple(fc.bigInt({ min: -(2n ** 63n), max: -1n }), fc.constantFrom('WithdrawRequest', 'ClaimRequest')).map(([expected, method]): [Call, string] => [
+        { side: method === 'WithdrawRequest' ? 'requester' : 'responder', method, request: { request_id: pendingId, expected_revision: String(expected) } },
+        'expected_revision',
       ]),
       fc.oneof(fc.integer({ min: 1, max: 49 }), fc.integer({ min: 86_400_001, max: 2 ** 32 - 1 })).map((ms): [Call, string] => [{ side: 'responder', method: 'WatchIncomingRequests', request: { options: { relation_id: w.relationId, progress_interval_ms: ms } } }, 'options.progress_interval_ms']),
     );

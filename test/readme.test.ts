@@ -15,6 +15,8 @@ const ANY_ID = '3b0c8f2e-5d7a-4c1e-9f6b-1a2d3e4f5a6b';
 const UNIT_ID = '7e4d2c1b-9a8f-4e6d-8c5b-4a3f2e1d0c9b';
 const SELECTOR_ID = 'c5a9e3f1-2b4d-4f6a-8e0c-9d7b5a3c1e2f';
 const CALL_ID = '0f9e8d7c-6b5a-4c3d-9e2f-1a0b9c8d7e6f';
+/** The revision of the walkthrough's request once the conditional update of the addressing section changed it. */
+const UPDATED_REVISION = '21';
 
 /** Every ```sh block of a top-level README section that is a grpcurl command, verbatim. */
 function sectionCommands(markdown: string, heading: string): string[] {
@@ -336,6 +338,29 @@ const ADDRESSING_CHECKS: Check[] = [
       expect(events.some((e) => e.type === 'EVENT_TYPE_SNAPSHOT_COMPLETE')).toBe(true);
       // As the README shows them: the snapshot, the answer's change, then its acknowledgement.
       expect(messages.map((m) => (m.ack ? 'ack' : 'events'))).toEqual(['events', 'events', 'ack']);
+    },
+  },
+  {
+    name: 'CreateOrUpdateRequest at the expected revision',
+    match: /"example\.com"\]\},\n  "expected_revision": 9\n[\s\S]*RequesterService\/CreateOrUpdateRequest$/,
+    check: (result) => {
+      const { request, updated } = only(result);
+      expect(updated).toBe(true);
+      expect(request).toMatchObject({ requestId: REQUEST_ID, state: 'REQUEST_STATE_PENDING', revision: UPDATED_REVISION });
+      // The update dropped the answer: grpcurl leaves a count of 0 out.
+      expect(request.responseCount).toBeUndefined();
+      expect(request.fields).toEqual({ common_name: 'web.example.com', sans: ['www.example.com', 'example.com'] });
+    },
+  },
+  {
+    name: 'CreateOrUpdateRequest at a stale revision',
+    match: /web\.example\.net[\s\S]*RequesterService\/CreateOrUpdateRequest$/,
+    exitCode: 64 + 10,
+    check: (result) => {
+      failure('Aborted', 'REVISION_MISMATCH')(result);
+      expect(result.stderr).toContain(`Message: expected revision 9, but request ${REQUEST_ID} is at revision ${UPDATED_REVISION}; nothing was written`);
+      expect(result.stderr).toContain(`"current_revision": "${UPDATED_REVISION}"`);
+      expect(result.stderr).toContain('"expected_revision": "9"');
     },
   },
 ];

@@ -141,6 +141,43 @@ describe('SDK on one gateway', () => {
     ]);
   });
 
+  it('takes expectedRevision in createOrUpdate, withdraw, respond, fail and claim, over the session and over unary calls', async () => {
+    for (const useSession of [false, true]) {
+      const world = await makeWorld(h);
+      const web = as(world.requesters[0] as string);
+      const ca = as(world.responders[0] as string);
+      const sessions = useSession ? [web.openSession(), ca.openSession()] : [];
+      const requester = web.requester('tls-certificates', { relation: world.relationId });
+      const responder = ca.responder('tls-certificates', { relation: world.relationId });
+      const { request: first } = await requester.createOrUpdate(['common_name'], { common_name: 'a.example' });
+      const { request: second, updated } = await requester.createOrUpdate(['common_name'], { common_name: 'a.example', sans: ['b.example'] }, { expectedRevision: first.revision });
+      expect(updated).toBe(true);
+      const stale = async (write: Promise<unknown>) => {
+        const error = await write.then(() => undefined, (failure: unknown) => failure);
+        expect(hasReason(error, 'REVISION_MISMATCH') && [error.code, error.metadata]).toEqual([
+          Code.ABORTED,
+          { request_id: first.request_id, expected_revision: first.revision, current_revision: second.revision },
+        ]);
+      };
+      await stale(requester.createOrUpdate(['common_name'], { common_name: 'a.example', sans: ['c.example'] }, { expectedRevision: first.revision }));
+      await stale(requester.withdraw(first.request_id, { expectedRevision: first.revision }));
+      await stale(responder.respond(first, { key: 'K', cert: 'C' }, { expectedRevision: first.revision }));
+      await stale(responder.fail(first, 1, 'refused', {}, { expectedRevision: first.revision }));
+      await stale(responder.claim(first, { expectedRevision: first.revision }));
+      expect(await requester.get(first.request_id)).toEqual(second);
+      // A number does as well as the string revision a request carries.
+      const claimed = await responder.claim(second, { leaseMs: 10_000, expectedRevision: Number(second.revision) });
+      expect((await responder.respond(claimed, { key: 'K', cert: 'C' }, { expectedRevision: claimed.revision })).responder_unit).toBe(world.responders[0]);
+      const { request: third } = await requester.createOrUpdate(['common_name'], { common_name: 'c.example' });
+      expect((await responder.fail(third, 3, 'refused', {}, { expectedRevision: third.revision })).code).toBe(3);
+      const answered = await requester.get(third.request_id);
+      expect(await requester.withdraw(third.request_id, { expectedRevision: answered.revision })).toBeGreaterThan(Number(answered.revision));
+      expect([web.session !== undefined, ca.session !== undefined]).toEqual([useSession, useSession]);
+      for (const session of sessions) session.close();
+      expect(await Promise.all(sessions.map((session) => session.closed))).toEqual(sessions.map(() => undefined));
+    }
+  });
+
   it('calls and waits for one response, and collects every response of a selector request', async () => {
     const world = await makeWorld(h, { responders: 2, labels: { 0: { zone: 'a' }, 1: { zone: 'a' } } });
     const watches = world.responders.map((unit) => {

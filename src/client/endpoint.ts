@@ -9,7 +9,7 @@ import { jsonToStruct, type JsonObject } from '../struct.ts';
 import { unary, type Connection } from './connect.ts';
 import { hasReason } from './errors.ts';
 import { COMMAND_NOT_SENT, type CommandBody, type CommandName, type CommandResult } from './session.ts';
-import type { CreateOptions, Delivery, InterfaceName } from './types.ts';
+import type { ConditionalOptions, CreateOptions, Delivery, InterfaceName } from './types.ts';
 
 export class Endpoint<I extends InterfaceName> {
   readonly connection: Connection;
@@ -55,6 +55,11 @@ export class Endpoint<I extends InterfaceName> {
 /** Plain fields as google.protobuf.Struct (src/struct.ts builds the same shape the generated type describes). */
 export function struct(fields: object): Struct {
   return jsonToStruct(fields as JsonObject) as Struct;
+}
+
+/** The expected_revision field of a conditional command, when it has one. */
+export function condition({ expectedRevision }: ConditionalOptions): { expected_revision?: string } {
+  return expectedRevision !== undefined ? { expected_revision: String(expectedRevision) } : {};
 }
 
 export function deliveryMessage(delivery: Delivery): DeliveryMessage {

@@ -6,9 +6,9 @@ import type { Response__Output } from '../../gen/relgate/v1/Response.ts';
 import type { CallAllResponse__Output } from '../../gen/relgate/v1/CallAllResponse.ts';
 import type { RequesterServiceClient } from '../../gen/relgate/v1/RequesterService.ts';
 import { unary } from './connect.ts';
-import { Endpoint, allPages, struct } from './endpoint.ts';
+import { Endpoint, allPages, condition, struct } from './endpoint.ts';
 import { Code, RelgateError, cannotStart, toRelgateError } from './errors.ts';
-import type { CallOptions, CreateOptions, InterfaceName, Request, RequestFields, RequestFilter, RequesterFlags, Response, ResponseFields, WatchOptions } from './types.ts';
+import type { CallOptions, ConditionalOptions, CreateOptions, InterfaceName, Request, RequestFields, RequestFilter, RequesterFlags, Response, ResponseFields, WatchOptions } from './types.ts';
 import { Watch, serverStreamWatch, toRequest, toResponse } from './watch.ts';
 
 export interface CallResult<Req, Res> {
@@ -39,15 +39,16 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
   /**
    * Updates the first request whose fields named in matchOn equal those of
    * `fields`, or creates one. An update that changes the fields drops its
-   * responses and makes the request new again.
+   * responses and makes the request new again. With `expectedRevision`, only
+   * a matching request still at that revision is updated (none is created).
    */
   async createOrUpdate(
     matchOn: readonly (keyof RequestFields<I> & string)[],
     fields: RequestFields<I>,
-    options: Omit<CreateOptions, 'requestId'> = {},
+    options: Omit<CreateOptions, 'requestId'> & ConditionalOptions = {},
   ): Promise<{ request: Request<RequestFields<I>>; created: boolean; updated: boolean }> {
     const { request_id: _generatedId, ...create } = this.createBody(fields, options); // an update keeps its id
-    const body = { ...create, match_fields: [...matchOn] };
+    const body = { ...create, match_fields: [...matchOn], ...condition(options) };
     const result = await this.command('create_or_update', body, (cb) => this.connection.requesterClient.CreateOrUpdateRequest(body, this.metadata, this.connection.callOptions(), cb));
     return { request: this.#request(result.request), created: result.created, updated: result.updated };
   }
@@ -102,9 +103,9 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
     return flags ?? { available: false, has_responses: false, all_responses: false };
   }
 
-  /** Withdraws (deletes) a request and its responses; returns the revision of the withdrawal. */
-  async withdraw(requestId: string): Promise<number> {
-    const body = { request_id: requestId };
+  /** Withdraws (deletes) a request and its responses (with `expectedRevision`, only if it is still at that revision); returns the revision of the withdrawal. */
+  async withdraw(requestId: string, options: ConditionalOptions = {}): Promise<number> {
+    const body = { request_id: requestId, ...condition(options) };
     const result = await this.command('withdraw', body, (cb) => this.connection.requesterClient.WithdrawRequest(body, this.metadata, this.connection.callOptions(), cb));
     return Number(result.revision);
   }

@@ -3,8 +3,8 @@
 import type { ListIncomingRequestsResponse__Output } from '../../gen/relgate/v1/ListIncomingRequestsResponse.ts';
 import type { Request__Output } from '../../gen/relgate/v1/Request.ts';
 import { unary } from './connect.ts';
-import { Endpoint, allPages, duration, struct } from './endpoint.ts';
-import type { InterfaceName, Request, RequestFields, ResponderFlags, Response, ResponseFields, WatchOptions } from './types.ts';
+import { Endpoint, allPages, condition, duration, struct } from './endpoint.ts';
+import type { ConditionalOptions, InterfaceName, Request, RequestFields, ResponderFlags, Response, ResponseFields, WatchOptions } from './types.ts';
 import { Watch, serverStreamWatch, toRequest, toResponse } from './watch.ts';
 
 /** A request, or its id. */
@@ -29,19 +29,22 @@ export class Responder<I extends InterfaceName> extends Endpoint<I> {
     return toRequest<RequestFields<I>>(request ?? {});
   }
 
-  /** Answers a request successfully; acknowledged once durable. */
-  respond(request: RequestRef, fields: ResponseFields<I>): Promise<Response<ResponseFields<I>>> {
-    return this.#respond({ request_id: idOf(request), code: 0, error: '', fields: struct(fields) });
+  /**
+   * Answers a request successfully; acknowledged once durable. With `expectedRevision`, only if the request is still
+   * at that revision: an answer to what the unit saw is refused once the request changed.
+   */
+  respond(request: RequestRef, fields: ResponseFields<I>, options: ConditionalOptions = {}): Promise<Response<ResponseFields<I>>> {
+    return this.#respond({ request_id: idOf(request), code: 0, error: '', fields: struct(fields), ...condition(options) });
   }
 
-  /** Answers a request with a failure: a non-zero code and an error message, optionally some fields. */
-  fail(request: RequestRef, code: number, error: string, fields: Partial<ResponseFields<I>> = {}): Promise<Response<ResponseFields<I>>> {
-    return this.#respond({ request_id: idOf(request), code, error, fields: struct(fields) });
+  /** Answers a request with a failure: a non-zero code and an error message, optionally some fields; `expectedRevision` as for respond. */
+  fail(request: RequestRef, code: number, error: string, fields: Partial<ResponseFields<I>> = {}, options: ConditionalOptions = {}): Promise<Response<ResponseFields<I>>> {
+    return this.#respond({ request_id: idOf(request), code, error, fields: struct(fields), ...condition(options) });
   }
 
-  /** Claims a request for a lease (default 30 s), or renews the unit's claim. */
-  async claim(request: RequestRef, options: { leaseMs?: number } = {}): Promise<Request<RequestFields<I>>> {
-    const body = { request_id: idOf(request), ...(options.leaseMs !== undefined ? { lease: duration(options.leaseMs) } : {}) };
+  /** Claims a request for a lease (default 30 s), or renews the unit's claim; with `expectedRevision`, only if the request is still at that revision. */
+  async claim(request: RequestRef, options: { leaseMs?: number } & ConditionalOptions = {}): Promise<Request<RequestFields<I>>> {
+    const body = { request_id: idOf(request), ...(options.leaseMs !== undefined ? { lease: duration(options.leaseMs) } : {}), ...condition(options) };
     const result = await this.command('claim', body, (cb) => this.connection.responderClient.ClaimRequest(body, this.metadata, this.connection.callOptions(), cb));
     return toRequest<RequestFields<I>>(result.request ?? {});
   }
@@ -67,7 +70,7 @@ export class Responder<I extends InterfaceName> extends Endpoint<I> {
     return this.connection.track(new Watch(open, { base, options: watchOptions }));
   }
 
-  async #respond(body: { request_id: string; code: number; error: string; fields: ReturnType<typeof struct> }): Promise<Response<ResponseFields<I>>> {
+  async #respond(body: { request_id: string; code: number; error: string; fields: ReturnType<typeof struct>; expected_revision?: string }): Promise<Response<ResponseFields<I>>> {
     const result = await this.command('respond', body, (cb) => this.connection.responderClient.Respond(body, this.metadata, this.connection.callOptions(), cb));
     return toResponse<ResponseFields<I>>(result.response ?? {});
   }

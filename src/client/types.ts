@@ -97,6 +97,16 @@ export interface CreateOptions {
   ttlMs?: number;
 }
 
+/** A write that happens only if the request is still as the caller last saw it. */
+export interface ConditionalOptions {
+  /**
+   * The request's revision as last read or watched (`request.revision`, the revision that last changed it). When the
+   * request has changed since (or, for createOrUpdate, none matches), the call fails with ABORTED, reason
+   * REVISION_MISMATCH, and writes nothing. 0 or unset: unconditionally.
+   */
+  expectedRevision?: number | string;
+}
+
 export interface CallOptions extends CreateOptions {
   /** When the call gives up with DEADLINE_EXCEEDED (the request stays stored). Default: the connection's timeoutMs (30 s). */
   deadline?: Date | number;

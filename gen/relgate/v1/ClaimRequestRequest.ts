@@ -2,6 +2,7 @@
 // Original file: proto/relgate/v1/responder.proto
 
 import type { Duration as _google_protobuf_Duration, Duration__Output as _google_protobuf_Duration__Output } from '../../google/protobuf/Duration.ts';
+import type { Long } from '@grpc/proto-loader';
 
 export interface ClaimRequestRequest {
   /**
@@ -12,6 +13,13 @@ export interface ClaimRequestRequest {
    * Lease length; 0 means 30 seconds. At most 1 hour.
    */
   'lease'?: (_google_protobuf_Duration | null);
+  /**
+   * 0 or unset: unconditional. Otherwise the request is claimed only if its
+   * current revision (the revision that last changed it) equals this one;
+   * else ABORTED (reason REVISION_MISMATCH) and nothing is written. Every
+   * other error is reported first.
+   */
+  'expected_revision'?: (number | string | Long);
 }
 
 export interface ClaimRequestRequest__Output {
@@ -23,4 +31,11 @@ export interface ClaimRequestRequest__Output {
    * Lease length; 0 means 30 seconds. At most 1 hour.
    */
   'lease': (_google_protobuf_Duration__Output | null);
+  /**
+   * 0 or unset: unconditional. Otherwise the request is claimed only if its
+   * current revision (the revision that last changed it) equals this one;
+   * else ABORTED (reason REVISION_MISMATCH) and nothing is written. Every
+   * other error is reported first.
+   */
+  'expected_revision': (string);
 }

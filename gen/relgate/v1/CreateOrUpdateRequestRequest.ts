@@ -4,6 +4,7 @@
 import type { Struct as _google_protobuf_Struct, Struct__Output as _google_protobuf_Struct__Output } from '../../google/protobuf/Struct.ts';
 import type { Delivery as _relgate_v1_Delivery, Delivery__Output as _relgate_v1_Delivery__Output } from '../../relgate/v1/Delivery.ts';
 import type { Duration as _google_protobuf_Duration, Duration__Output as _google_protobuf_Duration__Output } from '../../google/protobuf/Duration.ts';
+import type { Long } from '@grpc/proto-loader';
 
 export interface CreateOrUpdateRequestRequest {
   /**
@@ -27,6 +28,14 @@ export interface CreateOrUpdateRequestRequest {
    * Time to live of a created request.
    */
   'ttl'?: (_google_protobuf_Duration | null);
+  /**
+   * 0 or unset: unconditional. Otherwise the call succeeds only if a request
+   * matches and its current revision (the revision that last changed it)
+   * equals this one; else it fails with ABORTED (reason REVISION_MISMATCH),
+   * also when nothing matches, and nothing is written. Every other error is
+   * reported first.
+   */
+  'expected_revision'?: (number | string | Long);
 }
 
 export interface CreateOrUpdateRequestRequest__Output {
@@ -51,4 +60,12 @@ export interface CreateOrUpdateRequestRequest__Output {
    * Time to live of a created request.
    */
   'ttl': (_google_protobuf_Duration__Output | null);
+  /**
+   * 0 or unset: unconditional. Otherwise the call succeeds only if a request
+   * matches and its current revision (the revision that last changed it)
+   * equals this one; else it fails with ABORTED (reason REVISION_MISMATCH),
+   * also when nothing matches, and nothing is written. Every other error is
+   * reported first.
+   */
+  'expected_revision': (string);
 }

@@ -2,6 +2,7 @@
 // Original file: proto/relgate/v1/responder.proto
 
 import type { Struct as _google_protobuf_Struct, Struct__Output as _google_protobuf_Struct__Output } from '../../google/protobuf/Struct.ts';
+import type { Long } from '@grpc/proto-loader';
 
 export interface RespondRequest {
   /**
@@ -21,6 +22,15 @@ export interface RespondRequest {
    * (required fields may be left out of a failure).
    */
   'fields'?: (_google_protobuf_Struct | null);
+  /**
+   * 0 or unset: unconditional. Otherwise the answer is stored only if the
+   * request's current revision (the revision that last changed it) equals
+   * this one, so that an answer to what the responder saw is refused once
+   * the request changed; else ABORTED (reason REVISION_MISMATCH) and nothing
+   * is written. Every other error (ALREADY_ANSWERED, REQUEST_CLAIMED...) is
+   * reported first.
+   */
+  'expected_revision'?: (number | string | Long);
 }
 
 export interface RespondRequest__Output {
@@ -41,4 +51,13 @@ export interface RespondRequest__Output {
    * (required fields may be left out of a failure).
    */
   'fields': (_google_protobuf_Struct__Output | null);
+  /**
+   * 0 or unset: unconditional. Otherwise the answer is stored only if the
+   * request's current revision (the revision that last changed it) equals
+   * this one, so that an answer to what the responder saw is refused once
+   * the request changed; else ABORTED (reason REVISION_MISMATCH) and nothing
+   * is written. Every other error (ALREADY_ANSWERED, REQUEST_CLAIMED...) is
+   * reported first.
+   */
+  'expected_revision': (string);
 }
