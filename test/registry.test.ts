@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Code } from '../src/errors.ts';
 import { InterfaceRegistry } from '../src/interfaces.ts';
-import { clientsOf, startHarness, struct, type Harness } from './helpers/harness.ts';
+import { Rpc, clientsOf, startHarness, struct, type Harness } from './helpers/harness.ts';
 import { startServer, type RunningServer } from '../src/server.ts';
 import { appName, makeWorld } from './helpers/world.ts';
 
@@ -352,6 +352,17 @@ describe('relations', () => {
       responder_endpoint: 'y',
     });
     expect([app.code, app.reason]).toEqual([Code.NOT_FOUND, 'APPLICATION_NOT_FOUND']);
+  });
+
+  test('in open mode registry reads stay open to every caller, whichever unit it names', async () => {
+    const w = await makeWorld(h);
+    const stranger = await makeWorld(h);
+    const asStranger = new Rpc(h.registry.client, stranger.requesters[0]);
+    expect((await asStranger.call('GetRelation', { relation_id: w.relationId })).relation.id).toBe(w.relationId);
+    expect((await asStranger.call('GetUnit', { name: w.responders[0] })).unit.name).toBe(w.responders[0]);
+    const listed = await asStranger.call('ListRelations', {});
+    expect(listed.relations.map((relation: { id: string }) => relation.id)).toEqual(expect.arrayContaining([w.relationId, stranger.relationId]));
+    expect((await asStranger.call('ListUnits', { application: w.requesterApp })).units.map((unit: { name: string }) => unit.name)).toEqual(w.requesters);
   });
 
   test('JoinRelation lists units per side and sets available when the other side joins', async () => {

@@ -86,14 +86,16 @@ export interface RegistryServiceClient extends grpc.Client {
   getInterface(argument: _relgate_v1_GetInterfaceRequest, callback: grpc.requestCallback<_relgate_v1_GetInterfaceResponse__Output>): grpc.ClientUnaryCall;
   
   /**
-   * Gets a relation with its joined units.
+   * Gets a relation with its joined units. With a unit's credentials
+   * (authenticated mode): only a relation of its application.
    */
   GetRelation(argument: _relgate_v1_GetRelationRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   GetRelation(argument: _relgate_v1_GetRelationRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   GetRelation(argument: _relgate_v1_GetRelationRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   GetRelation(argument: _relgate_v1_GetRelationRequest, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   /**
-   * Gets a relation with its joined units.
+   * Gets a relation with its joined units. With a unit's credentials
+   * (authenticated mode): only a relation of its application.
    */
   getRelation(argument: _relgate_v1_GetRelationRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   getRelation(argument: _relgate_v1_GetRelationRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
@@ -101,14 +103,16 @@ export interface RegistryServiceClient extends grpc.Client {
   getRelation(argument: _relgate_v1_GetRelationRequest, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   
   /**
-   * Gets a unit.
+   * Gets a unit. With a unit's credentials (authenticated mode): only itself
+   * and the units joined to a relation of its application.
    */
   GetUnit(argument: _relgate_v1_GetUnitRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
   GetUnit(argument: _relgate_v1_GetUnitRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
   GetUnit(argument: _relgate_v1_GetUnitRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
   GetUnit(argument: _relgate_v1_GetUnitRequest, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
   /**
-   * Gets a unit.
+   * Gets a unit. With a unit's credentials (authenticated mode): only itself
+   * and the units joined to a relation of its application.
    */
   getUnit(argument: _relgate_v1_GetUnitRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
   getUnit(argument: _relgate_v1_GetUnitRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
@@ -176,14 +180,16 @@ export interface RegistryServiceClient extends grpc.Client {
   listInterfaces(argument: _relgate_v1_ListInterfacesRequest, callback: grpc.requestCallback<_relgate_v1_ListInterfacesResponse__Output>): grpc.ClientUnaryCall;
   
   /**
-   * Lists relations, optionally filtered.
+   * Lists relations, optionally filtered. With a unit's credentials
+   * (authenticated mode): only the relations of its application.
    */
   ListRelations(argument: _relgate_v1_ListRelationsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
   ListRelations(argument: _relgate_v1_ListRelationsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
   ListRelations(argument: _relgate_v1_ListRelationsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
   ListRelations(argument: _relgate_v1_ListRelationsRequest, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
   /**
-   * Lists relations, optionally filtered.
+   * Lists relations, optionally filtered. With a unit's credentials
+   * (authenticated mode): only the relations of its application.
    */
   listRelations(argument: _relgate_v1_ListRelationsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
   listRelations(argument: _relgate_v1_ListRelationsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
@@ -304,12 +310,14 @@ export interface RegistryServiceHandlers extends grpc.UntypedServiceImplementati
   GetInterface: grpc.handleUnaryCall<_relgate_v1_GetInterfaceRequest__Output, _relgate_v1_GetInterfaceResponse>;
   
   /**
-   * Gets a relation with its joined units.
+   * Gets a relation with its joined units. With a unit's credentials
+   * (authenticated mode): only a relation of its application.
    */
   GetRelation: grpc.handleUnaryCall<_relgate_v1_GetRelationRequest__Output, _relgate_v1_GetRelationResponse>;
   
   /**
-   * Gets a unit.
+   * Gets a unit. With a unit's credentials (authenticated mode): only itself
+   * and the units joined to a relation of its application.
    */
   GetUnit: grpc.handleUnaryCall<_relgate_v1_GetUnitRequest__Output, _relgate_v1_GetUnitResponse>;
   
@@ -334,7 +342,8 @@ export interface RegistryServiceHandlers extends grpc.UntypedServiceImplementati
   ListInterfaces: grpc.handleUnaryCall<_relgate_v1_ListInterfacesRequest__Output, _relgate_v1_ListInterfacesResponse>;
   
   /**
-   * Lists relations, optionally filtered.
+   * Lists relations, optionally filtered. With a unit's credentials
+   * (authenticated mode): only the relations of its application.
    */
   ListRelations: grpc.handleUnaryCall<_relgate_v1_ListRelationsRequest__Output, _relgate_v1_ListRelationsResponse>;
   
