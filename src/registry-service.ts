@@ -153,6 +153,10 @@ export class RegistryService {
       for (const app of [spec.requester_application, spec.responder_application]) {
         if (!(await tx.getApplication(app))) throw notFound('application', app);
       }
+      // One relation per pair of endpoints, as in Juju: a create retried after a lost reply adds no second one. Writes
+      // run one at a time (the store's transaction), so two creates at once cannot both miss each other.
+      const existing = (await tx.listRelations()).find((relation) => relation.interface === definition.name && sameEndpoints(relation, spec));
+      if (existing) throw relationExists(existing);
       const revision = await tx.revision();
       const relation: RelationRecord = {
         ...spec,
@@ -289,6 +293,15 @@ function belongsTo(relation: RelationRecord, application: string): boolean {
   return relation.requester_application === application || relation.responder_application === application;
 }
 
+function sameEndpoints(relation: RelationRecord, spec: RelationSpec): boolean {
+  return (
+    relation.requester_application === spec.requester_application &&
+    relation.requester_endpoint === spec.requester_endpoint &&
+    relation.responder_application === spec.responder_application &&
+    relation.responder_endpoint === spec.responder_endpoint
+  );
+}
+
 async function viewerOf(tx: StoreTx, reader: RegistryReader): Promise<UnitRecord | undefined> {
   return reader === undefined ? undefined : requireCaller(tx, reader);
 }
@@ -309,6 +322,14 @@ async function sharesRelation(tx: StoreTx, viewer: UnitRecord, unit: string): Pr
  */
 function notAMember(viewer: UnitRecord, message: string, metadata: Record<string, string>): RelgateError {
   return new RelgateError(Code.PERMISSION_DENIED, `${message}, the application of unit ${viewer.name}`, { reason: 'NOT_A_MEMBER', metadata: { unit: viewer.name, ...metadata } });
+}
+
+function relationExists(relation: RelationRecord): RelgateError {
+  const ends = `${relation.requester_application}:${relation.requester_endpoint} and ${relation.responder_application}:${relation.responder_endpoint}`;
+  return new RelgateError(Code.ALREADY_EXISTS, `relation ${relation.id} of interface ${relation.interface} already relates ${ends}`, {
+    reason: 'RELATION_EXISTS',
+    metadata: { relation_id: relation.id },
+  });
 }
 
 function alreadyExists(kind: string, name: string): RelgateError {

@@ -41,14 +41,18 @@ import type { UpdateUnitResponse as _relgate_v1_UpdateUnitResponse, UpdateUnitRe
  */
 export interface RegistryServiceClient extends grpc.Client {
   /**
-   * Creates a relation between a requester and a responder application.
+   * Creates a relation between a requester and a responder application. A
+   * second relation of the same interface between the same endpoints is
+   * refused (ALREADY_EXISTS, reason RELATION_EXISTS, metadata relation_id).
    */
   CreateRelation(argument: _relgate_v1_CreateRelationRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
   CreateRelation(argument: _relgate_v1_CreateRelationRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
   CreateRelation(argument: _relgate_v1_CreateRelationRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
   CreateRelation(argument: _relgate_v1_CreateRelationRequest, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
   /**
-   * Creates a relation between a requester and a responder application.
+   * Creates a relation between a requester and a responder application. A
+   * second relation of the same interface between the same endpoints is
+   * refused (ALREADY_EXISTS, reason RELATION_EXISTS, metadata relation_id).
    */
   createRelation(argument: _relgate_v1_CreateRelationRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
   createRelation(argument: _relgate_v1_CreateRelationRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
@@ -295,7 +299,9 @@ export interface RegistryServiceClient extends grpc.Client {
  */
 export interface RegistryServiceHandlers extends grpc.UntypedServiceImplementation {
   /**
-   * Creates a relation between a requester and a responder application.
+   * Creates a relation between a requester and a responder application. A
+   * second relation of the same interface between the same endpoints is
+   * refused (ALREADY_EXISTS, reason RELATION_EXISTS, metadata relation_id).
    */
   CreateRelation: grpc.handleUnaryCall<_relgate_v1_CreateRelationRequest__Output, _relgate_v1_CreateRelationResponse>;
   
