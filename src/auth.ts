@@ -1,7 +1,8 @@
 // Who a call acts as, decided in one place for every RPC.
 //  - open mode: the unit named in the relgate-unit metadata (local use);
 //  - token mode: an admin bearer token for the registry, a per-unit bearer
-//    token for requester, responder and session calls;
+//    token for requester, responder and session calls and for reading the
+//    relations of the unit's application and the units joined to them;
 //  - with mutual TLS, a client certificate whose subject CN is a unit name
 //    identifies that unit in either mode.
 // Metadata can never override a token's or a certificate's identity.
@@ -72,10 +73,16 @@ export class Authenticator {
 
   /** For requester, responder and session calls: the acting unit. */
   async requireUnit(call: CallLike): Promise<string> {
+    return actingUnit(await this.identify(call));
+  }
+
+  /**
+   * For registry reads: undefined when the call may read everything (the admin in token mode, anyone in open mode),
+   * else the unit whose application's relations bound what it reads.
+   */
+  async registryReader(call: CallLike): Promise<string | undefined> {
     const identity = await this.identify(call);
-    if (identity.kind === 'unit') return identity.unit;
-    if (identity.kind === 'admin') throw new RelgateError(Code.PERMISSION_DENIED, 'the admin token cannot act as a unit; use the unit\'s token', { reason: 'UNIT_REQUIRED' });
-    throw unauthenticated('UNIT_REQUIRED', `name the calling unit in the "${UNIT_METADATA_KEY}" metadata, e.g. ${UNIT_METADATA_KEY}: webapp/0`);
+    return this.mode === 'open' || identity.kind === 'admin' ? undefined : actingUnit(identity);
   }
 
   /** A relgate-unit header next to a token or certificate must name the same unit. */
@@ -86,6 +93,12 @@ export class Authenticator {
     }
     return identity;
   }
+}
+
+function actingUnit(identity: Identity): string {
+  if (identity.kind === 'unit') return identity.unit;
+  if (identity.kind === 'admin') throw new RelgateError(Code.PERMISSION_DENIED, 'the admin token cannot act as a unit; use the unit\'s token', { reason: 'UNIT_REQUIRED' });
+  throw unauthenticated('UNIT_REQUIRED', `name the calling unit in the "${UNIT_METADATA_KEY}" metadata, e.g. ${UNIT_METADATA_KEY}: webapp/0`);
 }
 
 function unauthenticated(reason: string, message: string): RelgateError {

@@ -3,9 +3,9 @@ import { hashToken, newToken } from './auth.ts';
 import { Code, RelgateError, failedPrecondition, notFound } from './errors.ts';
 import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
 import { relationIdOf } from './relation-id.ts';
-import { refreshFlags, requireUnit } from './relations.ts';
+import { refreshFlags, requireCaller, requireUnit } from './relations.ts';
 import { relationMessage, unitMessage } from './present.ts';
-import type { RelationRecord, SideName, Store, StoreTx } from './store/store.ts';
+import type { RelationRecord, SideName, Store, StoreTx, UnitRecord } from './store/store.ts';
 import { APPLICATION_NAME, ENDPOINT_NAME, UNIT_NAME, Violations } from './validate.ts';
 
 export interface UnitProperties {
@@ -23,6 +23,12 @@ export interface RelationSpec {
   responder_application: string;
   responder_endpoint: string;
 }
+
+/**
+ * Who reads relations and units: a unit (authenticated mode), which sees only its application's relations and the
+ * units joined to them; undefined for a caller that sees everything.
+ */
+export type RegistryReader = string | undefined;
 
 export function interfaceMessage(definition: InterfaceDefinition) {
   const { requestType: _request, responseType: _response, ...message } = definition;
@@ -114,9 +120,18 @@ export class RegistryService {
     });
   }
 
-  async getUnit(name: string) {
+  /** A unit; a unit reader gets only itself and the units joined to its application's relations. */
+  async getUnit(name: string, reader: RegistryReader) {
     new Violations().unitName('name', name).throwIfAny();
-    return { unit: unitMessage(await this.#store.read((tx) => requireUnit(tx, name))) };
+    return this.#store.read(async (tx) => {
+      const viewer = await viewerOf(tx, reader);
+      const unit = await tx.getUnit(name);
+      if (viewer && !(unit && (await sharesRelation(tx, viewer, unit.name)))) {
+        throw notAMember(viewer, `unit ${name} has joined no relation of application ${viewer.application}`, { name });
+      }
+      if (!unit) throw notFound('unit', name);
+      return { unit: unitMessage(unit) };
+    });
   }
 
   async listUnits(application: string) {
@@ -138,6 +153,10 @@ export class RegistryService {
       for (const app of [spec.requester_application, spec.responder_application]) {
         if (!(await tx.getApplication(app))) throw notFound('application', app);
       }
+      // One relation per pair of endpoints, as in Juju: a create retried after a lost reply adds no second one. Writes
+      // run one at a time (the store's transaction), so two creates at once cannot both miss each other.
+      const existing = (await tx.listRelations()).find((relation) => relation.interface === definition.name && sameEndpoints(relation, spec));
+      if (existing) throw relationExists(existing);
       const revision = await tx.revision();
       const relation: RelationRecord = {
         ...spec,
@@ -154,21 +173,29 @@ export class RegistryService {
     });
   }
 
-  async getRelation(relationId: string) {
+  /** A relation; a unit reader gets only its application's. */
+  async getRelation(relationId: string, reader: RegistryReader) {
     new Violations().relationId('relation_id', relationId).throwIfAny();
     return this.#store.read(async (tx) => {
+      const viewer = await viewerOf(tx, reader);
       const relation = await tx.getRelation(relationId);
+      if (viewer && !(relation && belongsTo(relation, viewer.application))) {
+        throw notAMember(viewer, `relation ${relationId} is not a relation of application ${viewer.application}`, { relation_id: relationId });
+      }
       if (!relation) throw notFound('relation', relationId);
       return { relation: relationMessage(relation, await tx.listRelationUnits(relationId)) };
     });
   }
 
-  async listRelations(application: string, interfaceName: string) {
+  /** Relations, filtered; a unit reader gets only its application's. */
+  async listRelations(application: string, interfaceName: string, reader: RegistryReader) {
     return this.#store.read(async (tx) => {
+      const viewer = await viewerOf(tx, reader);
       const relations = (await tx.listRelations()).filter(
         (relation) =>
-          (!application || relation.requester_application === application || relation.responder_application === application) &&
-          (!interfaceName || relation.interface === interfaceName),
+          (!application || belongsTo(relation, application)) &&
+          (!interfaceName || relation.interface === interfaceName) &&
+          (!viewer || belongsTo(relation, viewer.application)),
       );
       const messages = [];
       for (const relation of relations) messages.push(relationMessage(relation, await tx.listRelationUnits(relation.id)));
@@ -260,6 +287,49 @@ function inferSide(relation: RelationRecord, application: string): SideName {
     });
   }
   return application === relation.requester_application ? 'requester' : 'responder';
+}
+
+function belongsTo(relation: RelationRecord, application: string): boolean {
+  return relation.requester_application === application || relation.responder_application === application;
+}
+
+function sameEndpoints(relation: RelationRecord, spec: RelationSpec): boolean {
+  return (
+    relation.requester_application === spec.requester_application &&
+    relation.requester_endpoint === spec.requester_endpoint &&
+    relation.responder_application === spec.responder_application &&
+    relation.responder_endpoint === spec.responder_endpoint
+  );
+}
+
+async function viewerOf(tx: StoreTx, reader: RegistryReader): Promise<UnitRecord | undefined> {
+  return reader === undefined ? undefined : requireCaller(tx, reader);
+}
+
+/** Whether the unit is the viewer or has joined a relation of the viewer's application. */
+async function sharesRelation(tx: StoreTx, viewer: UnitRecord, unit: string): Promise<boolean> {
+  if (unit === viewer.name) return true;
+  for (const membership of await tx.listUnitRelations(unit)) {
+    const relation = await tx.getRelation(membership.relation_id);
+    if (relation && belongsTo(relation, viewer.application)) return true;
+  }
+  return false;
+}
+
+/**
+ * What a unit reading a relation or unit outside its application's relations gets: the refusal request calls give
+ * for a relation of others, the same whether or not the relation or unit exists.
+ */
+function notAMember(viewer: UnitRecord, message: string, metadata: Record<string, string>): RelgateError {
+  return new RelgateError(Code.PERMISSION_DENIED, `${message}, the application of unit ${viewer.name}`, { reason: 'NOT_A_MEMBER', metadata: { unit: viewer.name, ...metadata } });
+}
+
+function relationExists(relation: RelationRecord): RelgateError {
+  const ends = `${relation.requester_application}:${relation.requester_endpoint} and ${relation.responder_application}:${relation.responder_endpoint}`;
+  return new RelgateError(Code.ALREADY_EXISTS, `relation ${relation.id} of interface ${relation.interface} already relates ${ends}`, {
+    reason: 'RELATION_EXISTS',
+    metadata: { relation_id: relation.id },
+  });
 }
 
 function alreadyExists(kind: string, name: string): RelgateError {

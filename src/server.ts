@@ -14,7 +14,7 @@ import { createLogger, failureLog, type Logger } from './logger.ts';
 import { startOpsServer, type OpsServer } from './http-server.ts';
 import { Metrics } from './metrics.ts';
 import { API_FILES, PROTO_DIR, compileDescriptors, loadApi, newRoot } from './protos.ts';
-import { RegistryService } from './registry-service.ts';
+import { RegistryService, type RegistryReader } from './registry-service.ts';
 import { joinedRelation, joinedRelationIds, requireCaller } from './relations.ts';
 import { RequestService, type DeliveryInput, type RelationScope, type RequestFilterName } from './request-service.ts';
 import { checkInterface, ofInterface } from './relation-id.ts';
@@ -500,6 +500,9 @@ class Handlers {
         await this.#auth.identify(call);
         return fn(q);
       });
+    // Relations and units a unit may read: its application's relations and the units joined to them.
+    const scoped = (name: string, fn: (request: Req, reader: RegistryReader) => unknown) =>
+      this.#unary(`RegistryService/${name}`, async (q, call) => fn(q, await this.#auth.registryReader(call)));
     const issue = this.#auth.mode === 'token';
     return {
       ListInterfaces: read('ListInterfaces', () => r.listInterfaces()),
@@ -510,11 +513,11 @@ class Handlers {
       ListApplications: u('ListApplications', () => r.listApplications()),
       RegisterUnit: u('RegisterUnit', (q) => r.registerUnit(unitProperties(q), issue)),
       UpdateUnit: u('UpdateUnit', (q) => r.updateUnit(unitProperties(q))),
-      GetUnit: u('GetUnit', (q) => r.getUnit(q.name)),
+      GetUnit: scoped('GetUnit', (q, reader) => r.getUnit(q.name, reader)),
       ListUnits: u('ListUnits', (q) => r.listUnits(q.application)),
       CreateRelation: u('CreateRelation', (q) => r.createRelation(q as never)),
-      GetRelation: u('GetRelation', (q) => r.getRelation(q.relation_id)),
-      ListRelations: u('ListRelations', (q) => r.listRelations(q.application, q.interface)),
+      GetRelation: scoped('GetRelation', (q, reader) => r.getRelation(q.relation_id, reader)),
+      ListRelations: scoped('ListRelations', (q, reader) => r.listRelations(q.application, q.interface, reader)),
       DeleteRelation: u('DeleteRelation', (q) => r.deleteRelation(q.relation_id)),
       JoinRelation: u('JoinRelation', (q) => r.joinRelation(q.relation_id, q.unit, enumValue(SIDE, q.side, 'side'))),
       LeaveRelation: u('LeaveRelation', (q) => r.leaveRelation(q.relation_id, q.unit, (tx, relation, unit) => this.#requests.releaseClaimsOf(tx, relation, unit))),

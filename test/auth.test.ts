@@ -16,7 +16,13 @@ let h: Harness;
 let admin: Rpc;
 const tokens: Record<string, string> = {};
 let r1 = '';
+let r2 = '';
 let requestId = '';
+/** What units register for the other side of their relations. */
+const PROPERTIES: Record<string, object> = {
+  'webapp/0': { ingress_address: '10.1.0.1', egress_subnets: ['10.1.0.0/24'], labels: { tier: 'web' } },
+  'ca/0': { ingress_address: '10.2.0.1', egress_subnets: ['10.2.0.0/24', 'fd00::/64'], labels: { zone: 'a' } },
+};
 
 function client(service: string, token?: string, unitHeader?: string): Rpc {
   const Client = v1[service];
@@ -34,7 +40,7 @@ beforeAll(async () => {
   admin = client('RegistryService', ADMIN);
   for (const app of ['webapp', 'ca', 'other', 'db']) await admin.call('RegisterApplication', { name: app });
   for (const unit of ['webapp/0', 'webapp/1', 'ca/0', 'other/0', 'db/0']) {
-    const { token } = await admin.call('RegisterUnit', { name: unit });
+    const { token } = await admin.call('RegisterUnit', { name: unit, ...PROPERTIES[unit] });
     expect(token).toMatch(/^rgu_/);
     tokens[unit] = token;
   }
@@ -43,7 +49,7 @@ beforeAll(async () => {
     return relation.id as string;
   };
   r1 = await relate('webapp', 'ca');
-  const r2 = await relate('other', 'db');
+  r2 = await relate('other', 'db');
   for (const unit of ['webapp/0', 'webapp/1', 'ca/0']) await admin.call('JoinRelation', { relation_id: r1, unit });
   for (const unit of ['other/0', 'db/0']) await admin.call('JoinRelation', { relation_id: r2, unit });
   const created = await client('RequesterService', tokens['webapp/0']).call('CreateRequest', { relation_id: r1, fields: struct({ common_name: 'secret.example' }) });
@@ -71,7 +77,7 @@ const responderCalls: [string, () => object][] = [
   ['ReleaseRequest', () => ({ request_id: requestId })],
   ['GetResponderFlags', () => ({ relation_id: r1 })],
 ];
-const registryWrites: [string, () => object][] = [
+const adminOnly: [string, () => object][] = [
   ['RegisterApplication', () => ({ name: 'evil' })],
   ['RegisterUnit', () => ({ name: 'webapp/9' })],
   ['UpdateUnit', () => ({ name: 'webapp/0', ingress_address: '10.9.9.9' })],
@@ -82,7 +88,7 @@ const registryWrites: [string, () => object][] = [
   ['RotateUnitToken', () => ({ name: 'ca/0' })],
   ['RevokeUnitToken', () => ({ name: 'ca/0' })],
   ['ListUnits', () => ({})],
-  ['GetRelation', () => ({ relation_id: r1 })],
+  ['ListApplications', () => ({})],
 ];
 
 type Case = { who: string; token?: string; unitHeader?: string; codes: grpc.status[]; reason?: string };
@@ -125,9 +131,9 @@ describe('denial matrix', () => {
     for (const [method, body] of responderCalls) for (const c of cases) await expectDenied('ResponderService', method, body(), c);
   });
 
-  test('registry writes and reads need the admin token', async () => {
+  test('registry writes and listings of every unit or application need the admin token', async () => {
     const cases: Case[] = [...credentialCases(), { who: 'a unit token', token: tokens['webapp/0'], codes: [grpc.status.PERMISSION_DENIED], reason: 'ADMIN_REQUIRED' }];
-    for (const [method, body] of registryWrites) for (const c of cases) await expectDenied('RegistryService', method, body(), c);
+    for (const [method, body] of adminOnly) for (const c of cases) await expectDenied('RegistryService', method, body(), c);
     // Interface schemas are readable by any authenticated caller.
     const { interfaces } = await client('RegistryService', tokens['webapp/0']).call('ListInterfaces');
     expect(interfaces.length).toBeGreaterThan(0);
@@ -150,6 +156,58 @@ describe('denial matrix', () => {
   test('a unit listing every relation sees only its own', async () => {
     const { requests } = await client('RequesterService', tokens['other/0']).call('ListRequests', {});
     expect(requests).toEqual([]);
+  });
+});
+
+describe('a unit reading relations and units', () => {
+  const registryAs = (unit: string) => client('RegistryService', tokens[unit]);
+  const unitIds = (relation: { units: { unit: string; side: string }[] }) => relation.units.map(({ unit, side }) => [unit, side]);
+
+  test("reads its application's relation and the other side's joined units with their properties", async () => {
+    const { relation } = await registryAs('webapp/0').call('GetRelation', { relation_id: r1 });
+    expect(relation).toMatchObject({ id: r1, requester_application: 'webapp', responder_application: 'ca' });
+    expect(unitIds(relation)).toEqual([['webapp/0', 'SIDE_REQUESTER'], ['webapp/1', 'SIDE_REQUESTER'], ['ca/0', 'SIDE_RESPONDER']]);
+    const { unit } = await registryAs('webapp/0').call('GetUnit', { name: 'ca/0' });
+    expect(unit).toEqual({ name: 'ca/0', application: 'ca', ...PROPERTIES['ca/0'], revision: expect.any(String) });
+    // The other side reads the requester's units the same way, and each unit reads itself.
+    expect((await registryAs('ca/0').call('GetUnit', { name: 'webapp/0' })).unit).toMatchObject(PROPERTIES['webapp/0'] as object);
+    expect((await registryAs('ca/0').call('GetRelation', { relation_id: r1 })).relation.id).toBe(r1);
+    expect((await registryAs('db/0').call('GetUnit', { name: 'db/0' })).unit.name).toBe('db/0');
+  });
+
+  test('is refused a relation of other applications, and a unit sharing no relation, exactly like ones that do not exist', async () => {
+    const refusals = [
+      { who: 'webapp/0', method: 'GetRelation', field: 'relation_id', hidden: r2, absent: 'tls-certificates:999999' },
+      { who: 'webapp/0', method: 'GetUnit', field: 'name', hidden: 'db/0', absent: 'nobody/0' },
+      { who: 'db/0', method: 'GetUnit', field: 'name', hidden: 'ca/0', absent: 'ca/9' },
+    ];
+    for (const { who, method, field, hidden, absent } of refusals) {
+      const before = h.server.store.currentRevision();
+      const refusal = async (name: string) => {
+        const { code, reason, metadata, message } = await registryAs(who).fail(method, { [field]: name });
+        return { code, reason, metadata, message: message.replace(name, '<name>') };
+      };
+      const refused = await refusal(hidden);
+      expect(refused, `${method} of ${hidden} as ${who}`).toEqual({ code: grpc.status.PERMISSION_DENIED, reason: 'NOT_A_MEMBER', metadata: { unit: who, [field]: hidden }, message: expect.any(String) });
+      expect(await refusal(absent)).toEqual({ ...refused, metadata: { unit: who, [field]: absent } });
+      expect(h.server.store.currentRevision()).toBe(before);
+    }
+    // The refusal a request call gets for a relation of other applications.
+    const listed = await client('RequesterService', tokens['webapp/0']).fail('ListRequests', { relation_id: r2 });
+    expect([listed.code, listed.reason]).toEqual([grpc.status.PERMISSION_DENIED, 'NOT_A_MEMBER']);
+  });
+
+  test("lists only its application's relations; the filters still apply", async () => {
+    const ids = async (unit: string, filter: object = {}) => (await registryAs(unit).call('ListRelations', filter)).relations.map((relation: { id: string }) => relation.id);
+    expect(await ids('webapp/0')).toEqual([r1]);
+    expect(await ids('ca/0')).toEqual([r1]);
+    expect(await ids('db/0')).toEqual([r2]);
+    expect(await ids('webapp/0', { application: 'ca' })).toEqual([r1]);
+    expect(await ids('webapp/0', { application: 'other' })).toEqual([]);
+    expect(await ids('webapp/0', { interface: 'http' })).toEqual([]);
+    expect(await ids('webapp/0', { interface: 'tls-certificates' })).toEqual([r1]);
+    const all = (await admin.call('ListRelations', {})).relations.map((relation: { id: string }) => relation.id);
+    expect(all).toEqual([r1, r2]);
   });
 });
 
@@ -298,7 +356,7 @@ test('tokens never appear in logs', () => {
 
 describe('TLS and mutual TLS', () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'relgate-tls-'));
-  const certs = makeCertificates(dir, ['webapp/0', 'intruder/0']);
+  const certs = makeCertificates(dir, ['webapp/0', 'intruder/0', 'ops']);
   const foreignDir = mkdtempSync(path.join(tmpdir(), 'relgate-tls-foreign-'));
   const foreign = makeCertificates(foreignDir, ['webapp/0']);
   const read = (file: string) => readFileSync(file);
@@ -348,6 +406,37 @@ describe('TLS and mutual TLS', () => {
       expect(error.reason).toBe('IMPERSONATION');
       for (const rpc of [registry, asCert, impersonating]) rpc.client.close();
     } finally {
+      await mtls.close();
+    }
+  });
+
+  test("mTLS in token mode: a unit certificate reads its application's relations, joined or not, and the units joined to them, and no others", async () => {
+    const mtls = await startHarness({ auth: 'token', adminToken: ADMIN, tlsCert: certs.serverCert, tlsKey: certs.serverKey, tlsClientCa: certs.ca });
+    const Registry = v1.RegistryService!;
+    const registryAs = (cn: string) => {
+      const mine = certs.client(cn);
+      return new Rpc(new Registry(mtls.server.address, grpc.credentials.createSsl(read(certs.ca), read(mine.key), read(mine.cert))));
+    };
+    // A certificate whose common name is no unit name only opens the connection: the admin token decides.
+    const operator = registryAs('ops');
+    operator.metadata.set('authorization', `Bearer ${ADMIN}`);
+    const unit = registryAs('webapp/0');
+    try {
+      for (const app of ['webapp', 'ca', 'other', 'db']) await operator.call('RegisterApplication', { name: app });
+      for (const name of ['webapp/0', 'ca/0', 'db/0']) await operator.call('RegisterUnit', { name, ...PROPERTIES[name] });
+      const relate = async (requester: string, responder: string) =>
+        (await operator.call('CreateRelation', { interface: 'tls-certificates', requester_application: requester, requester_endpoint: 'certificates', responder_application: responder, responder_endpoint: 'certificates' })).relation.id as string;
+      const [mine, theirs] = [await relate('webapp', 'ca'), await relate('other', 'db')];
+      await operator.call('JoinRelation', { relation_id: mine, unit: 'ca/0' });
+      await operator.call('JoinRelation', { relation_id: theirs, unit: 'db/0' });
+      expect((await unit.call('ListRelations', {})).relations.map((relation: { id: string }) => relation.id)).toEqual([mine]);
+      expect((await unit.call('GetUnit', { name: 'ca/0' })).unit).toMatchObject(PROPERTIES['ca/0'] as object);
+      for (const [method, body] of [['GetRelation', { relation_id: theirs }], ['GetUnit', { name: 'db/0' }]] as const) {
+        expect((await unit.fail(method, body)).reason).toBe('NOT_A_MEMBER');
+      }
+      expect((await unit.fail('ListUnits', {})).reason).toBe('ADMIN_REQUIRED');
+    } finally {
+      for (const rpc of [operator, unit]) rpc.client.close();
       await mtls.close();
     }
   });

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Code } from '../src/errors.ts';
 import { InterfaceRegistry } from '../src/interfaces.ts';
-import { clientsOf, startHarness, struct, type Harness } from './helpers/harness.ts';
+import { Rpc, clientsOf, startHarness, struct, type Harness } from './helpers/harness.ts';
 import { startServer, type RunningServer } from '../src/server.ts';
 import { appName, makeWorld } from './helpers/world.ts';
 
@@ -352,6 +352,57 @@ describe('relations', () => {
       responder_endpoint: 'y',
     });
     expect([app.code, app.reason]).toEqual([Code.NOT_FOUND, 'APPLICATION_NOT_FOUND']);
+  });
+
+  test('CreateRelation between endpoints already related over the interface is ALREADY_EXISTS (RELATION_EXISTS) naming the relation, and writes nothing; other endpoints, another interface, the other direction, or after a delete are created', async () => {
+    const w = await makeWorld(h, { join: false });
+    const spec = { interface: 'tls-certificates', requester_application: w.requesterApp, requester_endpoint: 'certificates', responder_application: w.responderApp, responder_endpoint: 'certificates' };
+    const before = h.server.store.currentRevision();
+    for (const again of [spec, { ...spec, version: 1 }]) {
+      const refused = await h.registry.fail('CreateRelation', again);
+      expect([refused.code, refused.reason, refused.metadata]).toEqual([Code.ALREADY_EXISTS, 'RELATION_EXISTS', { relation_id: w.relationId }]);
+    }
+    expect(h.server.store.currentRevision()).toBe(before);
+    const ids = async () => (await h.registry.call('ListRelations', { application: w.requesterApp })).relations.map((relation: { id: string }) => relation.id);
+    expect(await ids()).toEqual([w.relationId]);
+
+    const others = [
+      { ...spec, requester_endpoint: 'more' },
+      { ...spec, responder_endpoint: 'more' },
+      { ...spec, interface: 'http' },
+      { ...spec, requester_application: w.responderApp, responder_application: w.requesterApp },
+    ];
+    const created = [];
+    for (const other of others) created.push((await h.registry.call('CreateRelation', other)).relation.id as string);
+    expect(await ids()).toEqual([w.relationId, ...created]);
+
+    await h.registry.call('DeleteRelation', { relation_id: w.relationId });
+    const anew = (await h.registry.call('CreateRelation', spec)).relation.id as string;
+    expect(anew).not.toBe(w.relationId);
+  });
+
+  test('identical CreateRelation calls at once create one relation; every other is refused naming it', async () => {
+    const w = await makeWorld(h, { join: false });
+    const spec = { interface: 'http', requester_application: w.requesterApp, requester_endpoint: 'website', responder_application: w.responderApp, responder_endpoint: 'website' };
+    const outcomes = await Promise.all(Array.from({ length: 8 }, () => h.registry.call('CreateRelation', spec).then((reply) => reply.relation.id as string, () => h.registry.fail('CreateRelation', spec))));
+    const ids = outcomes.filter((outcome) => typeof outcome === 'string');
+    expect(ids).toHaveLength(1);
+    for (const refused of outcomes.filter((outcome) => typeof outcome !== 'string')) {
+      expect([refused.code, refused.reason, refused.metadata]).toEqual([Code.ALREADY_EXISTS, 'RELATION_EXISTS', { relation_id: ids[0] }]);
+    }
+    const listed = await h.registry.call('ListRelations', { application: w.requesterApp, interface: 'http' });
+    expect(listed.relations.map((relation: { id: string }) => relation.id)).toEqual(ids);
+  });
+
+  test('in open mode registry reads stay open to every caller, whichever unit it names', async () => {
+    const w = await makeWorld(h);
+    const stranger = await makeWorld(h);
+    const asStranger = new Rpc(h.registry.client, stranger.requesters[0]);
+    expect((await asStranger.call('GetRelation', { relation_id: w.relationId })).relation.id).toBe(w.relationId);
+    expect((await asStranger.call('GetUnit', { name: w.responders[0] })).unit.name).toBe(w.responders[0]);
+    const listed = await asStranger.call('ListRelations', {});
+    expect(listed.relations.map((relation: { id: string }) => relation.id)).toEqual(expect.arrayContaining([w.relationId, stranger.relationId]));
+    expect((await asStranger.call('ListUnits', { application: w.requesterApp })).units.map((unit: { name: string }) => unit.name)).toEqual(w.requesters);
   });
 
   test('JoinRelation lists units per side and sets available when the other side joins', async () => {

@@ -126,7 +126,7 @@ describe('CreateRequest', () => {
 
   test('a request_id used on another relation is a conflict too', async () => {
     const w = await makeWorld(h);
-    const other = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp });
+    const other = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp, endpoint: 'more' });
     await h.registry.call('JoinRelation', { relation_id: other.relationId, unit: w.requesters[0] });
     const id = randomUUID();
     await create(w, { common_name: 'a.example' }, { request_id: id });
@@ -215,7 +215,7 @@ describe('CreateOrUpdateRequest', () => {
 
   test('matches only within the relation', async () => {
     const w = await makeWorld(h);
-    const other = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp });
+    const other = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp, endpoint: 'more' });
     await h.registry.call('JoinRelation', { relation_id: other.relationId, unit: w.requesters[0] });
     await h.registry.call('JoinRelation', { relation_id: other.relationId, unit: w.responders[0] });
     const elsewhere = (await w.req().call('CreateRequest', { relation_id: other.relationId, fields: struct({ common_name: 'scoped.example', sans: ['old'] }) })).request;
@@ -324,7 +324,7 @@ describe('ListRequests', () => {
 
   test('without relation_id, lists every relation the unit joined as requester', async () => {
     const w = await makeWorld(h);
-    const other = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp });
+    const other = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp, endpoint: 'more' });
     await h.registry.call('JoinRelation', { relation_id: other.relationId, unit: w.requesters[0] });
     const a = await create(w, { common_name: 'one.example' });
     const b = (await w.req().call('CreateRequest', { relation_id: other.relationId, fields: struct({ common_name: 'two.example' }) })).request;
@@ -410,7 +410,7 @@ describe('GetRequesterFlags', () => {
 
   test('without relation_id, merge every joined relation: all_responses needs each relation complete', async () => {
     const w = await makeWorld(h);
-    const other = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp, join: false });
+    const other = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp, endpoint: 'more', join: false });
     await h.registry.call('JoinRelation', { relation_id: other.relationId, unit: w.requesters[0] });
     // other has no responder: not available there, available overall.
     expect(await flags(w, 0, other.relationId)).toEqual({ available: false, has_responses: false, all_responses: false });

@@ -293,7 +293,7 @@ describe('GetResponderFlags', () => {
     expect(await flags(w, 0)).toEqual({ available: true, has_requests: true, new_requests: false });
 
     // A second relation with the same applications: merged flags without relation_id.
-    const other = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp, join: false });
+    const other = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp, endpoint: 'more', join: false });
     await h.registry.call('JoinRelation', { relation_id: other.relationId, unit: w.responders[1] });
     expect((await w.res(1).call('GetResponderFlags', { relation_id: other.relationId })).flags).toEqual({ available: false, has_requests: false, new_requests: false });
     await h.registry.call('JoinRelation', { relation_id: other.relationId, unit: w.requesters[0] });

@@ -708,6 +708,37 @@ describe('SDK credentials', () => {
     }
   });
 
+  it("reads, with the unit's own token, the units of the other side joined to the endpoint's relation with their properties", async () => {
+    const h = await startHarness({ auth: 'token', adminToken: 'admin-secret' });
+    const registry = new Rpc(new (v1.RegistryService as NonNullable<typeof v1.RegistryService>)(h.server.address, grpc.credentials.createInsecure()));
+    registry.metadata.set('authorization', 'Bearer admin-secret');
+    const connections: Connection[] = [];
+    try {
+      const properties = (i: number) => ({ ingress_address: `10.0.0.${i}`, egress_subnets: [`10.0.${i}.0/24`], labels: { zone: `z${i}` } });
+      for (const app of ['peerweb', 'peerca']) await registry.call('RegisterApplication', { name: app });
+      const tokens: Record<string, string> = {};
+      for (const [i, name] of ['peerweb/0', 'peerca/0', 'peerca/1'].entries()) tokens[name] = (await registry.call('RegisterUnit', { name, ...properties(i) })).token;
+      const { relation } = await registry.call('CreateRelation', { interface: 'tls-certificates', requester_application: 'peerweb', requester_endpoint: 'certificates', responder_application: 'peerca', responder_endpoint: 'certificates' });
+      for (const unit of ['peerca/1', 'peerweb/0', 'peerca/0']) await registry.call('JoinRelation', { relation_id: relation.id, unit });
+      const as = (unit: string) => {
+        const connection = connect(h.server.address, { token: tokens[unit] as string });
+        connections.push(connection);
+        return connection;
+      };
+      const requester = as('peerweb/0').requester('tls-certificates', { relation: relation.id });
+      const unit = (name: string, i: number) => ({ name, application: name.split('/')[0], ...properties(i), revision: expect.any(String) });
+      expect(await requester.remoteUnits()).toEqual([unit('peerca/1', 2), unit('peerca/0', 1)]);
+      expect(await as('peerca/0').responder('tls-certificates', { relation: relation.id }).remoteUnits()).toEqual([unit('peerweb/0', 0)]);
+      await registry.call('LeaveRelation', { relation_id: relation.id, unit: 'peerca/1' });
+      expect((await requester.remoteUnits()).map((peer) => peer.name)).toEqual(['peerca/0']);
+      await expect(as('peerweb/0').requester('tls-certificates').remoteUnits()).rejects.toThrow('needs an endpoint of one relation');
+    } finally {
+      for (const connection of connections) connection.close();
+      registry.client.close();
+      await h.close();
+    }
+  });
+
   it('ends a session whose token is revoked with TOKEN_REVOKED, without trying again', async () => {
     const h = await startHarness({ auth: 'token', adminToken: 'admin-secret' });
     try {

@@ -3,7 +3,8 @@
 //
 //   node examples/ts/registry.ts relate <interface> <requester-unit> <responder-unit>...
 //       registers the applications and units, relates the applications and
-//       joins the units; prints the relation id
+//       joins the units; prints the relation id (the existing one when the
+//       applications are related already)
 //   node examples/ts/registry.ts join <relation-id> <unit>
 //   node examples/ts/registry.ts leave <relation-id> <unit>
 //
@@ -13,7 +14,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { ProtoGrpcType } from '../../gen/registry.ts';
 import { loadApi } from '../../src/protos.ts';
-import { Code, toRelgateError } from '../../src/client/errors.ts';
+import { Code, hasCode, hasReason, toRelgateError } from '../../src/client/errors.ts';
 
 const address = process.env.RELGATE_ADDRESS ?? '127.0.0.1:50051';
 const api = grpc.loadPackageDefinition(loadApi()) as unknown as ProtoGrpcType;
@@ -24,17 +25,17 @@ metadata.setOptions({ waitForReady: true });
 
 type Method = (request: object, metadata: grpc.Metadata, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response?: unknown) => void) => unknown;
 
-/** Calls a registry method; ALREADY_EXISTS counts as done, so setup can run twice. */
-function call(method: keyof typeof registry, request: object): Promise<unknown> {
+/** Calls a registry method; a failure is a RelgateError. */
+function request(method: keyof typeof registry, body: object): Promise<unknown> {
   const fn = registry[method] as unknown as Method;
   return new Promise((resolve, reject) => {
-    fn.call(registry, request, metadata, { deadline: Date.now() + 10_000 }, (error, response) => {
-      if (!error) return resolve(response);
-      const failure = toRelgateError(error);
-      if (failure.code === Code.ALREADY_EXISTS) resolve(undefined);
-      else reject(failure);
-    });
+    fn.call(registry, body, metadata, { deadline: Date.now() + 10_000 }, (error, response) => (error ? reject(toRelgateError(error)) : resolve(response)));
   });
+}
+
+/** Calls a registry method; ALREADY_EXISTS counts as done, so setup can run twice. */
+function call(method: keyof typeof registry, body: object): Promise<unknown> {
+  return request(method, body).catch((error: unknown) => (hasCode(error, Code.ALREADY_EXISTS) ? undefined : Promise.reject(error)));
 }
 
 const application = (unit: string) => unit.split('/')[0] as string;
@@ -49,15 +50,19 @@ async function registerUnit(unit: string): Promise<void> {
 async function relate(iface: string, requester: string, responders: string[]): Promise<string> {
   for (const unit of [requester, ...responders]) await registerUnit(unit);
   const endpoint = iface;
-  const { relation } = (await call('CreateRelation', {
+  const relationId = await request('CreateRelation', {
     interface: iface,
     requester_application: application(requester),
     requester_endpoint: endpoint,
     responder_application: application(responders[0] as string),
     responder_endpoint: endpoint,
-  })) as { relation: { id: string } };
-  for (const unit of [requester, ...responders]) await call('JoinRelation', { relation_id: relation.id, unit });
-  return relation.id;
+  }).then(
+    (created) => (created as { relation: { id: string } }).relation.id,
+    // Related before: the gateway names the relation these endpoints already have.
+    (error: unknown) => (hasReason(error, 'RELATION_EXISTS') ? (error.metadata.relation_id as string) : Promise.reject(error)),
+  );
+  for (const unit of [requester, ...responders]) await call('JoinRelation', { relation_id: relationId, unit });
+  return relationId;
 }
 
 async function main([command, ...args]: string[]): Promise<void> {

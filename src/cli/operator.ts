@@ -53,7 +53,7 @@ export function addOperatorCommands(program: Command): void {
       .action(run(listInterfaces)),
     program
       .command('relations')
-      .description('List relations with their joined units (admin token in token mode).')
+      .description("List relations with their joined units (in token mode, a unit's token shows only its application's).")
       .addOption(new Option('--application <name>', 'only relations of this application'))
       .addOption(new Option('--interface <name>', 'only relations of this interface'))
       .action(run(listRelations)),

@@ -1,9 +1,11 @@
 // connect(): one channel to the gateway, the unit's credentials on every
 // call, and the requester and responder endpoints built on it.
 import * as grpc from '@grpc/grpc-js';
+import type { ProtoGrpcType as RegistryProto } from '../../gen/registry.ts';
 import type { ProtoGrpcType as RequesterProto } from '../../gen/requester.ts';
 import type { ProtoGrpcType as ResponderProto } from '../../gen/responder.ts';
 import type { ProtoGrpcType as SessionProto } from '../../gen/session.ts';
+import type { RegistryServiceClient } from '../../gen/relgate/v1/RegistryService.ts';
 import type { RequesterServiceClient } from '../../gen/relgate/v1/RequesterService.ts';
 import type { ResponderServiceClient } from '../../gen/relgate/v1/ResponderService.ts';
 import type { SessionServiceClient } from '../../gen/relgate/v1/SessionService.ts';
@@ -51,7 +53,7 @@ export interface EndpointOptions {
   relation?: string;
 }
 
-type Api = RequesterProto & ResponderProto & SessionProto;
+type Api = RegistryProto & RequesterProto & ResponderProto & SessionProto;
 let api: Api | undefined;
 
 function loadClients(): Api['relgate']['v1'] {
@@ -71,6 +73,8 @@ export class Connection {
   readonly requesterClient: RequesterServiceClient;
   readonly responderClient: ResponderServiceClient;
   readonly sessionClient: SessionServiceClient;
+  /** For the relations and units the unit may read (Endpoint.remoteUnits). */
+  readonly registryClient: RegistryServiceClient;
   #session: ClientSession | undefined;
   readonly #watches = new Set<Watch<unknown, unknown>>();
   readonly #metadata: grpc.Metadata;
@@ -84,11 +88,12 @@ export class Connection {
     if (options.token) this.#metadata.set('authorization', `Bearer ${options.token}`);
     const credentials = channelCredentials(options.tls);
     const v1 = loadClients();
-    // One channel shared by the three clients.
+    // One channel shared by the four clients.
     this.requesterClient = new v1.RequesterService(address, credentials, options.channelOptions);
     const channelOverride = this.requesterClient.getChannel();
     this.responderClient = new v1.ResponderService(address, credentials, { ...options.channelOptions, channelOverride });
     this.sessionClient = new v1.SessionService(address, credentials, { ...options.channelOptions, channelOverride });
+    this.registryClient = new v1.RegistryService(address, credentials, { ...options.channelOptions, channelOverride });
   }
 
   /**

@@ -2,6 +2,9 @@
 // and commands that go over the session when one is open, unary otherwise.
 import type * as grpc from '@grpc/grpc-js';
 import type { Delivery as DeliveryMessage } from '../../gen/relgate/v1/Delivery.ts';
+import type { GetRelationResponse__Output } from '../../gen/relgate/v1/GetRelationResponse.ts';
+import type { GetUnitResponse__Output } from '../../gen/relgate/v1/GetUnitResponse.ts';
+import type { Side } from '../../gen/relgate/v1/Side.ts';
 import type { Duration } from '../../gen/google/protobuf/Duration.ts';
 import type { Struct } from '../../gen/google/protobuf/Struct.ts';
 import { newRequestId } from '../request-id.ts';
@@ -9,18 +12,42 @@ import { jsonToStruct, type JsonObject } from '../struct.ts';
 import { unary, type Connection } from './connect.ts';
 import { hasReason } from './errors.ts';
 import { COMMAND_NOT_SENT, type CommandBody, type CommandName, type CommandResult } from './session.ts';
-import type { ConditionalOptions, CreateOptions, Delivery, InterfaceName } from './types.ts';
+import type { ConditionalOptions, CreateOptions, Delivery, InterfaceName, Unit } from './types.ts';
 
-export class Endpoint<I extends InterfaceName> {
+export abstract class Endpoint<I extends InterfaceName> {
   readonly connection: Connection;
   readonly iface: I;
   /** The relation, or '' for every relation the unit joined on this side. */
   readonly relation: string;
 
+  /** The side of the relation this endpoint's units talk to. */
+  protected abstract readonly remoteSide: Side;
+
   constructor(connection: Connection, iface: I, relation: string) {
     this.connection = connection;
     this.iface = iface;
     this.relation = relation;
+  }
+
+  /**
+   * The units of the other side joined to the endpoint's relation, in the order they joined, with what each
+   * registered for this side: ingress_address, egress_subnets and labels. Needs an endpoint of one relation.
+   */
+  async remoteUnits(): Promise<Unit[]> {
+    if (!this.relation) throw new Error('remoteUnits() needs an endpoint of one relation: pass { relation } to requester() or responder()');
+    const registry = this.connection.registryClient;
+    const { relation } = await unary<GetRelationResponse__Output>((cb) => registry.GetRelation({ relation_id: this.relation }, this.metadata, this.connection.callOptions(), cb));
+    const names = (relation?.units ?? []).filter((unit) => unit.side === this.remoteSide).map((unit) => unit.unit);
+    const units = await Promise.all(
+      names.map((name) =>
+        unary<GetUnitResponse__Output>((cb) => registry.GetUnit({ name }, this.metadata, this.connection.callOptions(), cb)).then(
+          (reply) => reply.unit,
+          // Departed since the relation was read (and so out of sight): no longer one of them.
+          (error: unknown) => (hasReason(error, 'NOT_A_MEMBER') ? null : Promise.reject(error)),
+        ),
+      ),
+    );
+    return units.filter((unit) => unit !== null);
   }
 
   /** What list, flags and watch calls cover: the relation, and only relations of this endpoint's interface. */

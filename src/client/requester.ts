@@ -29,6 +29,8 @@ export interface CallAllResult<Req, Res> {
 const FILTERS = { all: 'REQUEST_FILTER_ALL', new: 'REQUEST_FILTER_NEW', answered: 'REQUEST_FILTER_ANSWERED' } as const;
 
 export class Requester<I extends InterfaceName> extends Endpoint<I> {
+  protected readonly remoteSide = 'SIDE_RESPONDER';
+
   /** Creates a request; acknowledged once durable. */
   async create(fields: RequestFields<I>, options: CreateOptions = {}): Promise<Request<RequestFields<I>>> {
     const body = this.createBody(fields, options);

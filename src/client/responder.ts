@@ -13,6 +13,8 @@ export type RequestRef = string | { request_id: string };
 const idOf = (request: RequestRef) => (typeof request === 'string' ? request : request.request_id);
 
 export class Responder<I extends InterfaceName> extends Endpoint<I> {
+  protected readonly remoteSide = 'SIDE_REQUESTER';
+
   /** Every request addressed to the unit on the endpoint. */
   requests(): Promise<Request<RequestFields<I>>[]> {
     return this.#listAll('REQUEST_FILTER_ALL');

@@ -6,6 +6,7 @@ import type { Request__Output } from '../../gen/relgate/v1/Request.ts';
 import type { RequesterFlags__Output } from '../../gen/relgate/v1/RequesterFlags.ts';
 import type { ResponderFlags__Output } from '../../gen/relgate/v1/ResponderFlags.ts';
 import type { Response__Output } from '../../gen/relgate/v1/Response.ts';
+import type { Unit__Output } from '../../gen/relgate/v1/Unit.ts';
 
 export type { Interfaces };
 
@@ -32,6 +33,8 @@ export type Response<F> = Omit<Response__Output, 'fields'> & { fields: F };
 export type RequesterFlags = RequesterFlags__Output;
 export type ResponderFlags = ResponderFlags__Output;
 export type RelationUnit = RelationUnit__Output;
+/** A unit with the properties it registered: ingress_address, egress_subnets, labels. */
+export type Unit = Unit__Output;
 /** Who a request is addressed to: one responder unit, or every unit whose labels match a selector. */
 export type Delivery = { unit: string } | { selector: string };
 

@@ -36,6 +36,8 @@ export interface WorldOptions {
   /** Reuse existing applications instead of registering new ones. */
   requesterApp?: string;
   responderApp?: string;
+  /** Endpoint name on both sides (default "certificates"): relating the same applications again needs another. */
+  endpoint?: string;
   /** Skip joining (units are registered only). */
   join?: boolean;
 }
@@ -69,9 +71,9 @@ export async function makeWorld(c: Clients, options: WorldOptions = {}): Promise
   const { relation } = await c.registry.call('CreateRelation', {
     interface: options.iface ?? 'tls-certificates',
     requester_application: requesterApp,
-    requester_endpoint: 'certificates',
+    requester_endpoint: options.endpoint ?? 'certificates',
     responder_application: responderApp,
-    responder_endpoint: 'certificates',
+    responder_endpoint: options.endpoint ?? 'certificates',
   });
   if (options.join !== false) {
     for (const unit of [...requesters, ...responders]) await c.registry.call('JoinRelation', { relation_id: relation.id, unit });

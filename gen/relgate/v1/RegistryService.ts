@@ -41,14 +41,18 @@ import type { UpdateUnitResponse as _relgate_v1_UpdateUnitResponse, UpdateUnitRe
  */
 export interface RegistryServiceClient extends grpc.Client {
   /**
-   * Creates a relation between a requester and a responder application.
+   * Creates a relation between a requester and a responder application. A
+   * second relation of the same interface between the same endpoints is
+   * refused (ALREADY_EXISTS, reason RELATION_EXISTS, metadata relation_id).
    */
   CreateRelation(argument: _relgate_v1_CreateRelationRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
   CreateRelation(argument: _relgate_v1_CreateRelationRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
   CreateRelation(argument: _relgate_v1_CreateRelationRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
   CreateRelation(argument: _relgate_v1_CreateRelationRequest, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
   /**
-   * Creates a relation between a requester and a responder application.
+   * Creates a relation between a requester and a responder application. A
+   * second relation of the same interface between the same endpoints is
+   * refused (ALREADY_EXISTS, reason RELATION_EXISTS, metadata relation_id).
    */
   createRelation(argument: _relgate_v1_CreateRelationRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
   createRelation(argument: _relgate_v1_CreateRelationRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_CreateRelationResponse__Output>): grpc.ClientUnaryCall;
@@ -86,14 +90,16 @@ export interface RegistryServiceClient extends grpc.Client {
   getInterface(argument: _relgate_v1_GetInterfaceRequest, callback: grpc.requestCallback<_relgate_v1_GetInterfaceResponse__Output>): grpc.ClientUnaryCall;
   
   /**
-   * Gets a relation with its joined units.
+   * Gets a relation with its joined units. With a unit's credentials
+   * (authenticated mode): only a relation of its application.
    */
   GetRelation(argument: _relgate_v1_GetRelationRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   GetRelation(argument: _relgate_v1_GetRelationRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   GetRelation(argument: _relgate_v1_GetRelationRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   GetRelation(argument: _relgate_v1_GetRelationRequest, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   /**
-   * Gets a relation with its joined units.
+   * Gets a relation with its joined units. With a unit's credentials
+   * (authenticated mode): only a relation of its application.
    */
   getRelation(argument: _relgate_v1_GetRelationRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   getRelation(argument: _relgate_v1_GetRelationRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
@@ -101,14 +107,16 @@ export interface RegistryServiceClient extends grpc.Client {
   getRelation(argument: _relgate_v1_GetRelationRequest, callback: grpc.requestCallback<_relgate_v1_GetRelationResponse__Output>): grpc.ClientUnaryCall;
   
   /**
-   * Gets a unit.
+   * Gets a unit. With a unit's credentials (authenticated mode): only itself
+   * and the units joined to a relation of its application.
    */
   GetUnit(argument: _relgate_v1_GetUnitRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
   GetUnit(argument: _relgate_v1_GetUnitRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
   GetUnit(argument: _relgate_v1_GetUnitRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
   GetUnit(argument: _relgate_v1_GetUnitRequest, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
   /**
-   * Gets a unit.
+   * Gets a unit. With a unit's credentials (authenticated mode): only itself
+   * and the units joined to a relation of its application.
    */
   getUnit(argument: _relgate_v1_GetUnitRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
   getUnit(argument: _relgate_v1_GetUnitRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_GetUnitResponse__Output>): grpc.ClientUnaryCall;
@@ -176,14 +184,16 @@ export interface RegistryServiceClient extends grpc.Client {
   listInterfaces(argument: _relgate_v1_ListInterfacesRequest, callback: grpc.requestCallback<_relgate_v1_ListInterfacesResponse__Output>): grpc.ClientUnaryCall;
   
   /**
-   * Lists relations, optionally filtered.
+   * Lists relations, optionally filtered. With a unit's credentials
+   * (authenticated mode): only the relations of its application.
    */
   ListRelations(argument: _relgate_v1_ListRelationsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
   ListRelations(argument: _relgate_v1_ListRelationsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
   ListRelations(argument: _relgate_v1_ListRelationsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
   ListRelations(argument: _relgate_v1_ListRelationsRequest, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
   /**
-   * Lists relations, optionally filtered.
+   * Lists relations, optionally filtered. With a unit's credentials
+   * (authenticated mode): only the relations of its application.
    */
   listRelations(argument: _relgate_v1_ListRelationsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
   listRelations(argument: _relgate_v1_ListRelationsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_ListRelationsResponse__Output>): grpc.ClientUnaryCall;
@@ -289,7 +299,9 @@ export interface RegistryServiceClient extends grpc.Client {
  */
 export interface RegistryServiceHandlers extends grpc.UntypedServiceImplementation {
   /**
-   * Creates a relation between a requester and a responder application.
+   * Creates a relation between a requester and a responder application. A
+   * second relation of the same interface between the same endpoints is
+   * refused (ALREADY_EXISTS, reason RELATION_EXISTS, metadata relation_id).
    */
   CreateRelation: grpc.handleUnaryCall<_relgate_v1_CreateRelationRequest__Output, _relgate_v1_CreateRelationResponse>;
   
@@ -304,12 +316,14 @@ export interface RegistryServiceHandlers extends grpc.UntypedServiceImplementati
   GetInterface: grpc.handleUnaryCall<_relgate_v1_GetInterfaceRequest__Output, _relgate_v1_GetInterfaceResponse>;
   
   /**
-   * Gets a relation with its joined units.
+   * Gets a relation with its joined units. With a unit's credentials
+   * (authenticated mode): only a relation of its application.
    */
   GetRelation: grpc.handleUnaryCall<_relgate_v1_GetRelationRequest__Output, _relgate_v1_GetRelationResponse>;
   
   /**
-   * Gets a unit.
+   * Gets a unit. With a unit's credentials (authenticated mode): only itself
+   * and the units joined to a relation of its application.
    */
   GetUnit: grpc.handleUnaryCall<_relgate_v1_GetUnitRequest__Output, _relgate_v1_GetUnitResponse>;
   
@@ -334,7 +348,8 @@ export interface RegistryServiceHandlers extends grpc.UntypedServiceImplementati
   ListInterfaces: grpc.handleUnaryCall<_relgate_v1_ListInterfacesRequest__Output, _relgate_v1_ListInterfacesResponse>;
   
   /**
-   * Lists relations, optionally filtered.
+   * Lists relations, optionally filtered. With a unit's credentials
+   * (authenticated mode): only the relations of its application.
    */
   ListRelations: grpc.handleUnaryCall<_relgate_v1_ListRelationsRequest__Output, _relgate_v1_ListRelationsResponse>;
   
