@@ -104,6 +104,11 @@ describe('SDK on one gateway', () => {
     out.responderNew = await responder.newRequests();
     out.responderFlags = await responder.flags();
     out.responderGet = await responder.get(first.request_id);
+    out.responderFind = await responder.find({ common_name: 'a.example' });
+    out.responderFindMissing = await responder.find({ common_name: 'nobody.example' });
+    out.responderFindAll = await responder.findAll({ common_name: 'b.example' });
+    out.responderFindAllNew = await responder.findAll({ common_name: 'b.example' }, 'new');
+    out.responderGetAll = await responder.getAll([second?.request_id ?? '', first.request_id]);
     out.errors = await Promise.all([
       requester.create({ common_name: '' }).catch((error: unknown) => error),
       responder.respond(first, { key: 'again', cert: 'again' }).catch((error: unknown) => error),
@@ -128,6 +133,12 @@ describe('SDK on one gateway', () => {
     // The results are the real ones, not two identical failures.
     expect(unaryResults.respond).toMatchObject({ code: 0, fields: { key: 'KEY', cert: 'CERT', ca: 'CA' }, responder_unit: '<ca>/0' });
     expect(unaryResults.fail).toMatchObject({ code: 7, error: 'no such name', fields: { ca: 'CA' } });
+    const commonNames = (requests: unknown) => (requests as { fields: { common_name: string } }[]).map((request) => request.fields.common_name);
+    expect((unaryResults.responderFind as { fields: unknown }).fields).toEqual({ common_name: 'a.example', sans: ['a.example', '10.0.0.1'] });
+    expect(unaryResults.responderFindMissing).toBeUndefined();
+    // b.example was answered (with a failure) above: it is no longer new to the unit.
+    expect([commonNames(unaryResults.responderFindAll), commonNames(unaryResults.responderFindAllNew)]).toEqual([['b.example'], []]);
+    expect(commonNames(unaryResults.responderGetAll)).toEqual(['b.example', 'a.example']);
     expect(unaryResults.createOrUpdate).toMatchObject({ created: false, updated: true, request: { fields: { common_name: 'b.example', sans: ['b2.example'] } } });
     expect(unaryResults.requesterFlags).toEqual({ available: true, has_responses: true, all_responses: true });
     expect(unaryResults.responderNew).toEqual([]);

@@ -10,6 +10,8 @@ import { Watch, serverStreamWatch, toRequest, toResponse } from './watch.ts';
 /** A request, or its id. */
 export type RequestRef = string | { request_id: string };
 
+type ListFilter = 'REQUEST_FILTER_ALL' | 'REQUEST_FILTER_NEW';
+
 const idOf = (request: RequestRef) => (typeof request === 'string' ? request : request.request_id);
 
 export class Responder<I extends InterfaceName> extends Endpoint<I> {
@@ -17,18 +19,34 @@ export class Responder<I extends InterfaceName> extends Endpoint<I> {
 
   /** Every request addressed to the unit on the endpoint. */
   requests(): Promise<Request<RequestFields<I>>[]> {
-    return this.#listAll('REQUEST_FILTER_ALL');
+    return this.#listAll('REQUEST_FILTER_ALL', {});
   }
 
   /** Requests still waiting for the unit's answer. */
   newRequests(): Promise<Request<RequestFields<I>>[]> {
-    return this.#listAll('REQUEST_FILTER_NEW');
+    return this.#listAll('REQUEST_FILTER_NEW', {});
+  }
+
+  /** The first request addressed to the unit (in creation order) whose fields equal matchFields. */
+  async find(matchFields: Partial<RequestFields<I>>): Promise<Request<RequestFields<I>> | undefined> {
+    const first = (await this.#list('REQUEST_FILTER_ALL', matchFields, '', 1)).requests[0];
+    return first ? toRequest<RequestFields<I>>(first) : undefined;
+  }
+
+  /** Every request addressed to the unit whose fields equal matchFields: all of them, or those still waiting for its answer. */
+  findAll(matchFields: Partial<RequestFields<I>>, filter: 'all' | 'new' = 'all'): Promise<Request<RequestFields<I>>[]> {
+    return this.#listAll(filter === 'new' ? 'REQUEST_FILTER_NEW' : 'REQUEST_FILTER_ALL', matchFields);
   }
 
   /** One request addressed to the unit. */
   async get(requestId: string): Promise<Request<RequestFields<I>>> {
     const { request } = await unary<{ request: Request__Output | null }>((cb) => this.connection.responderClient.GetIncomingRequest({ request_id: requestId }, this.metadata, this.connection.callOptions(), cb));
     return toRequest<RequestFields<I>>(request ?? {});
+  }
+
+  /** Several requests addressed to the unit, by id, in the order given. */
+  getAll(requestIds: readonly string[]): Promise<Request<RequestFields<I>>[]> {
+    return Promise.all(requestIds.map((id) => this.get(id)));
   }
 
   /**
@@ -77,10 +95,14 @@ export class Responder<I extends InterfaceName> extends Endpoint<I> {
     return toResponse<ResponseFields<I>>(result.response ?? {});
   }
 
-  #listAll(filter: 'REQUEST_FILTER_ALL' | 'REQUEST_FILTER_NEW'): Promise<Request<RequestFields<I>>[]> {
+  #list(filter: ListFilter, matchFields: object, pageToken: string, pageSize = 1000): Promise<ListIncomingRequestsResponse__Output> {
+    const query = { ...this.scope, filter, match_fields: struct(matchFields), page_size: pageSize, page_token: pageToken };
+    return unary<ListIncomingRequestsResponse__Output>((cb) => this.connection.responderClient.ListIncomingRequests(query, this.metadata, this.connection.callOptions(), cb));
+  }
+
+  #listAll(filter: ListFilter, matchFields: object): Promise<Request<RequestFields<I>>[]> {
     return allPages(async (token) => {
-      const query = { ...this.scope, filter, page_size: 1000, page_token: token };
-      const page = await unary<ListIncomingRequestsResponse__Output>((cb) => this.connection.responderClient.ListIncomingRequests(query, this.metadata, this.connection.callOptions(), cb));
+      const page = await this.#list(filter, matchFields, token);
       return { items: page.requests.map((request) => toRequest<RequestFields<I>>(request)), next: page.next_page_token };
     });
   }
