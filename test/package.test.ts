@@ -109,7 +109,7 @@ const watch = responder.watch({ filter: 'new' });
 for await (const event of watch) {
   if (event.type === 'SNAPSHOT_COMPLETE') {
     requester.call({ common_name: 'package.example' }, { deadline: Date.now() + 10_000 }).then(async ({ response }) => {
-      const missing = await web.requester('tls-certificates', { relation: 'no-such-relation' }).create({ common_name: 'x' }).catch((error) => error);
+      const missing = await web.requester('tls-certificates', { relation: 'tls-certificates:999999' }).create({ common_name: 'x' }).catch((error) => error);
       console.log(JSON.stringify({ fields: response.fields, missing: isRelgateError(missing) ? [missing.code, missing.reason] : String(missing) }));
       watch.close();
     });
