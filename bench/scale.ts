@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { InterfaceRegistry } from '../src/interfaces.ts';
 import { RegistryService } from '../src/registry-service.ts';
 import { RequestService } from '../src/request-service.ts';
+import { DEFAULT_CONFIG } from '../src/server.ts';
 import { lockFileOf, realPathOf } from '../src/store/sqlite-lock.ts';
 import { SQLITE_SCHEMA_VERSION, SqliteStore } from '../src/store/sqlite-store.ts';
 import { jsonToStruct } from '../src/struct.ts';
@@ -155,7 +156,7 @@ async function seededDatabase(options: ScaleOptions): Promise<{ db: string; layo
   const interfaces = await InterfaceRegistry.load();
   try {
     const relations = await seedRelations(new RegistryService(store, interfaces), options.relations);
-    await seedRequests(store, new RequestService(store, interfaces), relations, options.requests);
+    await seedRequests(store, new RequestService(store, interfaces, { maxMessageBytes: DEFAULT_CONFIG.maxSendBytes }), relations, options.requests);
     writeFileSync(layout, JSON.stringify({ relations, newPerRelation: NEW_PER_RELATION } satisfies Layout));
   } finally {
     // Closing checkpoints the WAL into the file.

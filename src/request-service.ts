@@ -5,6 +5,7 @@ import { mergeRequesterFlags, mergeResponderFlags, requesterFlags, responderFlag
 import type protobuf from 'protobufjs';
 import { canonicalFields, canonicalMatch, canonicalValue, validateFields } from './fields.ts';
 import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
+import { textSize } from './message-size.ts';
 import { isAddressedTo, isNewFor, requestMessage, responseMessage, type Viewer } from './present.ts';
 import { joinedRelation, joinedRelationIds, recordRequestChange, requireCaller, requireUnit } from './relations.ts';
 import { checkInterface, ofInterface } from './relation-id.ts';
@@ -12,7 +13,7 @@ import { newRequestId } from './request-id.ts';
 import { matches, parseSelector } from './selector.ts';
 import type { DeliveryModeName, RelationRecord, RequestRecord, SideName, Store, StoreTx, UnitRecord } from './store/store.ts';
 import { canonicalJson, jsonEqual, ownValue, structToJson, type JsonObject, type StructMessage } from './struct.ts';
-import { Violations, decodePageToken, durationMs, encodePageToken, expectedRevision, pageSize, type DurationMessage } from './validate.ts';
+import { MAX_MATCH_FIELDS, Violations, decodePageToken, durationMs, encodePageToken, expectedRevision, pageSize, type DurationMessage } from './validate.ts';
 
 export type RequestFilterName = 'all' | 'new' | 'answered';
 
@@ -81,14 +82,23 @@ const MAX_TTL_MS = 30 * 24 * 3600 * 1000;
 const MAX_LEASE_MS = 3600 * 1000;
 const DEFAULT_LEASE_MS = 30 * 1000;
 const SCAN_CHUNK = 256;
+/** Room in a listed request's estimate for its tags and scalar fields. */
+const REQUEST_OVERHEAD_BYTES = 512;
+
+export interface RequestServiceOptions {
+  /** The largest message the gateway sends: a page of a list takes up to a quarter of it, as a watch batch does. */
+  maxMessageBytes: number;
+}
 
 export class RequestService {
   readonly #store: Store;
   readonly #interfaces: InterfaceRegistry;
+  readonly #pageBytes: number;
 
-  constructor(store: Store, interfaces: InterfaceRegistry) {
+  constructor(store: Store, interfaces: InterfaceRegistry, options: RequestServiceOptions) {
     this.#store = store;
     this.#interfaces = interfaces;
+    this.#pageBytes = options.maxMessageBytes / 4;
   }
 
   // ---- requester side ----
@@ -142,7 +152,7 @@ export class RequestService {
     const given = structToJson(input.fields);
     const selector = checkDelivery(violations, input.delivery);
     if (input.match_fields.length === 0) violations.add('match_fields', 'name at least one field');
-    violations.throwIfAny();
+    violations.matchFieldCount(input.match_fields.length).throwIfAny();
     return this.#store.write(async (tx) => {
       const caller = await requireCaller(tx, callerName);
       const { relation, units } = await joinedRelation(tx, input.relation_id, caller, 'requester');
@@ -201,7 +211,7 @@ export class RequestService {
   async listRequests(callerName: string, input: ListInput, side: SideName) {
     const violations = new Violations();
     const size = pageSize(violations, input.page_size);
-    const match = structToJson(input.match_fields);
+    const match = matchOf(violations, input.match_fields);
     // Without an interface the query is what it was before lists took one: page tokens stay good across an upgrade.
     const query = canonicalJson({ side, relation_id: input.relation_id, ...(input.interface ? { interface: input.interface } : {}), filter: input.filter, match });
     const after = decodePageToken(violations, input.page_token, query);
@@ -213,7 +223,7 @@ export class RequestService {
       const view = { unit: caller.name, side };
       const keep = (request: RequestRecord) =>
         matches(request) && (side === 'requester' ? requesterFilter(request, input.filter) : responderFilter(request, caller.name, input.filter));
-      const { items, last, more } = await scan(tx, relationIds, after, size, keep, input.filter === 'new');
+      const { items, last, more } = await scan(tx, relationIds, after, { size, bytes: this.#pageBytes }, keep, input.filter === 'new');
       return { requests: items.map((request) => requestMessage(request, view)), next_page_token: more ? encodePageToken(last, query) : '' };
     });
   }
@@ -240,8 +250,10 @@ export class RequestService {
   }
 
   async responseByField(callerName: string, scope: RelationScope, matchFields: StructMessage | null) {
-    const match = structToJson(matchFields);
-    if (Object.keys(match).length === 0) invalidIfAny([{ field: 'match_fields', description: 'name at least one field' }]);
+    const violations = new Violations();
+    const match = matchOf(violations, matchFields);
+    if (Object.keys(match).length === 0 && violations.list.length === 0) violations.add('match_fields', 'name at least one field');
+    violations.throwIfAny();
     return this.#store.read(async (tx) => {
       const caller = await requireCaller(tx, callerName);
       const { relationIds, matches } = await this.#scope(tx, caller, scope, 'requester', match);
@@ -438,6 +450,13 @@ function dedupe(violations: { field: string; description: string }[]) {
   return violations.filter((violation) => !seen.has(violation.field) && seen.add(violation.field));
 }
 
+/** The values a list or ResponseByField matches on; none are read when there are too many. */
+function matchOf(violations: Violations, struct: StructMessage | null): JsonObject {
+  const count = Object.keys(struct?.fields ?? {}).length;
+  violations.matchFieldCount(count);
+  return count > MAX_MATCH_FIELDS ? {} : structToJson(struct);
+}
+
 interface ParsedCreate {
   fields: JsonObject;
   ttl: number;
@@ -569,29 +588,43 @@ function responderFilter(request: RequestRecord, unit: string, filter: RequestFi
 }
 
 async function firstMatch(tx: StoreTx, relationIds: string[], matches: (request: RequestRecord) => boolean): Promise<RequestRecord | undefined> {
-  const { items } = await scan(tx, relationIds, 0, 1, matches);
+  const { items } = await scan(tx, relationIds, 0, { size: 1, bytes: Infinity }, matches);
   return items[0];
 }
 
+/** What one page holds: up to size requests, and past the first only as many as fit in bytes, by requestBytes. */
+interface PageLimit {
+  size: number;
+  bytes: number;
+}
+
 /**
- * Walks requests in creation order, keeping up to size that pass keep. It
- * looks for one match beyond the page so that the last page carries no
- * token (a page that merely ends at the last match is still the last page).
+ * Walks requests in creation order, keeping those that pass keep until the page is full. It looks for one match
+ * beyond the page so that the last page carries no token (a page that merely ends at the last match is still the
+ * last page). A page holds at least one request, however large: a client could not read past it otherwise.
  */
-async function scan(tx: StoreTx, relationIds: string[], after: number, size: number, keep: (request: RequestRecord) => boolean, pendingOnly = false) {
+async function scan(tx: StoreTx, relationIds: string[], after: number, page: PageLimit, keep: (request: RequestRecord) => boolean, pendingOnly = false) {
   const items: RequestRecord[] = [];
   let scanned = after;
+  let bytes = 0;
   if (relationIds.length === 0) return { items, last: after, more: false };
-  const limit = Math.max(SCAN_CHUNK, size + 1);
+  const limit = Math.max(SCAN_CHUNK, page.size + 1);
+  const full = () => ({ items, last: items.at(-1)?.create_revision ?? after, more: true });
   for (;;) {
     const chunk = await tx.listRequests({ relationIds, afterCreateRevision: scanned, limit, pendingOnly });
     for (const request of chunk) {
       scanned = request.create_revision;
       if (!keep(request)) continue;
-      if (items.length === size) return { items, last: items.at(-1)?.create_revision ?? after, more: true };
+      if (items.length === page.size) return full();
+      bytes += requestBytes(request);
+      if (items.length > 0 && bytes > page.bytes) return full();
       items.push(request);
     }
     if (chunk.length < limit) return { items, last: scanned, more: false };
   }
 }
 
+/** A generous estimate of a request's encoded size in a list: all it carries but its stored body, which is not sent. */
+function requestBytes(request: RequestRecord): number {
+  return REQUEST_OVERHEAD_BYTES + textSize(request) - textSize(request.body);
+}

@@ -19,8 +19,23 @@ export function isLabelValue(value: string): boolean {
   return VALUE.test(value);
 }
 
+// Far beyond any real selector (Kubernetes' own are a few requirements), and small enough that parsing one, on every
+// create and in every check, costs next to nothing: parsing an unbounded one (3.6 MB) held the event loop for seconds.
+export const MAX_SELECTOR_LENGTH = 4096;
+export const MAX_SELECTOR_REQUIREMENTS = 64;
+
 /** Parses a selector; errors name the field path and the 1-based position. */
 export function parseSelector(text: string, field = 'delivery.selector'): Requirement[] {
+  // Measured before any parsing, which costs in proportion to the length.
+  if (text.length > MAX_SELECTOR_LENGTH) throw invalidArgument([{ field, description: `must be at most ${MAX_SELECTOR_LENGTH} characters (has ${text.length})` }], 'INVALID_SELECTOR');
+  const requirements = parseRequirements(text, field);
+  if (requirements.length > MAX_SELECTOR_REQUIREMENTS) {
+    throw invalidArgument([{ field, description: `must have at most ${MAX_SELECTOR_REQUIREMENTS} requirements (has ${requirements.length})` }], 'INVALID_SELECTOR');
+  }
+  return requirements;
+}
+
+function parseRequirements(text: string, field: string): Requirement[] {
   const tokens = tokenize(text, field);
   const requirements: Requirement[] = [];
   let i = 0;

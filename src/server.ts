@@ -23,6 +23,7 @@ import { PostgresStore } from './store/postgres-store.ts';
 import { SqliteStore, type Durability } from './store/sqlite-store.ts';
 import type { SideName, Store } from './store/store.ts';
 import { Session } from './session.ts';
+import { SentStatuses } from './sent-status.ts';
 import { SetMap } from './set-map.ts';
 import { WatchHub, type WatchBatchMessage, type WatchScope, type WatchSink, type WatchSpec, type WatchStartName, type Watcher } from './watch-hub.ts';
 import { checkingUtf8, refusingMalformed, undecodableError } from './utf8.ts';
@@ -132,13 +133,14 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
 async function serve(config: ServerConfig, logger: Logger, descriptors: Uint8Array[], interfaces: InterfaceRegistry, store: Store): Promise<RunningServer> {
   const hub = new WatchHub(store, { maxBufferedEvents: config.watchBuffer, progressIntervalMs: config.progressIntervalMs, maxMessageBytes: config.maxSendBytes });
   const registry = new RegistryService(store, interfaces);
-  const requests = new RequestService(store, interfaces);
+  const requests = new RequestService(store, interfaces, { maxMessageBytes: config.maxSendBytes });
   const metrics = config.metricsListen ? new Metrics(store, hub, interfaces.list().map((i) => i.name)) : undefined;
-  const server = new grpc.Server({ ...serverOptions(config), interceptors: [statusDetailsInterceptor, ...(metrics ? [metrics.interceptor] : [])] });
+  const sent = new SentStatuses();
+  const server = new grpc.Server({ ...serverOptions(config), interceptors: [statusDetailsInterceptor, sent.interceptor, ...(metrics ? [metrics.interceptor] : [])] });
   const api = grpc.loadPackageDefinition(loadApi()) as unknown as { relgate: { v1: Record<string, { service: grpc.ServiceDefinition }> } };
   const v1 = api.relgate.v1;
   const auth = new Authenticator(config.auth, config.adminToken, store, Boolean(config.tlsClientCa));
-  const handlers = new Handlers(logger, registry, requests, hub, auth, config.maxStreamsPerUnit, store instanceof PostgresStore ? store.presence : undefined);
+  const handlers = new Handlers(logger, registry, requests, hub, auth, sent, config.maxStreamsPerUnit, store instanceof PostgresStore ? store.presence : undefined);
   const types = newRoot();
   types.loadSync([...API_FILES], { keepCase: true });
   const checked = (name: string) => checkingUtf8(required(v1[name]).service, `relgate.v1.${name}`, types);
@@ -375,13 +377,14 @@ class Handlers {
   readonly #calls: CallService;
   readonly #commands: ReturnType<typeof commandsOf>;
   readonly #auth: Authenticator;
+  readonly #sent: SentStatuses;
   /** Closers of each unit's open watches and sessions, for revocation. */
   readonly #streams = new SetMap<(error: RelgateError) => void>();
   /** Watch and session streams admitted per unit, counted from admission to end. */
   readonly #admitted = new Map<string, number>();
   readonly #maxStreamsPerUnit: number;
 
-  constructor(logger: Logger, registry: RegistryService, requests: RequestService, hub: WatchHub, auth: Authenticator, maxStreamsPerUnit: number, presence?: PostgresPresence) {
+  constructor(logger: Logger, registry: RegistryService, requests: RequestService, hub: WatchHub, auth: Authenticator, sent: SentStatuses, maxStreamsPerUnit: number, presence?: PostgresPresence) {
     this.#maxStreamsPerUnit = maxStreamsPerUnit;
     this.#logger = logger;
     this.#registry = registry;
@@ -391,6 +394,7 @@ class Handlers {
     this.#calls = new CallService(requests, hub, presence);
     this.#commands = commandsOf(requests);
     this.#auth = auth;
+    this.#sent = sent;
     hub.onCommit((changes) => {
       for (const change of changes) {
         if (change.data.kind === 'registry' && change.data.what.startsWith('unit-token')) this.#endStreams(change.data.name);
@@ -469,7 +473,8 @@ class Handlers {
         })
         .then(
           (result) => {
-            this.#log(method, call, grpc.status.OK, started);
+            // Logged once sent: a reply over the send limit ends the call with RESOURCE_EXHAUSTED instead.
+            this.#sent.onSent(call, (code) => this.#log(method, call, code, started));
             callback(null, result);
           },
           (error: unknown) => {

@@ -69,6 +69,12 @@ export class Violations {
     return this;
   }
 
+  /** At most MAX_MATCH_FIELDS fields to match on, counted before any is read. */
+  matchFieldCount(count: number): this {
+    if (count > MAX_MATCH_FIELDS) this.add('match_fields', `must name at most ${MAX_MATCH_FIELDS} fields (has ${count})`);
+    return this;
+  }
+
   address(field: string, value: string): this {
     if (value !== '' && !isIP(value) && !/^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$/.test(value)) {
       this.add(field, 'must be an IP address or a host name');
@@ -76,6 +82,10 @@ export class Violations {
     return this;
   }
 }
+
+// More than any interface's identifying fields, and few enough that checking and comparing them costs next to nothing:
+// 150,000 of them held the event loop for seconds before they were refused.
+export const MAX_MATCH_FIELDS = 64;
 
 export function isCidr(value: string): boolean {
   const [address, prefix, ...rest] = value.split('/');

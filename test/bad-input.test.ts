@@ -56,6 +56,9 @@ const registry = () => h.registry;
 const create = (extra: object) => () => ({ relation_id: w.relationId, fields: struct({ common_name: 'x.example' }), ...extra });
 const withFields = (fields: Parameters<typeof struct>[0]) => create({ fields: struct(fields) });
 const selector = (text: string) => create({ delivery: { mode: 'DELIVERY_MODE_SELECTOR', selector: text } });
+const names = (count: number) => Array.from({ length: count }, (_, i) => `f${i}`);
+const requirements = (count: number) => names(count).map((name) => `${name}=a`).join(',');
+const manyFields = (count: number) => struct(Object.fromEntries(names(count).map((name) => [name, 'x'])));
 const INVALID = { code: Code.INVALID_ARGUMENT, reason: 'INVALID_ARGUMENT' };
 const UUID_ONE_SHORT = '123e4567-e89b-42d3-a456-42661417400';
 
@@ -124,6 +127,14 @@ const CASES: Case[] = [
   { name: 'selector: set without parenthesis', rpc: requester, method: 'CreateRequest', request: selector('tier notin db'), ...INVALID, fields: ['delivery.selector'], description: 'at position 12' },
   { name: 'selector: bad value', rpc: requester, method: 'CreateRequest', request: selector('tier=a,zone!=-x'), ...INVALID, fields: ['delivery.selector'], description: 'at position 14' },
   { name: 'selector: dangling !', rpc: requester, method: 'CreateRequest', request: selector('zone,!'), ...INVALID, fields: ['delivery.selector'], description: 'expected a label key at position 7' },
+
+  // Sizes refused before they are parsed or read.
+  { name: 'selector over 4096 characters', rpc: requester, method: 'CreateRequest', request: selector(`${'zone=a,'.repeat(600)}zone=a`), ...INVALID, fields: ['delivery.selector'], description: 'must be at most 4096 characters (has 4206)' },
+  { name: 'selector of over 64 requirements', rpc: requester, method: 'CreateRequest', request: selector(requirements(65)), ...INVALID, fields: ['delivery.selector'], description: 'must have at most 64 requirements (has 65)' },
+  { name: 'over 64 match_fields to update on', rpc: requester, method: 'CreateOrUpdateRequest', request: create({ match_fields: names(65) }), ...INVALID, fields: ['match_fields'], description: 'must name at most 64 fields (has 65)' },
+  { name: 'over 64 match_fields to list by', rpc: requester, method: 'ListRequests', request: () => ({ relation_id: w.relationId, match_fields: manyFields(65) }), ...INVALID, fields: ['match_fields'], description: 'at most 64' },
+  { name: 'over 64 match_fields to list incoming requests by', rpc: responder, method: 'ListIncomingRequests', request: () => ({ relation_id: w.relationId, match_fields: manyFields(65) }), ...INVALID, fields: ['match_fields'], description: 'at most 64' },
+  { name: 'over 64 match_fields in ResponseByField', rpc: requester, method: 'ResponseByField', request: () => ({ relation_id: w.relationId, match_fields: manyFields(65) }), ...INVALID, fields: ['match_fields'], description: 'at most 64' },
 
   // Registry input.
   { name: 'bad application name', rpc: registry, method: 'RegisterApplication', request: () => ({ name: 'Bad_Name' }), ...INVALID, fields: ['name'] },
@@ -222,6 +233,21 @@ describe('bad input', () => {
     expect(await snapshot(h, [w])).toEqual(contents);
   });
 
+  test('a selector and match_fields at their limits pass the size checks', async () => {
+    const longest = `tier in (${['aa', ...Array(2042).fill('a')].join(',')})`;
+    expect(longest.length).toBe(4096);
+    for (const text of [requirements(64), longest]) {
+      const { request } = await w.req().call('CreateRequest', create({ delivery: { mode: 'DELIVERY_MODE_SELECTOR', selector: text } })());
+      expect(request.delivery.selector).toBe(text);
+      await w.req().call('WithdrawRequest', { request_id: request.request_id });
+    }
+    // 64 names are each checked against the interface, and refused for what they are, not for how many.
+    const listed = await w.req().fail('ListRequests', { relation_id: w.relationId, match_fields: manyFields(64) });
+    expect(listed.fieldViolations[0]?.field).toBe('match_fields.f0');
+    const upserted = await w.req().fail('CreateOrUpdateRequest', create({ match_fields: names(64) })());
+    expect(upserted.fieldViolations[0]?.field).toBe('match_fields[0]');
+  });
+
   test('the message names the first violation and counts the rest', async () => {
     const error = await w.res().fail('Respond', { request_id: pendingId, fields: struct({}) });
     expect(error.message).toBe('fields.key: required field is missing or empty (and 1 more)');
@@ -237,14 +263,14 @@ describe('bad input', () => {
 
 describe('limits grpc-js enforces itself', () => {
   test('a message over the receive or send limit carries google.rpc.Status details like every other error', async () => {
-    const small = await startHarness({ maxReceiveBytes: 4096, maxSendBytes: 4096 });
+    const small = await startHarness({ maxReceiveBytes: 8192, maxSendBytes: 4096 });
     try {
       const w = await makeWorld(small);
-      const tooBigIn = await rawFail(w.req(), 'CreateRequest', { relation_id: w.relationId, fields: struct({ common_name: 'x'.repeat(8000) }) });
-      // Each fits a message; the list of both does not.
-      for (const name of ['a', 'b']) await w.req().call('CreateRequest', { relation_id: w.relationId, fields: struct({ common_name: name.repeat(2500) }) });
+      const tooBigIn = await rawFail(w.req(), 'CreateRequest', { relation_id: w.relationId, fields: struct({ common_name: 'x'.repeat(10000) }) });
+      // A request that comes in whole but is too large to send back: stored, though the reply fails, and listed alone.
+      const tooBigReply = await rawFail(w.req(), 'CreateRequest', { relation_id: w.relationId, fields: struct({ common_name: 'a'.repeat(5000) }) });
       const tooBigOut = await rawFail(w.req(), 'ListRequests', { relation_id: w.relationId });
-      for (const error of [tooBigIn, tooBigOut]) {
+      for (const error of [tooBigIn, tooBigReply, tooBigOut]) {
         expect(error.code).toBe(Code.RESOURCE_EXHAUSTED);
         expect(statusDetails(error)).toMatchObject({ code: error.code, message: error.details, errorInfo: { reason: 'MESSAGE_TOO_LARGE', domain: 'relgate.dev' } });
       }

@@ -28,7 +28,7 @@ afterEach(async () => {
 test('a write that fails after request changes leaves the relation counters and flags as they were', async () => {
   const interfaces = await InterfaceRegistry.load();
   const registry = new RegistryService(store, interfaces);
-  const requests = new RequestService(store, interfaces);
+  const requests = new RequestService(store, interfaces, { maxMessageBytes: 16 * 1024 * 1024 });
   for (const application of ['web', 'ca']) await registry.registerApplication(application);
   for (const name of ['web/0', 'ca/0']) await registry.registerUnit({ name, ingress_address: '', egress_subnets: [], labels: {} });
   const { relation } = await registry.createRelation({ interface: 'tls-certificates', version: 1, requester_application: 'web', requester_endpoint: 'certificates', responder_application: 'ca', responder_endpoint: 'certificates' });

@@ -299,6 +299,37 @@ describe('ListRequests', () => {
     expect([exact.requests.length, exact.next_page_token]).toEqual([5, '']);
   });
 
+  test('pages stop at a quarter of the largest message sent: large requests are listed in full over several pages, on both sides', async () => {
+    const maxSendBytes = 64 * 1024;
+    const small = await startHarness({ maxSendBytes });
+    try {
+      const w = await makeWorld(small);
+      // 100 KB of requests in all, more than one message holds; each large one fits a message alone.
+      const names = ['large-a', 'small-b', 'small-c', 'large-d', 'small-e', 'large-f', 'large-g', 'large-h'];
+      const created = [];
+      for (const name of names) created.push(await create(w, { common_name: name.startsWith('large') ? name.padEnd(20_000, 'x') : name }));
+      const byName = (requests: { fields: Parameters<typeof json>[0] }[]) => requests.map((request) => String(json(request.fields).common_name).slice(0, 7));
+      for (const [rpc, method] of [
+        [w.req(), 'ListRequests'],
+        [w.res(), 'ListIncomingRequests'],
+      ] as const) {
+        const pages: string[][] = [];
+        let page_token = '';
+        do {
+          const page = await rpc.call(method, { relation_id: w.relationId, page_token });
+          pages.push(byName(page.requests));
+          page_token = page.next_page_token;
+        } while (page_token !== '' && pages.length < 20);
+        expect(pages.flat(), method).toEqual(names);
+        // A large request (some 60 KB by the estimate) fills a page alone; the small ones share one.
+        expect(pages, method).toEqual([['large-a'], ['small-b', 'small-c'], ['large-d'], ['small-e'], ['large-f'], ['large-g'], ['large-h']]);
+      }
+      expect(ids(await listAll(w.req(), 'ListRequests', { relation_id: w.relationId }))).toEqual(ids(created));
+    } finally {
+      await small.close();
+    }
+  });
+
   test('a page token is refused for a different query', async () => {
     const w = await makeWorld(h);
     for (let i = 0; i < 3; i += 1) await create(w, { common_name: `t${i}.example` });

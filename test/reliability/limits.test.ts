@@ -1,8 +1,8 @@
 // Message size limits against a real server: a message over the receive
 // limit is refused with RESOURCE_EXHAUSTED before any handler runs (the
 // handler logs every call it runs, and the store does not move), and a
-// response over the send limit fails that call only, while other calls and a
-// watch on the same connection carry on.
+// response over the send limit fails that call only, logged with the status
+// the client got, while other calls and a watch on the same connection carry on.
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Code } from '../../src/errors.ts';
@@ -69,25 +69,28 @@ describe('receive limit', () => {
 });
 
 describe('send limit', () => {
-  test('a response over the limit fails that call only', async () => {
-    const requester = w.req();
+  test('a response over the limit fails that call only, and its log line says RESOURCE_EXHAUSTED', async () => {
+    const many = await makeWorld(h, { responders: 3 });
+    const requester = many.req();
     // A watch on the same connection that must live through the failure.
-    const live = watch(requester, { relation_id: w.relationId, start: 'WATCH_START_NOW', progress_interval_ms: 100 });
+    const live = watch(requester, { relation_id: many.relationId, start: 'WATCH_START_NOW', progress_interval_ms: 100 });
     await live.events.next((event) => event.type === 'EVENT_TYPE_BOOKMARK');
-    const ids: string[] = [];
-    for (let i = 0; i < 3; i++) ids.push((await requester.call('CreateRequest', { relation_id: w.relationId, fields: fieldsOf(FIELD_BYTES) })).request.request_id);
-    await live.events.next(requestEvent('ADDED', ids.at(-1)));
+    // Three answers that each fit a message; all three together do not.
+    const everyone = { mode: 'DELIVERY_MODE_SELECTOR', selector: '' };
+    const { request } = await requester.call('CreateRequest', { relation_id: many.relationId, fields: struct({ common_name: 'big.example' }), delivery: everyone });
+    for (let i = 0; i < 3; i++) await many.res(i).call('Respond', { request_id: request.request_id, fields: struct({ key: 'k'.repeat(FIELD_BYTES), cert: 'C' }) });
 
-    const error = await requester.fail('ListRequests', { relation_id: w.relationId });
+    const error = await requester.fail('ListResponses', { request_id: request.request_id });
     expect(error.code).toBe(Code.RESOURCE_EXHAUSTED);
     expect(error.message).toMatch(/larger than max/i);
+    // The handler gave grpc-js the reply; the log says what the client got.
+    expect(log.calls('RequesterService/ListResponses').at(-1)?.code).toBe('RESOURCE_EXHAUSTED');
 
-    // The same connection still answers, pages fit, and the watch still delivers.
-    const page = await requester.call('ListRequests', { relation_id: w.relationId, page_size: 1 });
-    expect(page.requests).toHaveLength(1);
-    const one = await requester.call('GetRequest', { request_id: ids[0] });
-    expect(one.request.request_id).toBe(ids[0]);
-    const next = (await requester.call('CreateRequest', { relation_id: w.relationId, fields: fieldsOf(10) })).request.request_id;
+    // The same connection still answers, and the watch still delivers.
+    const one = await requester.call('GetRequest', { request_id: request.request_id });
+    expect(one.request.response_count).toBe(3);
+    expect(log.calls('RequesterService/GetRequest').at(-1)?.code).toBe('OK');
+    const next = (await requester.call('CreateRequest', { relation_id: many.relationId, fields: fieldsOf(10) })).request.request_id;
     await live.events.next(requestEvent('ADDED', next));
     live.cancel();
   });
