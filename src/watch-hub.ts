@@ -270,6 +270,7 @@ export class WatchHub {
         }
         if (upTo <= cursor) break;
         cursor = upTo;
+        await otherClientsTurn();
       }
       // Pruned by a compaction meanwhile: the index then already covers what is still resumable.
       if (this.#indexedAfter !== until) return;
@@ -386,6 +387,11 @@ function bytesOf(events: readonly WatchEventMessage[]): number {
   let bytes = 0;
   for (const event of events) bytes += eventBytes(event);
   return bytes;
+}
+
+/** Lets other clients' I/O in before going on with a long read. */
+function otherClientsTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Watchers of one view share their events: each is measured once. */
@@ -684,6 +690,8 @@ export class Watcher {
           return;
         }
         const { changes, upTo } = await this.#hub.changesSince(cursor);
+        // Reading the log takes no I/O wait: without a turn, pages of a quiet relation would hold every other client.
+        await otherClientsTurn();
         const events = changes.flatMap((change) => this.translate(change));
         cursor = upTo;
         if (events.length > 0) this.#enqueueEvents(events, this.#upTo(upTo));

@@ -609,3 +609,31 @@ describe('a watcher that does not read, against the byte budget', () => {
     expect(requestIds(again.events.items)).toEqual(created);
   }, 60_000);
 });
+
+describe('a long catch-up', () => {
+  test('lets other clients in between its pages, and still delivers every change once, in order', async () => {
+    const c = await startHarness({ durability: 'normal' });
+    try {
+      const quiet = await relate(c);
+      const busy = await relate(c);
+      const from = c.server.hub.revision;
+      const creator = await busy.session(busy.requesters[0] as string);
+      await Promise.all(Array.from({ length: 30_000 }, (_, i) => creator.send({ create: { relation_id: busy.id, fields: struct({ common_name: `b${i}.example` }) } })));
+      creator.end();
+      const w = watch(quiet.res(), { relation_id: quiet.id, ...after(from) });
+      const catchingUp = () => [...c.server.hub.watchers].find((watcher) => watcher.spec.relationId === quiet.id);
+      await eventually(async () => expect(catchingUp()).toBeDefined());
+      const during = await create(quiet);
+      // The reply came while the watcher was still reading the change log: the catch-up let the call in.
+      expect(catchingUp()?.isLive).toBe(false);
+      await w.events.next(requestEvent('ADDED', during.request_id), 20_000);
+      const later = await create(quiet);
+      await w.events.next(requestEvent('ADDED', later.request_id));
+      w.cancel();
+      expect(requestIds(w.events.items)).toEqual([during.request_id, later.request_id]);
+      expectWellFormed(w.batches);
+    } finally {
+      await c.close();
+    }
+  }, 120_000);
+});
