@@ -55,6 +55,8 @@ export interface ServerConfig {
   maxConnectionAgeGraceMs: number;
   /** Events queued for one watcher before it is cut off. */
   watchBuffer: number;
+  /** Bytes (as estimated from the fields events carry) queued for one watcher before it is cut off. */
+  watchBufferBytes: number;
   /** Default milliseconds between watch progress events. */
   progressIntervalMs: number;
   /** Change-log revisions kept for resuming watches. */
@@ -92,6 +94,7 @@ export const DEFAULT_CONFIG: ServerConfig = {
   maxConnectionAgeMs: 0,
   maxConnectionAgeGraceMs: 30_000,
   watchBuffer: 10_000,
+  watchBufferBytes: 64 * 1024 * 1024,
   progressIntervalMs: 10_000,
   historyRevisions: 1_000_000,
   historyAgeMs: 24 * 3600 * 1000,
@@ -131,7 +134,12 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
 }
 
 async function serve(config: ServerConfig, logger: Logger, descriptors: Uint8Array[], interfaces: InterfaceRegistry, store: Store): Promise<RunningServer> {
-  const hub = new WatchHub(store, { maxBufferedEvents: config.watchBuffer, progressIntervalMs: config.progressIntervalMs, maxMessageBytes: config.maxSendBytes });
+  const hub = new WatchHub(store, {
+    maxBufferedEvents: config.watchBuffer,
+    maxBufferedBytes: config.watchBufferBytes,
+    progressIntervalMs: config.progressIntervalMs,
+    maxMessageBytes: config.maxSendBytes,
+  });
   const registry = new RegistryService(store, interfaces);
   const requests = new RequestService(store, interfaces, { maxMessageBytes: config.maxSendBytes });
   const metrics = config.metricsListen ? new Metrics(store, hub, interfaces.list().map((i) => i.name)) : undefined;

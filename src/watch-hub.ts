@@ -51,6 +51,8 @@ export interface WatchSink {
 export interface HubOptions {
   /** Most events queued for one watcher before it is cut off. */
   maxBufferedEvents: number;
+  /** Most bytes (as estimated) queued for one watcher before it is cut off. */
+  maxBufferedBytes: number;
   /** Default interval of progress events. */
   progressIntervalMs: number;
   /** Revisions read per change-log page during catch-up. */
@@ -71,7 +73,13 @@ interface MembershipChange {
   joined: boolean;
 }
 
-export const DEFAULT_HUB_OPTIONS: HubOptions = { maxBufferedEvents: 10_000, progressIntervalMs: 10_000, catchUpPage: 500, maxMessageBytes: 16 * 1024 * 1024 };
+export const DEFAULT_HUB_OPTIONS: HubOptions = {
+  maxBufferedEvents: 10_000,
+  maxBufferedBytes: 64 * 1024 * 1024,
+  progressIntervalMs: 10_000,
+  catchUpPage: 500,
+  maxMessageBytes: 16 * 1024 * 1024,
+};
 
 export class WatchHub {
   readonly #store: Store;
@@ -89,6 +97,8 @@ export class WatchHub {
   #indexing: Promise<void> = Promise.resolve();
   #revision: number;
   #closed = false;
+  /** Every progress interval, cuts off watchers stuck before going live; see Watcher.cutOffIfStalled. */
+  readonly #stallTimer: NodeJS.Timeout;
 
   constructor(store: Store, options: Partial<HubOptions> = {}) {
     this.#store = store;
@@ -97,6 +107,10 @@ export class WatchHub {
     this.#indexedAfter = this.#revision;
     store.onCommit((changes) => this.#publish(changes));
     store.onGap?.((compacted) => this.#missed(compacted));
+    this.#stallTimer = setInterval(() => {
+      for (const watcher of [...this.#watchers]) watcher.cutOffIfStalled();
+    }, this.#options.progressIntervalMs);
+    this.#stallTimer.unref();
   }
 
   /** The revision up to which every live watcher has been given its changes. */
@@ -170,6 +184,7 @@ export class WatchHub {
   /** Ends every watch with UNAVAILABLE so clients resume elsewhere. */
   close(): void {
     this.#closed = true;
+    clearInterval(this.#stallTimer);
     for (const watcher of [...this.#watchers]) watcher.stop(shuttingDown());
   }
 
@@ -255,6 +270,7 @@ export class WatchHub {
         }
         if (upTo <= cursor) break;
         cursor = upTo;
+        await otherClientsTurn();
       }
       // Pruned by a compaction meanwhile: the index then already covers what is still resumable.
       if (this.#indexedAfter !== until) return;
@@ -367,6 +383,17 @@ function eventBytes(event: WatchEventMessage): number {
   return bytes;
 }
 
+function bytesOf(events: readonly WatchEventMessage[]): number {
+  let bytes = 0;
+  for (const event of events) bytes += eventBytes(event);
+  return bytes;
+}
+
+/** Lets other clients' I/O in before going on with a long read. */
+function otherClientsTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 /** Watchers of one view share their events: each is measured once. */
 const eventSizes = new WeakMap<WatchEventMessage, number>();
 
@@ -445,6 +472,12 @@ export class Watcher {
   readonly #options: HubOptions;
   readonly #queue: WatchBatchMessage[] = [];
   #queuedEvents = 0;
+  #queuedBytes = 0;
+  /** Batches handed to the transport, and how many at the last stall check. */
+  #written = 0;
+  #writtenAtStallCheck = 0;
+  /** The snapshot's last message until it is handed to the transport: before that there is no revision to resume from. */
+  #snapshotEnd: WatchBatchMessage | undefined;
   #live = false;
   #stopped = false;
   #waitingDrain = false;
@@ -478,8 +511,9 @@ export class Watcher {
   begin(from: number, snapshot: WatchEventMessage[]): void {
     this.#sent = from;
     // Only the snapshot's last message is a resume point; the ones before it say revision 0.
-    const messages = splitEvents(snapshot, this.#options.maxMessageBytes, () => false);
-    messages.forEach((events, i) => this.#enqueue({ events, revision: i === messages.length - 1 ? from : 0 }));
+    const batches = splitEvents(snapshot, this.#options.maxMessageBytes, () => false).map((events, i, all) => ({ events, revision: i === all.length - 1 ? from : 0 }));
+    this.#snapshotEnd = batches.at(-1);
+    for (const batch of batches) this.#enqueue(batch);
     // A watch from now says at once where it begins: a client whose stream breaks before the first change resumes from there.
     if (this.spec.start === 'now') this.#enqueue({ events: [], revision: from });
     this.#interval = this.spec.progressIntervalMs || this.#options.progressIntervalMs;
@@ -501,18 +535,44 @@ export class Watcher {
   /** Live delivery of one commit's events; a watcher whose transport stays full is cut off. */
   deliver(events: WatchEventMessage[], revision: number): void {
     // Only events held back by a full transport count: a big commit to a reader that keeps up is fine.
-    if (this.#waitingDrain && this.#queuedEvents + events.length > this.#options.maxBufferedEvents) {
-      const last = String(this.#sent);
-      this.#hub.slowWatcherCutOffs += 1;
-      return this.stop(
-        new RelgateError(Code.RESOURCE_EXHAUSTED, `watcher fell behind by more than ${this.#options.maxBufferedEvents} events; resume after revision ${last}`, {
-          reason: 'SLOW_WATCHER',
-          metadata: { last_revision: last },
-        }),
-      );
+    if (this.#waitingDrain) {
+      if (this.#queuedEvents + events.length > this.#options.maxBufferedEvents) return this.#cutOff(`${this.#options.maxBufferedEvents} events`);
+      if (this.#queuedBytes + bytesOf(events) > this.#options.maxBufferedBytes) return this.#cutOff(`${this.#options.maxBufferedBytes} bytes`);
     }
     if (events.length > 0) this.#enqueueEvents(events, this.#upTo(revision));
     if (this.#joined) this.#endForSnapshot();
+  }
+
+  /**
+   * Called every progress interval. A watcher not yet live only takes changes once its snapshot or catch-up page is
+   * sent, so one whose client stopped reading would hold them as long as the connection lasts: cut it off once it
+   * holds more than the byte budget and took nothing for a whole interval (a client reading a large snapshot is not).
+   */
+  cutOffIfStalled(): void {
+    const moved = this.#written !== this.#writtenAtStallCheck;
+    this.#writtenAtStallCheck = this.#written;
+    if (this.#live || moved || !this.#waitingDrain || this.#queuedBytes <= this.#options.maxBufferedBytes) return;
+    this.#cutOff(`${this.#options.maxBufferedBytes} bytes`);
+  }
+
+  /** Ends a watcher that fell behind, telling its client where to resume: after the last revision sent, or from a new snapshot. */
+  #cutOff(limit: string): void {
+    this.#hub.slowWatcherCutOffs += 1;
+    if (this.#snapshotEnd) {
+      return this.stop(
+        new RelgateError(Code.RESOURCE_EXHAUSTED, `watcher fell behind by more than ${limit} during its snapshot; start the watch again from a snapshot`, {
+          reason: 'SLOW_WATCHER',
+          metadata: { start_over: 'snapshot' },
+        }),
+      );
+    }
+    const last = String(this.#sent);
+    this.stop(
+      new RelgateError(Code.RESOURCE_EXHAUSTED, `watcher fell behind by more than ${limit}; resume after revision ${last}`, {
+        reason: 'SLOW_WATCHER',
+        metadata: { last_revision: last },
+      }),
+    );
   }
 
   /** Whether the unit joined another relation: the watch ends before that revision (a watch of every relation). */
@@ -630,6 +690,8 @@ export class Watcher {
           return;
         }
         const { changes, upTo } = await this.#hub.changesSince(cursor);
+        // Reading the log takes no I/O wait: without a turn, pages of a quiet relation would hold every other client.
+        await otherClientsTurn();
         const events = changes.flatMap((change) => this.translate(change));
         cursor = upTo;
         if (events.length > 0) this.#enqueueEvents(events, this.#upTo(upTo));
@@ -667,6 +729,7 @@ export class Watcher {
     if (this.#stopped) return;
     this.#queue.push(batch);
     this.#queuedEvents += batch.events.length;
+    this.#queuedBytes += bytesOf(batch.events);
     this.#flush();
   }
 
@@ -675,6 +738,9 @@ export class Watcher {
       const batch = this.#queue.shift();
       if (!batch) break;
       this.#queuedEvents -= batch.events.length;
+      this.#queuedBytes -= bytesOf(batch.events);
+      this.#written += 1;
+      if (batch === this.#snapshotEnd) this.#snapshotEnd = undefined;
       this.#sent = batch.revision;
       this.#sentSinceTick = true;
       if (!this.#sink.write(batch)) {

@@ -15,7 +15,7 @@ import { InterfaceRegistry } from '../src/interfaces.ts';
 import { RegistryService } from '../src/registry-service.ts';
 import { startServer, type RunningServer } from '../src/server.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
-import { makeWorld, type World } from './helpers/world.ts';
+import { eventually, makeWorld, type World } from './helpers/world.ts';
 import { runProgram, spawnServe, type ServeProcess } from './helpers/grpcurl.ts';
 import { Rpc, startHarness, v1, type Harness } from './helpers/harness.ts';
 import { makeCertificates } from './helpers/tls.ts';
@@ -578,6 +578,30 @@ describe('SDK watches across gateway restarts', () => {
     expect(seen.filter(isChange).map((event) => event.request?.request_id)).toEqual(created);
     expect(watch.stats.resumes).toBeGreaterThanOrEqual(1);
     watch.close();
+  }, 60_000);
+
+  it('starts over from a snapshot (RESYNC) when a consumer that stopped reading is cut off during its snapshot', async () => {
+    await server.stop();
+    // Messages of at most a quarter MiB: the large requests make a snapshot of many messages, over the 1 MiB budget.
+    await start({ watchBufferBytes: 1024 * 1024, maxSendBytes: 1024 * 1024, progressIntervalMs: 100 });
+    try {
+      const w = await world();
+      const web = as(w.requesters[0] as string).requester('tls-certificates', { relation: w.relationId });
+      const large = 'x'.repeat(100_000);
+      const created: string[] = [];
+      for (let i = 0; i < 80; i++) created.push((await web.create({ common_name: `s${i}.example`, sans: [large] })).request_id);
+      const cutOffs = server.hub.slowWatcherCutOffs;
+      const watch = web.watch({ bufferEvents: 1 });
+      await eventually(async () => expect(server.hub.slowWatcherCutOffs).toBeGreaterThan(cutOffs), 10_000);
+      const seen = await readUntil(watch, (event) => event.type === 'SNAPSHOT_COMPLETE', 30_000);
+      const afterResync = seen.slice(seen.findLastIndex((event) => event.type === 'RESYNC') + 1);
+      expect(watch.stats.resyncs).toBeGreaterThanOrEqual(1);
+      expect(afterResync.filter((event) => event.type === 'ADDED').map((event) => event.request?.request_id)).toEqual(created);
+      watch.close();
+    } finally {
+      await server.stop();
+      await start();
+    }
   }, 60_000);
 
   it('keeps at most maxInFlight session commands unacknowledged, sends the rest in order, and sends them all before closing', async () => {

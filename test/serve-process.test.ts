@@ -134,6 +134,7 @@ describe('relgate serve on the command line', () => {
       ['--max-message-bytes', '0'],
       ['--max-send-bytes', '0'],
       ['--watch-buffer', '0'],
+      ['--watch-buffer-bytes', '0'],
       ['--keepalive-time', '0'],
       ['--keepalive-timeout', '3000000000'],
       ['--shutdown-grace', '3000000000'],

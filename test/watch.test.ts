@@ -554,3 +554,86 @@ describe('message size', () => {
   }, 60_000);
 });
 
+
+describe('a watcher that does not read, against the byte budget', () => {
+  const BUDGET = 1024 * 1024;
+  let b: Harness;
+  beforeAll(async () => {
+    // Messages of at most a quarter MiB: each large request goes alone, so a snapshot of them is many messages.
+    b = await startHarness({ durability: 'normal', watchBufferBytes: BUDGET, maxSendBytes: BUDGET, progressIntervalMs: 100 });
+  });
+  afterAll(() => b.close());
+
+  const large = (i: number) => ({ fields: struct({ common_name: `large${i}.example`, sans: ['x'.repeat(100_000)] }) });
+
+  test('is cut off with RESOURCE_EXHAUSTED once what it holds back passes the byte budget, long before the event limit, and resumes without loss', async () => {
+    const r = await relate(b);
+    const w = watch(r.res(), { relation_id: r.id, ...NOW });
+    await new Promise((resolve) => w.call.once('data', resolve));
+    w.call.pause();
+    const cutOffs = b.server.hub.slowWatcherCutOffs;
+    const created: string[] = [];
+    while (b.server.hub.slowWatcherCutOffs === cutOffs && created.length < 500) created.push((await create(r, large(created.length))).request_id);
+    // One event per request: far below the 10,000 events a watcher may hold back.
+    expect(created.length).toBeLessThan(100);
+    for (let i = 0; i < 5; i++) created.push((await create(r, large(created.length))).request_id);
+    w.call.resume();
+    const status = await w.status;
+    expectError(status!, Code.RESOURCE_EXHAUSTED, 'SLOW_WATCHER');
+    expect(status?.message).toContain(`${BUDGET} bytes`);
+    const last = Number(status?.metadata.last_revision);
+    expect(last).toBe(Number(w.batches.at(-1)?.revision));
+    const resumed = watch(r.res(), { relation_id: r.id, ...after(last) });
+    await resumed.events.next(requestEvent('ADDED', created.at(-1)), 20_000);
+    resumed.cancel();
+    expect([...requestIds(w.events.items), ...requestIds(resumed.events.items)]).toEqual(created);
+  }, 60_000);
+
+  test('one that stops reading during a snapshot larger than the budget is cut off and told to start over, which gets all of it', async () => {
+    const r = await relate(b);
+    const created: string[] = [];
+    for (let i = 0; i < 80; i++) created.push((await create(r, large(i))).request_id);
+    const cutOffs = b.server.hub.slowWatcherCutOffs;
+    const w = watch(r.res(), { relation_id: r.id, start: 'WATCH_START_SNAPSHOT' });
+    w.call.pause();
+    await eventually(async () => expect(b.server.hub.slowWatcherCutOffs).toBe(cutOffs + 1), 10_000);
+    w.call.resume();
+    const status = await w.status;
+    expectError(status!, Code.RESOURCE_EXHAUSTED, 'SLOW_WATCHER');
+    // No revision to resume from: the part of the snapshot it got is no resume point.
+    expect(status?.metadata).toEqual({ start_over: 'snapshot' });
+    expect(w.events.items.some(snapshotComplete)).toBe(false);
+    expect(w.batches.every((batch) => batch.revision === '0')).toBe(true);
+    const again = await watchReady(r.res(), { relation_id: r.id });
+    again.cancel();
+    expect(requestIds(again.events.items)).toEqual(created);
+  }, 60_000);
+});
+
+describe('a long catch-up', () => {
+  test('lets other clients in between its pages, and still delivers every change once, in order', async () => {
+    const c = await startHarness({ durability: 'normal' });
+    try {
+      const quiet = await relate(c);
+      const busy = await relate(c);
+      const from = c.server.hub.revision;
+      const creator = await busy.session(busy.requesters[0] as string);
+      await Promise.all(Array.from({ length: 30_000 }, (_, i) => creator.send({ create: { relation_id: busy.id, fields: struct({ common_name: `b${i}.example` }) } })));
+      creator.end();
+      const w = watch(quiet.res(), { relation_id: quiet.id, ...after(from) });
+      const catchingUp = () => [...c.server.hub.watchers].find((watcher) => watcher.spec.relationId === quiet.id);
+      await eventually(async () => expect(catchingUp()).toBeDefined());
+      const during = await create(quiet);
+      // The reply came while the watcher was still reading the change log: the catch-up let the call in.
+      expect(catchingUp()?.isLive).toBe(false);
+      await w.events.next(requestEvent('ADDED', during.request_id), 20_000);
+      const later = await create(quiet);
+      await w.events.next(requestEvent('ADDED', later.request_id));
+      w.cancel();
+      expect(requestIds(w.events.items)).toEqual([during.request_id, later.request_id]);
+      expectWellFormed(w.batches);
+    } finally {
+      await c.close();
+    }
+  }, 120_000);
+});

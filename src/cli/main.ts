@@ -57,6 +57,7 @@ program
   .addOption(new Option('--max-connection-age <ms>', 'age after which a connection is asked to go away (0: never)').argParser(connectionAge).env('RELGATE_MAX_CONNECTION_AGE').default(DEFAULT_CONFIG.maxConnectionAgeMs))
   .addOption(new Option('--max-connection-age-grace <ms>', 'how long calls continue on an aged connection before they are cut').argParser(orNever).env('RELGATE_MAX_CONNECTION_AGE_GRACE').default(DEFAULT_CONFIG.maxConnectionAgeGraceMs))
   .addOption(new Option('--watch-buffer <events>', 'events queued for one watcher before it is cut off').argParser(positive).env('RELGATE_WATCH_BUFFER').default(DEFAULT_CONFIG.watchBuffer))
+  .addOption(new Option('--watch-buffer-bytes <n>', 'bytes queued for one watcher before it is cut off').argParser(positive).env('RELGATE_WATCH_BUFFER_BYTES').default(DEFAULT_CONFIG.watchBufferBytes))
   .addOption(new Option('--progress-interval <ms>', 'milliseconds between watch progress events').argParser(progressInterval).env('RELGATE_PROGRESS_INTERVAL').default(DEFAULT_CONFIG.progressIntervalMs))
   .addOption(new Option('--history-revisions <n>', 'change-log revisions kept for resuming watches').argParser(integer).env('RELGATE_HISTORY_REVISIONS').default(DEFAULT_CONFIG.historyRevisions))
   .addOption(new Option('--history-age <seconds>', 'change-log age kept for resuming watches').argParser(integer).env('RELGATE_HISTORY_AGE').default(DEFAULT_CONFIG.historyAgeMs / 1000))
@@ -127,6 +128,7 @@ async function serve(options: Record<string, unknown>, interfaces: string[]): Pr
     maxConnectionAgeMs: options.maxConnectionAge as number,
     maxConnectionAgeGraceMs: options.maxConnectionAgeGrace as number,
     watchBuffer: options.watchBuffer as number,
+    watchBufferBytes: options.watchBufferBytes as number,
     progressIntervalMs: options.progressInterval as number,
     historyRevisions: options.historyRevisions as number,
     historyAgeMs: (options.historyAge as number) * 1000,
