@@ -5,6 +5,7 @@
 // they reach the hub's revision, then switch to the live path in the same
 // tick, so no change is missed or delivered twice.
 import { Code, RelgateError, asRelgateError } from './errors.ts';
+import { textSize } from './message-size.ts';
 import { isAddressedTo, isNewFor, relationUnitMessage, requestMessage, responseMessage, type Viewer } from './present.ts';
 import { ofInterface } from './relation-id.ts';
 import { SetMap } from './set-map.ts';
@@ -396,15 +397,6 @@ function otherClientsTurn(): Promise<void> {
 
 /** Watchers of one view share their events: each is measured once. */
 const eventSizes = new WeakMap<WatchEventMessage, number>();
-
-function textSize(value: unknown): number {
-  if (typeof value === 'string') return value.length * 3;
-  if (typeof value !== 'object' || value === null) return 10;
-  let size = 0;
-  if (Array.isArray(value)) for (const item of value) size += 2 + textSize(item);
-  else for (const key in value) size += key.length * 3 + 4 + textSize((value as Record<string, unknown>)[key]);
-  return size;
-}
 
 /** The joins and departures a change records; removing a relation is a departure of each of its members. */
 function membershipsOf(change: Change): MembershipChange[] {
