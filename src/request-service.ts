@@ -82,6 +82,12 @@ const MAX_TTL_MS = 30 * 24 * 3600 * 1000;
 const MAX_LEASE_MS = 3600 * 1000;
 const DEFAULT_LEASE_MS = 30 * 1000;
 const SCAN_CHUNK = 256;
+/**
+ * Stored requests a page of a list looks at, matching or not: a filter that matches few of a large relation's requests
+ * would otherwise hold the store (and every other client) for the whole relation in one call. Past it the page ends,
+ * perhaps empty, with a token that goes on from there.
+ */
+export const MAX_SCANNED_PER_PAGE = 5_000;
 /** Room in a listed request's estimate for its tags and scalar fields. */
 const REQUEST_OVERHEAD_BYTES = 512;
 
@@ -223,7 +229,7 @@ export class RequestService {
       const view = { unit: caller.name, side };
       const keep = (request: RequestRecord) =>
         matches(request) && (side === 'requester' ? requesterFilter(request, input.filter) : responderFilter(request, caller.name, input.filter));
-      const { items, last, more } = await scan(tx, relationIds, after, { size, bytes: this.#pageBytes }, keep, input.filter === 'new');
+      const { items, last, more } = await scan(tx, relationIds, after, { size, bytes: this.#pageBytes, scanned: MAX_SCANNED_PER_PAGE }, keep, input.filter === 'new');
       return { requests: items.map((request) => requestMessage(request, view)), next_page_token: more ? encodePageToken(last, query) : '' };
     });
   }
@@ -588,14 +594,18 @@ function responderFilter(request: RequestRecord, unit: string, filter: RequestFi
 }
 
 async function firstMatch(tx: StoreTx, relationIds: string[], matches: (request: RequestRecord) => boolean): Promise<RequestRecord | undefined> {
-  const { items } = await scan(tx, relationIds, 0, { size: 1, bytes: Infinity }, matches);
+  const { items } = await scan(tx, relationIds, 0, { size: 1, bytes: Infinity, scanned: Infinity }, matches);
   return items[0];
 }
 
-/** What one page holds: up to size requests, and past the first only as many as fit in bytes, by requestBytes. */
+/**
+ * What one page holds: up to size requests, and past the first only as many as fit in bytes, by requestBytes; it ends
+ * once it has looked at `scanned` stored requests.
+ */
 interface PageLimit {
   size: number;
   bytes: number;
+  scanned: number;
 }
 
 /**
@@ -606,6 +616,7 @@ interface PageLimit {
 async function scan(tx: StoreTx, relationIds: string[], after: number, page: PageLimit, keep: (request: RequestRecord) => boolean, pendingOnly = false) {
   const items: RequestRecord[] = [];
   let scanned = after;
+  let looked = 0;
   let bytes = 0;
   if (relationIds.length === 0) return { items, last: after, more: false };
   const limit = Math.max(SCAN_CHUNK, page.size + 1);
@@ -613,6 +624,9 @@ async function scan(tx: StoreTx, relationIds: string[], after: number, page: Pag
   for (;;) {
     const chunk = await tx.listRequests({ relationIds, afterCreateRevision: scanned, limit, pendingOnly });
     for (const request of chunk) {
+      // Every request up to `scanned` has been looked at: the token goes on after it.
+      if (looked === page.scanned) return { items, last: scanned, more: true };
+      looked += 1;
       scanned = request.create_revision;
       if (!keep(request)) continue;
       if (items.length === page.size) return full();

@@ -2,7 +2,9 @@
 // request model as the requester sees it.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { connect } from '../src/client/index.ts';
 import { Code } from '../src/errors.ts';
+import { MAX_SCANNED_PER_PAGE } from '../src/request-service.ts';
 import { json, startHarness, struct, type Harness } from './helpers/harness.ts';
 import { UUID_V7, ids, listAll, makeWorld, millis, type World } from './helpers/world.ts';
 
@@ -329,6 +331,32 @@ describe('ListRequests', () => {
       await small.close();
     }
   });
+
+  test('a page looks at no more stored requests than its limit: a match past them comes on a later page, which tokens and the SDK reach', async () => {
+    const w = await makeWorld(h);
+    const filler = { relation_id: w.relationId, fields: struct({ common_name: 'filler.example' }) };
+    for (let done = 0; done < MAX_SCANNED_PER_PAGE; done += 500) {
+      await Promise.all(Array.from({ length: 500 }, () => w.req().call('CreateRequest', filler)));
+    }
+    const needle = await create(w, { common_name: 'needle.example' });
+    const match_fields = struct({ common_name: 'needle.example' });
+    for (const [rpc, method] of [
+      [w.req(), 'ListRequests'],
+      [w.res(), 'ListIncomingRequests'],
+    ] as const) {
+      const first = await rpc.call(method, { relation_id: w.relationId, match_fields });
+      expect([first.requests.length, first.next_page_token === ''], method).toEqual([0, false]);
+      const second = await rpc.call(method, { relation_id: w.relationId, match_fields, page_token: first.next_page_token });
+      expect([ids(second.requests), second.next_page_token], method).toEqual([[needle.request_id], '']);
+    }
+    const connection = connect(h.server.address, { unit: w.requesters[0] as string });
+    try {
+      const found = await connection.requester('tls-certificates', { relation: w.relationId }).find({ common_name: 'needle.example' });
+      expect(found?.request_id).toBe(needle.request_id);
+    } finally {
+      connection.close();
+    }
+  }, 60_000);
 
   test('a page token is refused for a different query', async () => {
     const w = await makeWorld(h);

@@ -98,6 +98,17 @@ export function duration(ms: number): Duration {
 }
 
 /** Every page of a list call, concatenated. */
+/** The first item of a paged list: a page may come back empty with a token when the gateway stopped looking early. */
+export async function firstOfPages<T>(page: (token: string) => Promise<{ items: T[]; next: string }>): Promise<T | undefined> {
+  let token = '';
+  do {
+    const { items, next } = await page(token);
+    if (items[0] !== undefined) return items[0];
+    token = next;
+  } while (token !== '');
+  return undefined;
+}
+
 export async function allPages<T>(page: (token: string) => Promise<{ items: T[]; next: string }>): Promise<T[]> {
   const all: T[] = [];
   let token = '';

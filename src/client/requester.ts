@@ -6,7 +6,7 @@ import type { Response__Output } from '../../gen/relgate/v1/Response.ts';
 import type { CallAllResponse__Output } from '../../gen/relgate/v1/CallAllResponse.ts';
 import type { RequesterServiceClient } from '../../gen/relgate/v1/RequesterService.ts';
 import { unary } from './connect.ts';
-import { Endpoint, allPages, condition, struct } from './endpoint.ts';
+import { Endpoint, allPages, condition, firstOfPages, struct } from './endpoint.ts';
 import { Code, RelgateError, cannotStart, toRelgateError } from './errors.ts';
 import type { CallOptions, ConditionalOptions, CreateOptions, InterfaceName, Request, RequestFields, RequestFilter, RequesterFlags, Response, ResponseFields, WatchOptions } from './types.ts';
 import { Watch, serverStreamWatch, toRequest, toResponse } from './watch.ts';
@@ -57,9 +57,7 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
 
   /** The first request (in creation order) whose fields equal matchFields. */
   async find(matchFields: Partial<RequestFields<I>>): Promise<Request<RequestFields<I>> | undefined> {
-    const page = await this.#list('all', matchFields, '', 1);
-    const first = page.requests[0];
-    return first ? this.#request(first) : undefined;
+    return firstOfPages((token) => this.#page('all', matchFields, token, 1));
   }
 
   /** Every request whose fields equal matchFields. */
@@ -168,15 +166,13 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
     return responses.map((response) => toResponse<ResponseFields<I>>(response));
   }
 
-  #list(filter: RequestFilter, matchFields: object, pageToken: string, pageSize = 1000): Promise<ListRequestsResponse__Output> {
+  async #page(filter: RequestFilter, matchFields: object, pageToken: string, pageSize = 1000): Promise<{ items: Request<RequestFields<I>>[]; next: string }> {
     const query = { ...this.scope, filter: FILTERS[filter], match_fields: struct(matchFields), page_size: pageSize, page_token: pageToken };
-    return unary<ListRequestsResponse__Output>((cb) => this.connection.requesterClient.ListRequests(query, this.metadata, this.connection.callOptions(), cb));
+    const page = await unary<ListRequestsResponse__Output>((cb) => this.connection.requesterClient.ListRequests(query, this.metadata, this.connection.callOptions(), cb));
+    return { items: page.requests.map((request) => this.#request(request)), next: page.next_page_token };
   }
 
   #listAll(filter: RequestFilter, matchFields: object): Promise<Request<RequestFields<I>>[]> {
-    return allPages(async (token) => {
-      const page = await this.#list(filter, matchFields, token);
-      return { items: page.requests.map((request) => this.#request(request)), next: page.next_page_token };
-    });
+    return allPages((token) => this.#page(filter, matchFields, token));
   }
 }

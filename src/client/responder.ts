@@ -3,7 +3,7 @@
 import type { ListIncomingRequestsResponse__Output } from '../../gen/relgate/v1/ListIncomingRequestsResponse.ts';
 import type { Request__Output } from '../../gen/relgate/v1/Request.ts';
 import { unary } from './connect.ts';
-import { Endpoint, allPages, condition, duration, struct } from './endpoint.ts';
+import { Endpoint, allPages, condition, duration, firstOfPages, struct } from './endpoint.ts';
 import type { ConditionalOptions, InterfaceName, Request, RequestFields, ResponderFlags, Response, ResponseFields, WatchOptions } from './types.ts';
 import { Watch, serverStreamWatch, toRequest, toResponse } from './watch.ts';
 
@@ -29,8 +29,7 @@ export class Responder<I extends InterfaceName> extends Endpoint<I> {
 
   /** The first request addressed to the unit (in creation order) whose fields equal matchFields. */
   async find(matchFields: Partial<RequestFields<I>>): Promise<Request<RequestFields<I>> | undefined> {
-    const first = (await this.#list('REQUEST_FILTER_ALL', matchFields, '', 1)).requests[0];
-    return first ? toRequest<RequestFields<I>>(first) : undefined;
+    return firstOfPages((token) => this.#page('REQUEST_FILTER_ALL', matchFields, token, 1));
   }
 
   /** Every request addressed to the unit whose fields equal matchFields: all of them, or those still waiting for its answer. */
@@ -95,15 +94,13 @@ export class Responder<I extends InterfaceName> extends Endpoint<I> {
     return toResponse<ResponseFields<I>>(result.response ?? {});
   }
 
-  #list(filter: ListFilter, matchFields: object, pageToken: string, pageSize = 1000): Promise<ListIncomingRequestsResponse__Output> {
+  async #page(filter: ListFilter, matchFields: object, pageToken: string, pageSize = 1000): Promise<{ items: Request<RequestFields<I>>[]; next: string }> {
     const query = { ...this.scope, filter, match_fields: struct(matchFields), page_size: pageSize, page_token: pageToken };
-    return unary<ListIncomingRequestsResponse__Output>((cb) => this.connection.responderClient.ListIncomingRequests(query, this.metadata, this.connection.callOptions(), cb));
+    const page = await unary<ListIncomingRequestsResponse__Output>((cb) => this.connection.responderClient.ListIncomingRequests(query, this.metadata, this.connection.callOptions(), cb));
+    return { items: page.requests.map((request) => toRequest<RequestFields<I>>(request)), next: page.next_page_token };
   }
 
   #listAll(filter: ListFilter, matchFields: object): Promise<Request<RequestFields<I>>[]> {
-    return allPages(async (token) => {
-      const page = await this.#list(filter, matchFields, token);
-      return { items: page.requests.map((request) => toRequest<RequestFields<I>>(request)), next: page.next_page_token };
-    });
+    return allPages((token) => this.#page(filter, matchFields, token));
   }
 }
