@@ -41,6 +41,10 @@ import type { RegisterUnitResponse as _relgate_v1_RegisterUnitResponse, Register
 import type { RegistryServiceClient as _relgate_v1_RegistryServiceClient, RegistryServiceDefinition as _relgate_v1_RegistryServiceDefinition } from './relgate/v1/RegistryService.ts';
 import type { Relation as _relgate_v1_Relation, Relation__Output as _relgate_v1_Relation__Output } from './relgate/v1/Relation.ts';
 import type { RelationUnit as _relgate_v1_RelationUnit, RelationUnit__Output as _relgate_v1_RelationUnit__Output } from './relgate/v1/RelationUnit.ts';
+import type { RemoveApplicationRequest as _relgate_v1_RemoveApplicationRequest, RemoveApplicationRequest__Output as _relgate_v1_RemoveApplicationRequest__Output } from './relgate/v1/RemoveApplicationRequest.ts';
+import type { RemoveApplicationResponse as _relgate_v1_RemoveApplicationResponse, RemoveApplicationResponse__Output as _relgate_v1_RemoveApplicationResponse__Output } from './relgate/v1/RemoveApplicationResponse.ts';
+import type { RemoveUnitRequest as _relgate_v1_RemoveUnitRequest, RemoveUnitRequest__Output as _relgate_v1_RemoveUnitRequest__Output } from './relgate/v1/RemoveUnitRequest.ts';
+import type { RemoveUnitResponse as _relgate_v1_RemoveUnitResponse, RemoveUnitResponse__Output as _relgate_v1_RemoveUnitResponse__Output } from './relgate/v1/RemoveUnitResponse.ts';
 import type { Request as _relgate_v1_Request, Request__Output as _relgate_v1_Request__Output } from './relgate/v1/Request.ts';
 import type { RequesterFlags as _relgate_v1_RequesterFlags, RequesterFlags__Output as _relgate_v1_RequesterFlags__Output } from './relgate/v1/RequesterFlags.ts';
 import type { ResponderFlags as _relgate_v1_ResponderFlags, ResponderFlags__Output as _relgate_v1_ResponderFlags__Output } from './relgate/v1/ResponderFlags.ts';
@@ -108,6 +112,10 @@ export interface ProtoGrpcType {
       RegistryService: SubtypeConstructor<typeof grpc.Client, _relgate_v1_RegistryServiceClient> & { service: _relgate_v1_RegistryServiceDefinition }
       Relation: MessageTypeDefinition<_relgate_v1_Relation, _relgate_v1_Relation__Output>
       RelationUnit: MessageTypeDefinition<_relgate_v1_RelationUnit, _relgate_v1_RelationUnit__Output>
+      RemoveApplicationRequest: MessageTypeDefinition<_relgate_v1_RemoveApplicationRequest, _relgate_v1_RemoveApplicationRequest__Output>
+      RemoveApplicationResponse: MessageTypeDefinition<_relgate_v1_RemoveApplicationResponse, _relgate_v1_RemoveApplicationResponse__Output>
+      RemoveUnitRequest: MessageTypeDefinition<_relgate_v1_RemoveUnitRequest, _relgate_v1_RemoveUnitRequest__Output>
+      RemoveUnitResponse: MessageTypeDefinition<_relgate_v1_RemoveUnitResponse, _relgate_v1_RemoveUnitResponse__Output>
       Request: MessageTypeDefinition<_relgate_v1_Request, _relgate_v1_Request__Output>
       RequestFilter: EnumTypeDefinition
       RequestState: EnumTypeDefinition

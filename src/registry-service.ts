@@ -71,6 +71,21 @@ export class RegistryService {
     return { applications: applications.map((app) => ({ name: app.name, revision: app.revision })) };
   }
 
+  /** Removes an application that has no units and is part of no relation, whose records would otherwise name it. */
+  async removeApplication(name: string) {
+    new Violations().pattern('name', name, APPLICATION_NAME, 'an application name').throwIfAny();
+    return this.#store.write(async (tx) => {
+      if (!(await tx.getApplication(name))) throw notFound('application', name);
+      const units = (await tx.listUnits(name)).map((unit) => unit.name);
+      const relations = (await tx.listRelations()).filter((relation) => belongsTo(relation, name)).map((relation) => relation.id);
+      if (units.length > 0 || relations.length > 0) throw applicationInUse(name, units, relations);
+      const revision = await tx.revision();
+      await tx.deleteApplication(name);
+      await tx.appendChange('', { kind: 'registry', what: 'application-removed', name });
+      return { revision };
+    });
+  }
+
   /** Registers a unit; with issueToken, returns its bearer token (only a hash is kept). */
   async registerUnit(properties: UnitProperties, issueToken = false) {
     validateUnit(properties);
@@ -106,6 +121,23 @@ export class RegistryService {
       await tx.putUnit({ ...unit, token_hash: hash, revision });
       await tx.appendChange('', { kind: 'registry', what, name });
       return revision;
+    });
+  }
+
+  /**
+   * Removes a unit that has joined no relation (leaving releases its claims and tells the other side, which removal
+   * would skip). The change-log entry ends its open streams on every replica, as a revocation does.
+   */
+  async removeUnit(name: string) {
+    new Violations().unitName('name', name).throwIfAny();
+    return this.#store.write(async (tx) => {
+      await requireUnit(tx, name);
+      const joined = (await tx.listUnitRelations(name)).sort((a, b) => a.revision - b.revision).map((membership) => membership.relation_id);
+      if (joined.length > 0) throw unitInRelation(name, joined);
+      const revision = await tx.revision();
+      await tx.deleteUnit(name);
+      await tx.appendChange('', { kind: 'registry', what: 'unit-removed', name });
+      return { revision };
     });
   }
 
@@ -330,6 +362,36 @@ function relationExists(relation: RelationRecord): RelgateError {
     reason: 'RELATION_EXISTS',
     metadata: { relation_id: relation.id },
   });
+}
+
+function unitInRelation(unit: string, relationIds: string[]): RelgateError {
+  return failedPrecondition('UNIT_IN_RELATION', `unit ${unit} has joined ${counted(relationIds, 'relation')}; LeaveRelation first`, {
+    unit,
+    relation_ids: listed(relationIds),
+  });
+}
+
+function applicationInUse(application: string, units: string[], relationIds: string[]): RelgateError {
+  const uses = [units.length > 0 ? counted(units, 'unit') : '', relationIds.length > 0 ? counted(relationIds, 'relation') : ''];
+  return failedPrecondition('APPLICATION_IN_USE', `application ${application} still has ${uses.filter(Boolean).join(' and ')}; remove its units and delete its relations first`, {
+    application,
+    ...(units.length > 0 ? { units: listed(units) } : {}),
+    ...(relationIds.length > 0 ? { relation_ids: listed(relationIds) } : {}),
+  });
+}
+
+/** How many names an error lists: an application may have thousands of units, and metadata travels in a header. */
+const LISTED = 10;
+
+/** The first names, comma-separated, and how many more there are. */
+function listed(names: string[]): string {
+  const shown = names.slice(0, LISTED).join(',');
+  return names.length > LISTED ? `${shown},+${names.length - LISTED} more` : shown;
+}
+
+/** "2 units (a/0,a/1)". */
+function counted(names: string[], kind: string): string {
+  return `${names.length} ${kind}${names.length === 1 ? '' : 's'} (${listed(names)})`;
 }
 
 function alreadyExists(kind: string, name: string): RelgateError {

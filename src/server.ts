@@ -225,6 +225,13 @@ function serverOptions(config: ServerConfig): grpc.ServerOptions {
   };
 }
 
+/** What ends a unit's open streams after a registry change, if the change took its credentials away. */
+function credentialsEnded(what: string, unit: string): RelgateError | undefined {
+  if (what.startsWith('unit-token')) return new RelgateError(Code.UNAUTHENTICATED, `the token of ${unit} was rotated or revoked`, { reason: 'TOKEN_REVOKED' });
+  if (what === 'unit-removed') return new RelgateError(Code.UNAUTHENTICATED, `unit ${unit} was removed`, { reason: 'UNIT_REMOVED' });
+  return undefined;
+}
+
 function shuttingDownError(): RelgateError {
   return new RelgateError(Code.UNAVAILABLE, 'the gateway is shutting down; reconnect, and resume from the last revision', { reason: 'SHUTTING_DOWN' });
 }
@@ -404,8 +411,10 @@ class Handlers {
     this.#auth = auth;
     this.#sent = sent;
     hub.onCommit((changes) => {
-      for (const change of changes) {
-        if (change.data.kind === 'registry' && change.data.what.startsWith('unit-token')) this.#endStreams(change.data.name);
+      for (const { data } of changes) {
+        if (data.kind !== 'registry') continue;
+        const ended = credentialsEnded(data.what, data.name);
+        if (ended) this.#endStreams(data.name, ended);
       }
     });
   }
@@ -464,8 +473,7 @@ class Handlers {
 
   #closing: RelgateError | undefined;
 
-  #endStreams(unit: string): void {
-    const error = new RelgateError(Code.UNAUTHENTICATED, `the token of ${unit} was rotated or revoked`, { reason: 'TOKEN_REVOKED' });
+  #endStreams(unit: string, error: RelgateError): void {
     for (const close of [...this.#streams.get(unit)]) close(error);
   }
 
@@ -524,8 +532,10 @@ class Handlers {
       RevokeUnitToken: u('RevokeUnitToken', (q) => r.revokeUnitToken(q.name)),
       RegisterApplication: u('RegisterApplication', (q) => r.registerApplication(q.name)),
       ListApplications: u('ListApplications', () => r.listApplications()),
+      RemoveApplication: u('RemoveApplication', (q) => r.removeApplication(q.name)),
       RegisterUnit: u('RegisterUnit', (q) => r.registerUnit(unitProperties(q), issue)),
       UpdateUnit: u('UpdateUnit', (q) => r.updateUnit(unitProperties(q))),
+      RemoveUnit: u('RemoveUnit', (q) => r.removeUnit(q.name)),
       GetUnit: scoped('GetUnit', (q, reader) => r.getUnit(q.name, reader)),
       ListUnits: u('ListUnits', (q) => r.listUnits(q.application)),
       CreateRelation: u('CreateRelation', (q) => r.createRelation(q as never)),

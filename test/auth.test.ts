@@ -87,6 +87,8 @@ const adminOnly: [string, () => object][] = [
   ['LeaveRelation', () => ({ relation_id: r1, unit: 'ca/0' })],
   ['RotateUnitToken', () => ({ name: 'ca/0' })],
   ['RevokeUnitToken', () => ({ name: 'ca/0' })],
+  ['RemoveUnit', () => ({ name: 'other/0' })],
+  ['RemoveApplication', () => ({ name: 'db' })],
   ['ListUnits', () => ({})],
   ['ListApplications', () => ({})],
 ];
@@ -325,6 +327,38 @@ test('a revocation committed while a session watch is starting ends the session,
   } finally {
     restore();
   }
+});
+
+test("removing a unit ends its open watch and session with UNIT_REMOVED; its token no longer authenticates, and the name registers again with a new one", async () => {
+  await admin.call('RegisterApplication', { name: 'scaled' });
+  const { token: old } = await admin.call('RegisterUnit', { name: 'scaled/0' });
+  // A watch of every relation of the unit (none yet) and a session stay open until something ends them.
+  const watch = client('RequesterService', old).stream('WatchResponses', { options: { start: 'WATCH_START_NOW' } });
+  const watchEnded = new Promise<grpc.ServiceError>((resolve) => watch.on('error', resolve));
+  await new Promise((resolve) => watch.once('data', resolve));
+  const metadata = new grpc.Metadata();
+  metadata.set('authorization', `Bearer ${old}`);
+  const Session = v1.SessionService as NonNullable<typeof v1.SessionService>;
+  const session = (new Session(h.server.address, grpc.credentials.createInsecure()) as unknown as { Open(md: grpc.Metadata): grpc.ClientDuplexStream<object, object> }).Open(metadata);
+  session.on('data', () => undefined);
+  const sessionEnded = new Promise<grpc.ServiceError>((resolve) => session.on('error', resolve));
+  session.write({ start: { responses: {} } });
+  await new Promise((resolve) => session.once('data', resolve));
+
+  const { revision } = await admin.call('RemoveUnit', { name: 'scaled/0' });
+  expect(Number(revision)).toBe(h.server.store.currentRevision());
+  for (const ended of [await watchEnded, await sessionEnded]) {
+    const error = fromServiceError(ended);
+    expect([error.code, error.reason]).toEqual([grpc.status.UNAUTHENTICATED, 'UNIT_REMOVED']);
+  }
+  const refused = await client('RegistryService', old).fail('GetUnit', { name: 'scaled/0' });
+  expect([refused.code, refused.reason]).toEqual([grpc.status.UNAUTHENTICATED, 'INVALID_TOKEN']);
+
+  const { token } = await admin.call('RegisterUnit', { name: 'scaled/0' });
+  expect(token).not.toBe(old);
+  expect((await client('RegistryService', token).call('GetUnit', { name: 'scaled/0' })).unit.name).toBe('scaled/0');
+  const stillRefused = await client('RegistryService', old).fail('GetUnit', { name: 'scaled/0' });
+  expect(stillRefused.reason).toBe('INVALID_TOKEN');
 });
 
 test('leaving the relation mid-watch ends the stream and no event of the relation reaches it afterwards', async () => {

@@ -232,6 +232,48 @@ describe('applications', () => {
     expect([error.code, error.reason, error.metadata]).toEqual([Code.ALREADY_EXISTS, 'APPLICATION_EXISTS', { application: name }]);
     expect(h.server.store.currentRevision()).toBe(before);
   });
+
+  test('RemoveApplication is refused while the application has units or relations (APPLICATION_IN_USE, naming them) and changes nothing; once they are gone it is removed and its name registers again', async () => {
+    const w = await makeWorld(h, { requesters: 2, join: false });
+    const app = w.requesterApp;
+    const [web0, web1] = w.requesters as [string, string];
+    const refuse = async (metadata: Record<string, string>) => {
+      const before = h.server.store.currentRevision();
+      const error = await h.registry.fail('RemoveApplication', { name: app });
+      expect([error.code, error.reason, error.metadata]).toEqual([Code.FAILED_PRECONDITION, 'APPLICATION_IN_USE', { application: app, ...metadata }]);
+      expect(h.server.store.currentRevision()).toBe(before);
+    };
+    await refuse({ units: `${web0},${web1}`, relation_ids: w.relationId });
+    for (const unit of w.requesters) await h.registry.call('RemoveUnit', { name: unit });
+    await refuse({ relation_ids: w.relationId });
+    await h.registry.call('DeleteRelation', { relation_id: w.relationId });
+    await h.registry.call('RegisterUnit', { name: web0 });
+    await refuse({ units: web0 });
+    await h.registry.call('RemoveUnit', { name: web0 });
+
+    const { revision } = await h.registry.call('RemoveApplication', { name: app });
+    expect(Number(revision)).toBe(h.server.store.currentRevision());
+    const { changes } = await h.server.store.changesSince(Number(revision) - 1, 1);
+    expect(changes.map((change) => change.data)).toEqual([{ kind: 'registry', what: 'application-removed', name: app }]);
+    const names = (await h.registry.call('ListApplications')).applications.map((a: { name: string }) => a.name);
+    expect(names).not.toContain(app);
+    expect(names).toContain(w.responderApp);
+    const unit = await h.registry.fail('RegisterUnit', { name: web0 });
+    expect([unit.code, unit.reason]).toEqual([Code.NOT_FOUND, 'APPLICATION_NOT_FOUND']);
+    const again = await h.registry.call('RegisterApplication', { name: app });
+    expect(again.application).toEqual({ name: app, revision: String(h.server.store.currentRevision()) });
+  });
+
+  test('APPLICATION_IN_USE names the first ten units and counts the rest', async () => {
+    const app = appName('many');
+    await h.registry.call('RegisterApplication', { name: app });
+    const units = Array.from({ length: 12 }, (_, i) => `${app}/${i}`);
+    for (const name of units) await h.registry.call('RegisterUnit', { name });
+    const error = await h.registry.fail('RemoveApplication', { name: app });
+    const first = [...units].sort().slice(0, 10).join(',');
+    expect(error.metadata).toEqual({ application: app, units: `${first},+2 more` });
+    expect(error.message).toBe(`application ${app} still has 12 units (${first},+2 more); remove its units and delete its relations first`);
+  });
 });
 
 describe('units', () => {
@@ -292,6 +334,39 @@ describe('units', () => {
     expect([unknown.code, unknown.reason]).toEqual([Code.NOT_FOUND, 'UNIT_NOT_FOUND']);
     const update = await h.registry.fail('UpdateUnit', { name: `${app}/7` });
     expect([update.code, update.reason]).toEqual([Code.NOT_FOUND, 'UNIT_NOT_FOUND']);
+    const before = h.server.store.currentRevision();
+    const remove = await h.registry.fail('RemoveUnit', { name: `${app}/7` });
+    expect([remove.code, remove.reason]).toEqual([Code.NOT_FOUND, 'UNIT_NOT_FOUND']);
+    const removeApp = await h.registry.fail('RemoveApplication', { name: appName('ghost') });
+    expect([removeApp.code, removeApp.reason]).toEqual([Code.NOT_FOUND, 'APPLICATION_NOT_FOUND']);
+    expect(h.server.store.currentRevision()).toBe(before);
+  });
+
+  test('RemoveUnit is refused while the unit has joined a relation (UNIT_IN_RELATION, naming them) and changes nothing; after it leaves, the unit is removed, logged, and its name registers again', async () => {
+    const w = await makeWorld(h, { requesters: 2 });
+    const second = await makeWorld(h, { requesterApp: w.requesterApp, responderApp: w.responderApp, endpoint: 'other' });
+    await h.registry.call('JoinRelation', { relation_id: second.relationId, unit: w.requesters[0] });
+    const [web0, web1] = w.requesters as [string, string];
+    const before = h.server.store.currentRevision();
+    const refused = await h.registry.fail('RemoveUnit', { name: web0 });
+    expect([refused.code, refused.reason, refused.metadata]).toEqual([Code.FAILED_PRECONDITION, 'UNIT_IN_RELATION', { unit: web0, relation_ids: `${w.relationId},${second.relationId}` }]);
+    expect(h.server.store.currentRevision()).toBe(before);
+    expect((await h.registry.call('GetUnit', { name: web0 })).unit.name).toBe(web0);
+
+    for (const relationId of [w.relationId, second.relationId]) await h.registry.call('LeaveRelation', { relation_id: relationId, unit: web0 });
+    const { revision } = await h.registry.call('RemoveUnit', { name: web0 });
+    expect(Number(revision)).toBe(h.server.store.currentRevision());
+    const { changes } = await h.server.store.changesSince(Number(revision) - 1, 1);
+    expect(changes.map((change) => change.data)).toEqual([{ kind: 'registry', what: 'unit-removed', name: web0 }]);
+    const gone = await h.registry.fail('GetUnit', { name: web0 });
+    expect([gone.code, gone.reason]).toEqual([Code.NOT_FOUND, 'UNIT_NOT_FOUND']);
+    expect((await h.registry.call('ListUnits', { application: w.requesterApp })).units.map((u: { name: string }) => u.name)).toEqual([web1]);
+    // The other units and the relation are untouched.
+    expect((await h.registry.call('GetRelation', { relation_id: w.relationId })).relation.units.map((u: { unit: string }) => u.unit)).toEqual([web1, w.responders[0]]);
+
+    const again = await h.registry.call('RegisterUnit', { name: web0, ingress_address: '10.9.0.1' });
+    expect(again.unit).toMatchObject({ name: web0, ingress_address: '10.9.0.1', revision: String(h.server.store.currentRevision()) });
+    await h.registry.call('JoinRelation', { relation_id: w.relationId, unit: web0 });
   });
 });
 

@@ -90,6 +90,21 @@ describe('replicas on one PostgreSQL', () => {
     }
   });
 
+  it('a unit removed through one replica has its watch on another ended with UNIT_REMOVED, and registers again through that other', async () => {
+    const w = await makeWorld(a, { join: false });
+    const unit = w.requesters[0] as string;
+    const watchOnB = b.requester(unit).stream('WatchResponses', { options: { start: 'WATCH_START_NOW' } });
+    const ended = new Promise<grpc.ServiceError>((resolve) => watchOnB.on('error', resolve));
+    await new Promise((resolve) => watchOnB.once('data', resolve));
+    await a.registry.call('RemoveUnit', { name: unit });
+    const error = fromServiceError(await ended);
+    expect([error.code, error.reason]).toEqual([Code.UNAUTHENTICATED, 'UNIT_REMOVED']);
+    const gone = await b.registry.fail('GetUnit', { name: unit });
+    expect([gone.code, gone.reason]).toEqual([Code.NOT_FOUND, 'UNIT_NOT_FOUND']);
+    const again = await b.registry.call('RegisterUnit', { name: unit, ingress_address: '10.7.0.1' });
+    expect((await a.registry.call('GetUnit', { name: unit })).unit).toEqual(again.unit);
+  });
+
   it('one relation created on both replicas at once is created once; every other create is refused naming it', async () => {
     const w = await makeWorld(a, { join: false });
     const spec = { interface: 'http', requester_application: w.requesterApp, requester_endpoint: 'website', responder_application: w.responderApp, responder_endpoint: 'website' };

@@ -212,6 +212,8 @@ describe.each(BACKENDS)('$name store', (backend) => {
         await tx.putFlags('r1', 'web/0', { available: true });
         expect((await tx.getUnit('web/0'))?.labels).toEqual({ zone: 'b' });
         expect((await tx.listRelationUnits('r1')).map((u) => u.unit)).toEqual(['web/0', 'ca/0']);
+        await tx.deleteUnit('web/0');
+        expect(await tx.getUnit('web/0')).toBeUndefined();
         await tx.deleteRelation('r1');
         expect(await tx.getRelation('r1')).toBeUndefined();
         expect(await tx.getFlags('r1', 'web/0')).toBeUndefined();
@@ -479,6 +481,21 @@ describe.each(BACKENDS)('$name store', (backend) => {
       expect(await store.read((tx) => tx.getApplication('nope'))).toBeUndefined();
     });
 
+    it('applications: a deleted one is gone from get and list, and can be put again', async () => {
+      await store.write(async (tx) => {
+        for (const name of ['ca', 'web']) await tx.putApplication({ name, revision: 1 });
+      });
+      await store.write(async (tx) => {
+        await tx.deleteApplication('web');
+        await tx.deleteApplication('nope');
+        expect(await tx.getApplication('web')).toBeUndefined();
+      });
+      expect(await store.read((tx) => tx.getApplication('web'))).toBeUndefined();
+      expect((await store.read((tx) => tx.listApplications())).map((a) => a.name)).toEqual(['ca']);
+      await store.write((tx) => tx.putApplication({ name: 'web', revision: 3 }));
+      expect(await store.read((tx) => tx.getApplication('web'))).toEqual({ name: 'web', revision: 3 });
+    });
+
     it('units: ordered by application then name, filtered by application, found by token hash', async () => {
       await store.write(async (tx) => {
         await tx.putUnit(unit('web/1'));
@@ -493,6 +510,29 @@ describe.each(BACKENDS)('$name store', (backend) => {
       await store.write((tx) => tx.putUnit(unit('ca/0', { token_hash: 'def' })));
       expect(await store.read((tx) => tx.findUnitByTokenHash('abc'))).toBeUndefined();
       expect(await store.read((tx) => tx.findUnitByTokenHash('def'))).toMatchObject({ name: 'ca/0' });
+    });
+
+    it('units: a deleted unit is gone from get, list and its token hash, in the write and after; its name can be put again', async () => {
+      await store.write(async (tx) => {
+        await tx.putUnit(unit('web/0', { token_hash: 'abc' }));
+        await tx.putUnit(unit('web/1'));
+      });
+      // Read first, so that a cache holds it when it is deleted.
+      expect(await store.read((tx) => tx.getUnit('web/0'))).toMatchObject({ name: 'web/0' });
+      await store.write(async (tx) => {
+        await tx.deleteUnit('web/0');
+        await tx.deleteUnit('web/9');
+        expect(await tx.getUnit('web/0')).toBeUndefined();
+        expect(await tx.findUnitByTokenHash('abc')).toBeUndefined();
+      });
+      expect(await store.read((tx) => tx.getUnit('web/0'))).toBeUndefined();
+      expect(await store.read((tx) => tx.findUnitByTokenHash('abc'))).toBeUndefined();
+      expect((await store.read((tx) => tx.listUnits('web'))).map((u) => u.name)).toEqual(['web/1']);
+      await store.write((tx) => tx.putUnit(unit('web/0', { token_hash: 'new', revision: 4 })));
+      expect(await store.read((tx) => tx.getUnit('web/0'))).toEqual(unit('web/0', { token_hash: 'new', revision: 4 }));
+      expect(await store.read((tx) => tx.findUnitByTokenHash('new'))).toMatchObject({ name: 'web/0' });
+      const again = await reopen();
+      expect((await again.read((tx) => tx.listUnits())).map((u) => u.name)).toEqual(['web/0', 'web/1']);
     });
 
     it('relations and memberships: ordered, and deleting a relation removes everything of it', async () => {

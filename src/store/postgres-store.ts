@@ -757,6 +757,9 @@ class PgTx implements StoreTx {
   async listApplications() {
     return parseAll<ApplicationRecord>(await this.#rows('SELECT doc FROM applications ORDER BY name COLLATE "C"', []));
   }
+  async deleteApplication(name: string) {
+    await this.#run('DELETE FROM applications WHERE name = $1', [name]);
+  }
   async getUnit(name: string) {
     return this.#cached(this.#c?.units, name, async () => parse<UnitRecord>(await this.#rows('SELECT doc FROM units WHERE name = $1', [name])));
   }
@@ -766,6 +769,10 @@ class PgTx implements StoreTx {
       [record.name, record.application, record.token_hash ?? null, JSON.stringify(record)],
     );
     this.#c?.units.set(record.name, record, this.undo);
+  }
+  async deleteUnit(name: string) {
+    await this.#run('DELETE FROM units WHERE name = $1', [name]);
+    this.#c?.units.delete(name, this.undo);
   }
   async listUnits(application?: string) {
     return parseAll<UnitRecord>(

@@ -155,8 +155,10 @@ function prepareStatements(db: Database.Database) {
     getApplication: db.prepare<[string], { doc: string }>('SELECT doc FROM applications WHERE name = ?'),
     putApplication: db.prepare('INSERT INTO applications (name, doc) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc'),
     listApplications: db.prepare<[], { doc: string }>('SELECT doc FROM applications ORDER BY name'),
+    deleteApplication: db.prepare('DELETE FROM applications WHERE name = ?'),
     getUnit: db.prepare<[string], { doc: string }>('SELECT doc FROM units WHERE name = ?'),
     putUnit: db.prepare('INSERT INTO units (name, application, doc) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET application = excluded.application, doc = excluded.doc'),
+    deleteUnit: db.prepare('DELETE FROM units WHERE name = ?'),
     listUnits: db.prepare<[], { doc: string }>('SELECT doc FROM units ORDER BY application, name'),
     listUnitsOf: db.prepare<[string], { doc: string }>('SELECT doc FROM units WHERE application = ? ORDER BY name'),
     unitByToken: db.prepare<[string], { doc: string }>("SELECT doc FROM units WHERE json_extract(doc, '$.token_hash') = ?"),
@@ -602,12 +604,19 @@ class SqliteTx implements StoreTx {
   async listApplications() {
     return parseAll<ApplicationRecord>(this.#s.listApplications.all());
   }
+  async deleteApplication(name: string) {
+    this.#s.deleteApplication.run(name);
+  }
   async getUnit(name: string) {
     return this.#c.units.get(name) ?? this.#c.units.fill(name, parse<UnitRecord>(this.#s.getUnit.get(name)));
   }
   async putUnit(record: UnitRecord) {
     this.#s.putUnit.run(record.name, record.application, JSON.stringify(record));
     this.#c.units.set(record.name, record, this.undo);
+  }
+  async deleteUnit(name: string) {
+    this.#s.deleteUnit.run(name);
+    this.#c.units.delete(name, this.undo);
   }
   async listUnits(application?: string) {
     return parseAll<UnitRecord>(application ? this.#s.listUnitsOf.all(application) : this.#s.listUnits.all());

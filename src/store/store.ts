@@ -139,10 +139,13 @@ export interface StoreTx {
 
   getApplication(name: string): Promise<ApplicationRecord | undefined>;
   putApplication(record: ApplicationRecord): Promise<void>;
+  deleteApplication(name: string): Promise<void>;
   listApplications(): Promise<ApplicationRecord[]>;
 
   getUnit(name: string): Promise<UnitRecord | undefined>;
   putUnit(record: UnitRecord): Promise<void>;
+  /** Deletes the unit with its token hash; its memberships, flags and requests are not touched. */
+  deleteUnit(name: string): Promise<void>;
   listUnits(application?: string): Promise<UnitRecord[]>;
   findUnitByTokenHash(hash: string): Promise<UnitRecord | undefined>;
 

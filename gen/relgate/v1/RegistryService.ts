@@ -29,6 +29,10 @@ import type { RegisterApplicationRequest as _relgate_v1_RegisterApplicationReque
 import type { RegisterApplicationResponse as _relgate_v1_RegisterApplicationResponse, RegisterApplicationResponse__Output as _relgate_v1_RegisterApplicationResponse__Output } from '../../relgate/v1/RegisterApplicationResponse.ts';
 import type { RegisterUnitRequest as _relgate_v1_RegisterUnitRequest, RegisterUnitRequest__Output as _relgate_v1_RegisterUnitRequest__Output } from '../../relgate/v1/RegisterUnitRequest.ts';
 import type { RegisterUnitResponse as _relgate_v1_RegisterUnitResponse, RegisterUnitResponse__Output as _relgate_v1_RegisterUnitResponse__Output } from '../../relgate/v1/RegisterUnitResponse.ts';
+import type { RemoveApplicationRequest as _relgate_v1_RemoveApplicationRequest, RemoveApplicationRequest__Output as _relgate_v1_RemoveApplicationRequest__Output } from '../../relgate/v1/RemoveApplicationRequest.ts';
+import type { RemoveApplicationResponse as _relgate_v1_RemoveApplicationResponse, RemoveApplicationResponse__Output as _relgate_v1_RemoveApplicationResponse__Output } from '../../relgate/v1/RemoveApplicationResponse.ts';
+import type { RemoveUnitRequest as _relgate_v1_RemoveUnitRequest, RemoveUnitRequest__Output as _relgate_v1_RemoveUnitRequest__Output } from '../../relgate/v1/RemoveUnitRequest.ts';
+import type { RemoveUnitResponse as _relgate_v1_RemoveUnitResponse, RemoveUnitResponse__Output as _relgate_v1_RemoveUnitResponse__Output } from '../../relgate/v1/RemoveUnitResponse.ts';
 import type { RevokeUnitTokenRequest as _relgate_v1_RevokeUnitTokenRequest, RevokeUnitTokenRequest__Output as _relgate_v1_RevokeUnitTokenRequest__Output } from '../../relgate/v1/RevokeUnitTokenRequest.ts';
 import type { RevokeUnitTokenResponse as _relgate_v1_RevokeUnitTokenResponse, RevokeUnitTokenResponse__Output as _relgate_v1_RevokeUnitTokenResponse__Output } from '../../relgate/v1/RevokeUnitTokenResponse.ts';
 import type { RotateUnitTokenRequest as _relgate_v1_RotateUnitTokenRequest, RotateUnitTokenRequest__Output as _relgate_v1_RotateUnitTokenRequest__Output } from '../../relgate/v1/RotateUnitTokenRequest.ts';
@@ -248,6 +252,46 @@ export interface RegistryServiceClient extends grpc.Client {
   registerUnit(argument: _relgate_v1_RegisterUnitRequest, callback: grpc.requestCallback<_relgate_v1_RegisterUnitResponse__Output>): grpc.ClientUnaryCall;
   
   /**
+   * Removes an application. Refused (FAILED_PRECONDITION, reason
+   * APPLICATION_IN_USE, metadata units and relation_ids) while it has units or
+   * is part of a relation: remove those first.
+   */
+  RemoveApplication(argument: _relgate_v1_RemoveApplicationRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_RemoveApplicationResponse__Output>): grpc.ClientUnaryCall;
+  RemoveApplication(argument: _relgate_v1_RemoveApplicationRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_RemoveApplicationResponse__Output>): grpc.ClientUnaryCall;
+  RemoveApplication(argument: _relgate_v1_RemoveApplicationRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_RemoveApplicationResponse__Output>): grpc.ClientUnaryCall;
+  RemoveApplication(argument: _relgate_v1_RemoveApplicationRequest, callback: grpc.requestCallback<_relgate_v1_RemoveApplicationResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * Removes an application. Refused (FAILED_PRECONDITION, reason
+   * APPLICATION_IN_USE, metadata units and relation_ids) while it has units or
+   * is part of a relation: remove those first.
+   */
+  removeApplication(argument: _relgate_v1_RemoveApplicationRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_RemoveApplicationResponse__Output>): grpc.ClientUnaryCall;
+  removeApplication(argument: _relgate_v1_RemoveApplicationRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_RemoveApplicationResponse__Output>): grpc.ClientUnaryCall;
+  removeApplication(argument: _relgate_v1_RemoveApplicationRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_RemoveApplicationResponse__Output>): grpc.ClientUnaryCall;
+  removeApplication(argument: _relgate_v1_RemoveApplicationRequest, callback: grpc.requestCallback<_relgate_v1_RemoveApplicationResponse__Output>): grpc.ClientUnaryCall;
+  
+  /**
+   * Removes a unit with its token and ends the unit's open streams; the name
+   * can then be registered again. Refused (FAILED_PRECONDITION, reason
+   * UNIT_IN_RELATION, metadata relation_ids) while the unit has joined a
+   * relation: LeaveRelation first.
+   */
+  RemoveUnit(argument: _relgate_v1_RemoveUnitRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_RemoveUnitResponse__Output>): grpc.ClientUnaryCall;
+  RemoveUnit(argument: _relgate_v1_RemoveUnitRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_RemoveUnitResponse__Output>): grpc.ClientUnaryCall;
+  RemoveUnit(argument: _relgate_v1_RemoveUnitRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_RemoveUnitResponse__Output>): grpc.ClientUnaryCall;
+  RemoveUnit(argument: _relgate_v1_RemoveUnitRequest, callback: grpc.requestCallback<_relgate_v1_RemoveUnitResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * Removes a unit with its token and ends the unit's open streams; the name
+   * can then be registered again. Refused (FAILED_PRECONDITION, reason
+   * UNIT_IN_RELATION, metadata relation_ids) while the unit has joined a
+   * relation: LeaveRelation first.
+   */
+  removeUnit(argument: _relgate_v1_RemoveUnitRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_RemoveUnitResponse__Output>): grpc.ClientUnaryCall;
+  removeUnit(argument: _relgate_v1_RemoveUnitRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_RemoveUnitResponse__Output>): grpc.ClientUnaryCall;
+  removeUnit(argument: _relgate_v1_RemoveUnitRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_RemoveUnitResponse__Output>): grpc.ClientUnaryCall;
+  removeUnit(argument: _relgate_v1_RemoveUnitRequest, callback: grpc.requestCallback<_relgate_v1_RemoveUnitResponse__Output>): grpc.ClientUnaryCall;
+  
+  /**
    * Revokes a unit's token and ends the unit's open streams.
    */
   RevokeUnitToken(argument: _relgate_v1_RevokeUnitTokenRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_RevokeUnitTokenResponse__Output>): grpc.ClientUnaryCall;
@@ -370,6 +414,21 @@ export interface RegistryServiceHandlers extends grpc.UntypedServiceImplementati
   RegisterUnit: grpc.handleUnaryCall<_relgate_v1_RegisterUnitRequest__Output, _relgate_v1_RegisterUnitResponse>;
   
   /**
+   * Removes an application. Refused (FAILED_PRECONDITION, reason
+   * APPLICATION_IN_USE, metadata units and relation_ids) while it has units or
+   * is part of a relation: remove those first.
+   */
+  RemoveApplication: grpc.handleUnaryCall<_relgate_v1_RemoveApplicationRequest__Output, _relgate_v1_RemoveApplicationResponse>;
+  
+  /**
+   * Removes a unit with its token and ends the unit's open streams; the name
+   * can then be registered again. Refused (FAILED_PRECONDITION, reason
+   * UNIT_IN_RELATION, metadata relation_ids) while the unit has joined a
+   * relation: LeaveRelation first.
+   */
+  RemoveUnit: grpc.handleUnaryCall<_relgate_v1_RemoveUnitRequest__Output, _relgate_v1_RemoveUnitResponse>;
+  
+  /**
    * Revokes a unit's token and ends the unit's open streams.
    */
   RevokeUnitToken: grpc.handleUnaryCall<_relgate_v1_RevokeUnitTokenRequest__Output, _relgate_v1_RevokeUnitTokenResponse>;
@@ -400,6 +459,8 @@ export interface RegistryServiceDefinition extends grpc.ServiceDefinition {
   ListUnits: MethodDefinition<_relgate_v1_ListUnitsRequest, _relgate_v1_ListUnitsResponse, _relgate_v1_ListUnitsRequest__Output, _relgate_v1_ListUnitsResponse__Output>
   RegisterApplication: MethodDefinition<_relgate_v1_RegisterApplicationRequest, _relgate_v1_RegisterApplicationResponse, _relgate_v1_RegisterApplicationRequest__Output, _relgate_v1_RegisterApplicationResponse__Output>
   RegisterUnit: MethodDefinition<_relgate_v1_RegisterUnitRequest, _relgate_v1_RegisterUnitResponse, _relgate_v1_RegisterUnitRequest__Output, _relgate_v1_RegisterUnitResponse__Output>
+  RemoveApplication: MethodDefinition<_relgate_v1_RemoveApplicationRequest, _relgate_v1_RemoveApplicationResponse, _relgate_v1_RemoveApplicationRequest__Output, _relgate_v1_RemoveApplicationResponse__Output>
+  RemoveUnit: MethodDefinition<_relgate_v1_RemoveUnitRequest, _relgate_v1_RemoveUnitResponse, _relgate_v1_RemoveUnitRequest__Output, _relgate_v1_RemoveUnitResponse__Output>
   RevokeUnitToken: MethodDefinition<_relgate_v1_RevokeUnitTokenRequest, _relgate_v1_RevokeUnitTokenResponse, _relgate_v1_RevokeUnitTokenRequest__Output, _relgate_v1_RevokeUnitTokenResponse__Output>
   RotateUnitToken: MethodDefinition<_relgate_v1_RotateUnitTokenRequest, _relgate_v1_RotateUnitTokenResponse, _relgate_v1_RotateUnitTokenRequest__Output, _relgate_v1_RotateUnitTokenResponse__Output>
   UpdateUnit: MethodDefinition<_relgate_v1_UpdateUnitRequest, _relgate_v1_UpdateUnitResponse, _relgate_v1_UpdateUnitRequest__Output, _relgate_v1_UpdateUnitResponse__Output>
