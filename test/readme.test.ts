@@ -1,4 +1,4 @@
-// Runs the README's grpcurl walkthrough, then its addressing section, verbatim
+// Runs the README's grpcurl walkthrough, then its addressing and removal sections, verbatim
 // against one real `relgate serve` process, command by command, and checks
 // what each prints.
 import { readFileSync } from 'node:fs';
@@ -11,6 +11,7 @@ const README_ADDRESS = 'localhost:50051';
 const REQUEST_ID = '6f1c2a4e-8b3d-4f5a-9c7e-2d1b0a9f8e7d';
 const WALKTHROUGH_HEADING = '## Five-minute walkthrough with grpcurl';
 const ADDRESSING_HEADING = '## Addressing requests, calls and sessions';
+const REMOVAL_HEADING = '## Removing units and applications';
 const ANY_ID = '3b0c8f2e-5d7a-4c1e-9f6b-1a2d3e4f5a6b';
 const UNIT_ID = '7e4d2c1b-9a8f-4e6d-8c5b-4a3f2e1d0c9b';
 const SELECTOR_ID = 'c5a9e3f1-2b4d-4f6a-8e0c-9d7b5a3c1e2f';
@@ -365,10 +366,29 @@ const ADDRESSING_CHECKS: Check[] = [
   },
 ];
 
+/** What the removal section's commands must print; it runs after the addressing section. */
+const REMOVAL_CHECKS: Check[] = [
+  {
+    name: 'LeaveRelation',
+    match: /"unit": "ca\/1"\}' localhost:50051 relgate\.v1\.RegistryService\/LeaveRelation$/,
+    check: (result) => {
+      const { relation } = only(result);
+      expect(relation.id).toBe('tls-certificates:1');
+      expect(relation.units.map((unit: Json) => unit.unit)).not.toContain('ca/1');
+    },
+  },
+  {
+    name: 'RemoveUnit',
+    match: /RegistryService\/RemoveUnit$/,
+    check: (result) => expect(Number(only(result).revision)).toBeGreaterThan(Number(UPDATED_REVISION)),
+  },
+];
+
 const readme = readFileSync(path.join(PROJECT_DIR, 'README.md'), 'utf8');
 const sections = [
   { heading: WALKTHROUGH_HEADING, commands: sectionCommands(readme, WALKTHROUGH_HEADING), checks: CHECKS },
   { heading: ADDRESSING_HEADING, commands: sectionCommands(readme, ADDRESSING_HEADING), checks: ADDRESSING_CHECKS },
+  { heading: REMOVAL_HEADING, commands: sectionCommands(readme, REMOVAL_HEADING), checks: REMOVAL_CHECKS },
 ];
 
 test.each(sections)('$heading has every step, each with a check', ({ commands, checks }) => {
