@@ -87,7 +87,7 @@ export class CallService {
     try {
       const { request, replayed } = await this.#requests.create(caller, input);
       // A replayed request may already have answers; live ones dedupe by unit.
-      if (replayed) waiter.arrivals.unshift(...(await this.#requests.listResponses(caller, requestId)).responses);
+      if (replayed) waiter.arrivals.unshift(...(await this.#requests.allResponses(caller, requestId)));
       onStart(request);
       waiter.expired ||= request.state === 'REQUEST_STATE_EXPIRED';
       const expected = request.expected_count;

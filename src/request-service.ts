@@ -11,9 +11,9 @@ import { joinedRelation, joinedRelationIds, recordRequestChange, requireCaller, 
 import { checkInterface, ofInterface } from './relation-id.ts';
 import { newRequestId } from './request-id.ts';
 import { matches, parseSelector } from './selector.ts';
-import type { DeliveryModeName, RelationRecord, RequestRecord, SideName, Store, StoreTx, UnitRecord } from './store/store.ts';
+import type { DeliveryModeName, RelationRecord, RequestRecord, ResponseRecord, SideName, Store, StoreTx, UnitRecord } from './store/store.ts';
 import { canonicalJson, jsonEqual, ownValue, structToJson, type JsonObject, type StructMessage } from './struct.ts';
-import { MAX_MATCH_FIELDS, Violations, decodePageToken, durationMs, encodePageToken, expectedRevision, pageSize, type DurationMessage } from './validate.ts';
+import { DEFAULT_PAGE_SIZE, MAX_MATCH_FIELDS, Violations, decodePageToken, durationMs, encodePageToken, expectedRevision, pageSize, type DurationMessage } from './validate.ts';
 
 export type RequestFilterName = 'all' | 'new' | 'answered';
 
@@ -71,6 +71,12 @@ export interface ListInput {
   page_token: string;
 }
 
+export interface ResponsesInput {
+  request_id: string;
+  page_size: number;
+  page_token: string;
+}
+
 /** What a list or flags call covers: one relation, or every joined one; of one interface, or of all. */
 export interface RelationScope {
   relationId: string;
@@ -88,8 +94,13 @@ const SCAN_CHUNK = 256;
  * perhaps empty, with a token that goes on from there.
  */
 export const MAX_SCANNED_PER_PAGE = 5_000;
-/** Room in a listed request's estimate for its tags and scalar fields. */
-const REQUEST_OVERHEAD_BYTES = 512;
+/** Room in a listed request's or response's estimate for its tags and scalar fields. */
+const ITEM_OVERHEAD_BYTES = 512;
+/**
+ * Stored responses a page reads at a time: each may be as large as a received message, so a page reads few more than
+ * it sends.
+ */
+const RESPONSE_CHUNK = 16;
 
 export interface RequestServiceOptions {
   /** The largest message the gateway sends: a page of a list takes up to a quarter of it, as a watch batch does. */
@@ -247,11 +258,22 @@ export class RequestService {
     });
   }
 
-  async listResponses(callerName: string, requestId: string) {
-    new Violations().uuid('request_id', requestId).throwIfAny();
+  async listResponses(callerName: string, input: ResponsesInput) {
+    const violations = new Violations().uuid('request_id', input.request_id);
+    const size = pageSize(violations, input.page_size);
+    const after = decodePageToken(violations, input.page_token, responsesQuery(input.request_id.toLowerCase()));
+    violations.throwIfAny();
+    return this.#store.read(async (tx) => {
+      const { request } = await this.#visibleRequest(tx, callerName, input.request_id, 'requester');
+      return responsePage(tx, request.request_id, after, { size, bytes: this.#pageBytes });
+    });
+  }
+
+  /** Every response to a request, for a replayed Call or CallAll: neither sends two responses in one message. */
+  async allResponses(callerName: string, requestId: string) {
     return this.#store.read(async (tx) => {
       const { request } = await this.#visibleRequest(tx, callerName, requestId, 'requester');
-      return { responses: (await tx.listResponses(request.request_id)).map(responseMessage) };
+      return (await tx.listResponses(request.request_id)).map(responseMessage);
     });
   }
 
@@ -264,8 +286,10 @@ export class RequestService {
       const caller = await requireCaller(tx, callerName);
       const { relationIds, matches } = await this.#scope(tx, caller, scope, 'requester', match);
       const request = await firstMatch(tx, relationIds, matches);
-      if (!request) return { request: null, responses: [] };
-      return { request: requestMessage(request, requesterView(caller)), responses: (await tx.listResponses(request.request_id)).map(responseMessage) };
+      if (!request) return { request: null, responses: [], next_page_token: '' };
+      // The request takes its share of the page's budget: its responses get the rest.
+      const page = await responsePage(tx, request.request_id, 0, { size: DEFAULT_PAGE_SIZE, bytes: this.#pageBytes - requestBytes(request) });
+      return { request: requestMessage(request, requesterView(caller)), ...page };
     });
   }
 
@@ -640,5 +664,40 @@ async function scan(tx: StoreTx, relationIds: string[], after: number, page: Pag
 
 /** A generous estimate of a request's encoded size in a list: all it carries but its stored body, which is not sent. */
 function requestBytes(request: RequestRecord): number {
-  return REQUEST_OVERHEAD_BYTES + textSize(request) - textSize(request.body);
+  return ITEM_OVERHEAD_BYTES + textSize(request) - textSize(request.body);
+}
+
+/** What a page of a request's responses is bound to: a token from ResponseByField goes on in ListResponses. */
+function responsesQuery(requestId: string): string {
+  return canonicalJson({ responses_of: requestId });
+}
+
+/**
+ * A page of a request's responses in arrival order after revision `after`: up to size, and past the first only as
+ * many as fit in bytes, by responseBytes. It reads one response beyond the page, so that the last page carries no token.
+ */
+async function responsePage(tx: StoreTx, requestId: string, after: number, page: Omit<PageLimit, 'scanned'>) {
+  const items: ResponseRecord[] = [];
+  const limit = Math.min(page.size + 1, RESPONSE_CHUNK);
+  const done = (more: boolean) => ({
+    responses: items.map(responseMessage),
+    next_page_token: more ? encodePageToken(items.at(-1)?.revision ?? after, responsesQuery(requestId)) : '',
+  });
+  let bytes = 0;
+  let from = after;
+  for (;;) {
+    const chunk = await tx.listResponses(requestId, { afterRevision: from, limit });
+    for (const response of chunk) {
+      bytes += responseBytes(response);
+      if (items.length === page.size || (items.length > 0 && bytes > page.bytes)) return done(true);
+      items.push(response);
+    }
+    if (chunk.length < limit) return done(false);
+    from = chunk.at(-1)?.revision ?? from;
+  }
+}
+
+/** A generous estimate of a response's encoded size in a list. */
+function responseBytes(response: ResponseRecord): number {
+  return ITEM_OVERHEAD_BYTES + textSize(response);
 }

@@ -558,7 +558,7 @@ class Handlers {
       GetRequest: u('GetRequest', (q, unit) => s.getRequest(unit, q.request_id, 'requester')),
       ListRequests: u('ListRequests', (q, unit) => s.listRequests(unit, listInput(q), 'requester')),
       WithdrawRequest: u('WithdrawRequest', (q, unit) => c.withdraw(unit, q)),
-      ListResponses: u('ListResponses', (q, unit) => s.listResponses(unit, q.request_id)),
+      ListResponses: u('ListResponses', (q, unit) => s.listResponses(unit, { request_id: q.request_id, page_size: q.page_size, page_token: q.page_token })),
       ResponseByField: u('ResponseByField', (q, unit) => s.responseByField(unit, relationScope(q), q.match_fields)),
       GetRequesterFlags: u('GetRequesterFlags', (q, unit) => s.requesterFlags(unit, relationScope(q))),
       WatchResponses: this.#watch('RequesterService/WatchResponses', 'requester'),

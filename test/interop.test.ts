@@ -2,7 +2,7 @@
 // real process: a Python responder and a Go requester create, watch, respond
 // and read, survive a gateway restart, make a synchronous Call and read rich
 // errors, passing unit tokens in authenticated mode; the other way round in
-// open mode.
+// open mode; and both read responses that come in several pages.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -249,6 +249,45 @@ describe('open mode: Go responder, Python requester', () => {
 
     const { responses } = await runOne(requester('responses', '--request-id', call.request.request_id));
     expect(responses).toEqual([answered.response]);
+  });
+});
+
+describe('responses over several pages: Python and Go read them all', () => {
+  let serve: ServeProcess;
+
+  beforeAll(async () => {
+    serve = await spawnServe(['--listen', '127.0.0.1:0', '--db', ':memory:', '--max-send-bytes', String(64 * 1024)]);
+  });
+
+  afterAll(async () => {
+    await serve?.stop();
+  });
+
+  test('the requesters follow next_page_token past the first page of a selector request with large answers', async () => {
+    const registry = registryClient(serve.address);
+    const { relationId } = await relateWebappAndCa(registry);
+    const units = ['ca/0', 'ca/1', 'ca/2', 'ca/3'];
+    for (const unit of units.slice(1)) {
+      await registry.call('RegisterUnit', { name: unit, ingress_address: '127.0.0.1' });
+      await registry.call('JoinRelation', { relation_id: relationId, unit });
+    }
+    registry.client.close();
+    const webapp = new Rpc(new v1.RequesterService!(serve.address, grpc.credentials.createInsecure()), 'webapp/0');
+    const fields = { fields: { common_name: { stringValue: 'paged.example.com' } } };
+    const { request } = await webapp.call('CreateRequest', { relation_id: relationId, fields, delivery: { mode: 'DELIVERY_MODE_SELECTOR', selector: '' } });
+    // Some 20 KB each: a page of the 64 KiB gateway holds one.
+    for (const unit of units) {
+      const ca = new Rpc(new v1.ResponderService!(serve.address, grpc.credentials.createInsecure()), unit);
+      await ca.call('Respond', { request_id: request.request_id, fields: { fields: { key: { stringValue: unit }, cert: { stringValue: 'x'.repeat(20_000) } } } });
+      ca.client.close();
+    }
+    const first = await webapp.call('ListResponses', { request_id: request.request_id });
+    expect([first.responses.length, first.next_page_token !== '']).toEqual([1, true]);
+    webapp.client.close();
+    const fromPython = await runOne(python('requester', '--target', serve.address, '--unit', 'webapp/0', 'responses', '--request-id', request.request_id));
+    const fromGo = await runOne(go('requester', '-target', serve.address, '-unit', 'webapp/0', 'responses', '-request-id', request.request_id));
+    expect(fromPython.responses.map((response: { responder_unit: string }) => response.responder_unit)).toEqual(units);
+    expect(fromGo.responses).toEqual(fromPython.responses);
   });
 });
 

@@ -414,7 +414,75 @@ describe('responses', () => {
     expect(byField.request.request_id).toBe(request.request_id);
     expect(byField.responses).toEqual([r1, r0]);
     const none = await w.req().call('ResponseByField', { relation_id: w.relationId, match_fields: struct({ common_name: 'nothing.example' }) });
-    expect(none).toEqual({ request: null, responses: [] });
+    expect(none).toEqual({ request: null, responses: [], next_page_token: '' });
+  });
+
+  test('ListResponses pages with page_size and next_page_token, and refuses a token of another request', async () => {
+    const w = await makeWorld(h, { responders: 5 });
+    const everyone = { delivery: { mode: 'DELIVERY_MODE_SELECTOR', selector: '' } };
+    const request = await create(w, { common_name: 'five.example' }, everyone);
+    const other = await create(w, { common_name: 'other.example' }, everyone);
+    const answered = [];
+    for (let i = 0; i < 5; i++) answered.push(await answer(w, request.request_id, i));
+    await answer(w, other.request_id, 0);
+    const pages = [];
+    let page_token = '';
+    do {
+      const page = await w.req().call('ListResponses', { request_id: request.request_id, page_size: 2, page_token });
+      pages.push(page.responses);
+      page_token = page.next_page_token;
+    } while (page_token !== '' && pages.length < 10);
+    expect(pages).toEqual([answered.slice(0, 2), answered.slice(2, 4), answered.slice(4)]);
+    const exact = await w.req().call('ListResponses', { request_id: request.request_id, page_size: 5 });
+    expect([exact.responses.length, exact.next_page_token]).toEqual([5, '']);
+
+    const first = await w.req().call('ListResponses', { request_id: request.request_id, page_size: 1 });
+    for (const refused of [
+      { request_id: other.request_id, page_token: first.next_page_token },
+      { request_id: request.request_id, page_token: 'not a token' },
+      { request_id: request.request_id, page_size: 1001 },
+    ]) {
+      const error = await w.req().fail('ListResponses', refused);
+      expect([error.code, error.reason, error.fieldViolations.map((v) => v.field)]).toEqual([Code.INVALID_ARGUMENT, 'INVALID_ARGUMENT', [Object.keys(refused)[1]]]);
+    }
+    // The token is bound to the request, however its id is spelled.
+    const next = await w.req().call('ListResponses', { request_id: request.request_id.toUpperCase(), page_size: 4, page_token: first.next_page_token });
+    expect([next.responses, next.next_page_token]).toEqual([answered.slice(1), '']);
+  });
+
+  test('pages of responses stop at a quarter of the largest message sent: large responses are read in full over several pages; ResponseByField gives the first', async () => {
+    const maxSendBytes = 64 * 1024;
+    const small = await startHarness({ maxSendBytes });
+    try {
+      const w = await makeWorld(small, { responders: 8 });
+      const request = await create(w, { common_name: 'many.example' }, { delivery: { mode: 'DELIVERY_MODE_SELECTOR', selector: '' } });
+      const sizes = ['large', 'small', 'small', 'large', 'small', 'large', 'large', 'large'];
+      const answered: { responder_unit: string }[] = [];
+      for (const [i, size] of sizes.entries()) answered.push(await answer(w, request.request_id, i, { key: `K${i}`, cert: size === 'large' ? 'x'.repeat(20_000) : 'C' }));
+      // 100 KB of responses in all: one message would pass the send limit, so every page that arrives is under it.
+      expect(JSON.stringify(answered).length).toBeGreaterThan(maxSendBytes);
+      const rest = async (from: string) => {
+        const pages = [];
+        for (let page_token = from; page_token !== '' && pages.length < 20; ) {
+          const page = await w.req().call('ListResponses', { request_id: request.request_id, page_token });
+          pages.push(page.responses);
+          page_token = page.next_page_token;
+        }
+        return pages;
+      };
+      const first = await w.req().call('ListResponses', { request_id: request.request_id });
+      const pages = [first.responses, ...(await rest(first.next_page_token))];
+      expect(pages.flat()).toEqual(answered);
+      // A large response (some 60 KB by the estimate) fills a page alone; the small ones share one.
+      const unitsOf = (page: typeof answered) => page.map((response) => Number(response.responder_unit.split('/')[1]));
+      expect(pages.map(unitsOf)).toEqual([[0], [1, 2], [3], [4], [5], [6], [7]]);
+
+      const byField = await w.req().call('ResponseByField', { relation_id: w.relationId, match_fields: struct({ common_name: 'many.example' }) });
+      expect([byField.request.request_id, byField.responses]).toEqual([request.request_id, answered.slice(0, 1)]);
+      expect([...byField.responses, ...(await rest(byField.next_page_token)).flat()]).toEqual(answered);
+    } finally {
+      await small.close();
+    }
   });
 
   test('ResponseByField takes the first matching request in creation order', async () => {

@@ -421,6 +421,28 @@ describe('SDK watches on aged connections', () => {
   }, 30_000);
 });
 
+describe('SDK reading responses', () => {
+  it('follows the pages of responses that together pass the send limit: responses() and responseByField return all of them', async () => {
+    const small = await startHarness({ maxSendBytes: 64 * 1024 });
+    const connections: Connection[] = [];
+    const as = (unit: string) => connections[connections.push(connect(small.server.address, { unit })) - 1] as Connection;
+    try {
+      const w = await makeWorld(small, { responders: 6 });
+      const requester = as(w.requesters[0] as string).requester('tls-certificates', { relation: w.relationId });
+      const request = await requester.create({ common_name: 'many.example' }, { delivery: { selector: '' } });
+      const answered = [];
+      // Some 20 KB each, 120 KB in all: a page holds one.
+      for (const unit of w.responders) answered.push(await as(unit).responder('tls-certificates', { relation: w.relationId }).respond(request, { key: unit, cert: 'x'.repeat(20_000) }));
+      expect(await requester.responses(request.request_id)).toEqual(answered);
+      expect(await requester.responses()).toEqual(answered);
+      expect(await requester.responseByField({ common_name: 'many.example' })).toEqual({ request: await requester.get(request.request_id), responses: answered });
+    } finally {
+      for (const connection of connections) connection.close();
+      await small.close();
+    }
+  }, 30_000);
+});
+
 describe('SDK watches across gateway restarts', () => {
   let dir: string;
   let db: string;

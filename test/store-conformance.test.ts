@@ -632,6 +632,19 @@ describe.each(BACKENDS)('$name store', (backend) => {
       expect(await store.read((tx) => tx.listResponses('q2'))).toHaveLength(1);
     });
 
+    it('responses: page by revision, after a revision and up to a limit', async () => {
+      await store.write(async (tx) => {
+        for (const [i, revision] of [12, 7, 30, 9, 21].entries()) await tx.putResponse(response('q1', `ca/${i}`, revision));
+        await tx.putResponse(response('q2', 'ca/9', 8));
+      });
+      const page = (after: number, limit: number) => store.read(async (tx) => (await tx.listResponses('q1', { afterRevision: after, limit })).map((r) => r.revision));
+      expect(await page(0, 2)).toEqual([7, 9]);
+      expect(await page(9, 2)).toEqual([12, 21]);
+      expect(await page(21, 2)).toEqual([30]);
+      expect(await page(30, 2)).toEqual([]);
+      expect(await page(8, 10)).toEqual([9, 12, 21, 30]);
+    });
+
     it('flags: per relation and unit, deleted one by one or per relation', async () => {
       await store.write(async (tx) => {
         await tx.putFlags('r1', 'web/0', { a: true });

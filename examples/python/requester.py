@@ -33,8 +33,15 @@ def create(stub, metadata, args) -> None:
 
 
 def responses(stub, metadata, args) -> None:
-    reply = stub.ListResponses(requester_pb2.ListResponsesRequest(request_id=args.request_id), metadata=metadata)
-    emit("responses", responses=[to_dict(response) for response in reply.responses])
+    """Prints every response, following the pages a request with many large responses comes in."""
+    found, token = [], ""
+    while True:
+        reply = stub.ListResponses(requester_pb2.ListResponsesRequest(request_id=args.request_id, page_token=token), metadata=metadata)
+        found.extend(to_dict(response) for response in reply.responses)
+        token = reply.next_page_token
+        if not token:
+            break
+    emit("responses", responses=found)
 
 
 def call(stub, metadata, args) -> None:

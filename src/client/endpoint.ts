@@ -109,9 +109,10 @@ export async function firstOfPages<T>(page: (token: string) => Promise<{ items: 
   return undefined;
 }
 
-export async function allPages<T>(page: (token: string) => Promise<{ items: T[]; next: string }>): Promise<T[]> {
+/** The items of every page from the one `from` names (the first page when empty). */
+export async function allPages<T>(page: (token: string) => Promise<{ items: T[]; next: string }>, from = ''): Promise<T[]> {
   const all: T[] = [];
-  let token = '';
+  let token = from;
   do {
     const { items, next } = await page(token);
     all.push(...items);

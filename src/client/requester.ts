@@ -1,7 +1,9 @@
 // The requester side of a relation, typed by its interface: create requests,
 // read them and their responses, call and wait, watch.
 import type { ListRequestsResponse__Output } from '../../gen/relgate/v1/ListRequestsResponse.ts';
+import type { ListResponsesResponse__Output } from '../../gen/relgate/v1/ListResponsesResponse.ts';
 import type { Request__Output } from '../../gen/relgate/v1/Request.ts';
+import type { ResponseByFieldResponse__Output } from '../../gen/relgate/v1/ResponseByFieldResponse.ts';
 import type { Response__Output } from '../../gen/relgate/v1/Response.ts';
 import type { CallAllResponse__Output } from '../../gen/relgate/v1/CallAllResponse.ts';
 import type { RequesterServiceClient } from '../../gen/relgate/v1/RequesterService.ts';
@@ -88,13 +90,15 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
     return all.flat();
   }
 
-  /** The first request whose fields equal matchFields, with its responses. */
+  /** The first request whose fields equal matchFields, with all its responses (the first page comes with the request). */
   async responseByField(matchFields: Partial<RequestFields<I>>): Promise<{ request: Request<RequestFields<I>>; responses: Response<ResponseFields<I>>[] } | undefined> {
-    const result = await unary<{ request: Request__Output | null; responses: Response__Output[] }>((cb) =>
+    const result = await unary<ResponseByFieldResponse__Output>((cb) =>
       this.connection.requesterClient.ResponseByField({ ...this.scope, match_fields: struct(matchFields) }, this.metadata, this.connection.callOptions(), cb),
     );
     if (!result.request) return undefined;
-    return { request: this.#request(result.request), responses: result.responses.map((response) => toResponse<ResponseFields<I>>(response)) };
+    const request = this.#request(result.request);
+    const rest = result.next_page_token === '' ? [] : await this.#responsesOf(request.request_id, result.next_page_token);
+    return { request, responses: [...result.responses.map((response) => toResponse<ResponseFields<I>>(response)), ...rest] };
   }
 
   /** available, has_responses, all_responses. */
@@ -161,9 +165,13 @@ export class Requester<I extends InterfaceName> extends Endpoint<I> {
     return toRequest<RequestFields<I>>(message ?? {});
   }
 
-  async #responsesOf(requestId: string): Promise<Response<ResponseFields<I>>[]> {
-    const { responses } = await unary<{ responses: Response__Output[] }>((cb) => this.connection.requesterClient.ListResponses({ request_id: requestId }, this.metadata, this.connection.callOptions(), cb));
-    return responses.map((response) => toResponse<ResponseFields<I>>(response));
+  /** Every page of a request's responses from the one pageToken names. */
+  #responsesOf(requestId: string, pageToken = ''): Promise<Response<ResponseFields<I>>[]> {
+    return allPages(async (token) => {
+      const query = { request_id: requestId, page_size: 1000, page_token: token };
+      const page = await unary<ListResponsesResponse__Output>((cb) => this.connection.requesterClient.ListResponses(query, this.metadata, this.connection.callOptions(), cb));
+      return { items: page.responses.map((response) => toResponse<ResponseFields<I>>(response)), next: page.next_page_token };
+    }, pageToken);
   }
 
   async #page(filter: RequestFilter, matchFields: object, pageToken: string, pageSize = 1000): Promise<{ items: Request<RequestFields<I>>[]; next: string }> {

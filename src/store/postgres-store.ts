@@ -33,6 +33,7 @@ import type {
   RelationUnitRecord,
   RequestPage,
   RequestRecord,
+  ResponsePage,
   ResponseRecord,
   SideName,
   Store,
@@ -858,8 +859,11 @@ class PgTx implements StoreTx {
     await this.#writeUnwritten();
     return parseAll<RequestRecord>(await this.#rows('SELECT doc FROM requests WHERE due IS NOT NULL AND due <= $1 ORDER BY due LIMIT $2', [now, limit]));
   }
-  async listResponses(requestId: string) {
-    return parseAll<ResponseRecord>(await this.#rows('SELECT doc FROM responses WHERE request_id = $1 ORDER BY revision', [requestId]));
+  async listResponses(requestId: string, page?: ResponsePage) {
+    // LIMIT NULL is none to PostgreSQL.
+    return parseAll<ResponseRecord>(
+      await this.#rows('SELECT doc FROM responses WHERE request_id = $1 AND revision > $2 ORDER BY revision LIMIT $3', [requestId, page?.afterRevision ?? 0, page?.limit ?? null]),
+    );
   }
   async putResponse(record: ResponseRecord) {
     await this.#run('INSERT INTO responses (request_id, responder_unit, revision, doc) VALUES ($1, $2, $3, $4)', [

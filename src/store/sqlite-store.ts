@@ -29,6 +29,7 @@ import type {
   RelationUnitRecord,
   RequestPage,
   RequestRecord,
+  ResponsePage,
   ResponseRecord,
   Store,
   StoreLog,
@@ -192,7 +193,7 @@ function prepareStatements(db: Database.Database) {
       'SELECT doc FROM requests WHERE relation_id IN (SELECT value FROM json_each(?)) AND create_revision > ? AND pending = 1 ORDER BY create_revision LIMIT ?',
     ),
     listDue: db.prepare<[number, number], { doc: string }>('SELECT doc FROM requests WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?'),
-    listResponses: db.prepare<[string], { doc: string }>('SELECT doc FROM responses WHERE request_id = ? ORDER BY revision'),
+    listResponses: db.prepare<[string, number, number], { doc: string }>('SELECT doc FROM responses WHERE request_id = ? AND revision > ? ORDER BY revision LIMIT ?'),
     putResponse: db.prepare('INSERT INTO responses (request_id, responder_unit, revision, doc) VALUES (?, ?, ?, ?)'),
     deleteResponses: db.prepare('DELETE FROM responses WHERE request_id = ?'),
     deleteRelationResponses: db.prepare('DELETE FROM responses WHERE request_id IN (SELECT id FROM requests WHERE relation_id = ?)'),
@@ -690,8 +691,9 @@ class SqliteTx implements StoreTx {
   async listDue(now: number, limit: number) {
     return parseAll<RequestRecord>(this.#s.listDue.all(now, limit));
   }
-  async listResponses(requestId: string) {
-    return parseAll<ResponseRecord>(this.#s.listResponses.all(requestId));
+  async listResponses(requestId: string, page?: ResponsePage) {
+    // A negative limit is none to SQLite.
+    return parseAll<ResponseRecord>(this.#s.listResponses.all(requestId, page?.afterRevision ?? 0, page?.limit ?? -1));
   }
   async putResponse(record: ResponseRecord) {
     this.#s.putResponse.run(record.request_id, record.responder_unit, record.revision, JSON.stringify(record));

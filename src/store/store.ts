@@ -129,6 +129,12 @@ export interface RequestPage {
   pendingOnly?: boolean;
 }
 
+export interface ResponsePage {
+  /** Return responses stored after this revision: a request's responses each have their own, as each is one write. */
+  afterRevision: number;
+  limit: number;
+}
+
 export interface StoreTx {
   /** The revision of this write, allocated on first use. */
   revision(): Promise<number>;
@@ -167,7 +173,8 @@ export interface StoreTx {
   /** Pending requests whose time to live or claim lease ended by `now`. */
   listDue(now: number, limit: number): Promise<RequestRecord[]>;
 
-  listResponses(requestId: string): Promise<ResponseRecord[]>;
+  /** A request's responses in arrival (revision) order: all of them, or a page. */
+  listResponses(requestId: string, page?: ResponsePage): Promise<ResponseRecord[]>;
   putResponse(record: ResponseRecord): Promise<void>;
   deleteResponses(requestId: string): Promise<void>;
 

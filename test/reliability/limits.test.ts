@@ -14,6 +14,8 @@ const RECEIVE_LIMIT = 64 * 1024;
 const SEND_LIMIT = 96 * 1024;
 /** One request's fields: well under both limits on its own. */
 const FIELD_BYTES = 40 * 1024;
+/** A request's fields just under the receive limit. */
+const LARGE_REQUEST_BYTES = 60 * 1024;
 
 /** Server log lines, parsed. */
 class LogLines extends Writable {
@@ -70,27 +72,30 @@ describe('receive limit', () => {
 
 describe('send limit', () => {
   test('a response over the limit fails that call only, and its log line says RESOURCE_EXHAUSTED', async () => {
-    const many = await makeWorld(h, { responders: 3 });
-    const requester = many.req();
-    // A watch on the same connection that must live through the failure.
-    const live = watch(requester, { relation_id: many.relationId, start: 'WATCH_START_NOW', progress_interval_ms: 100 });
+    const one = await makeWorld(h);
+    const requester = one.req();
+    // A watch on the same connection that must live through the failure: of another relation of the unit, as a
+    // watch of this one would carry the large request and its answer too.
+    const other = await makeWorld(h, { requesterApp: one.requesterApp, responderApp: one.responderApp, endpoint: 'more', join: false });
+    await h.registry.call('JoinRelation', { relation_id: other.relationId, unit: one.requesters[0] });
+    const live = watch(requester, { relation_id: other.relationId, start: 'WATCH_START_NOW', progress_interval_ms: 100 });
     await live.events.next((event) => event.type === 'EVENT_TYPE_BOOKMARK');
-    // Three answers that each fit a message; all three together do not.
-    const everyone = { mode: 'DELIVERY_MODE_SELECTOR', selector: '' };
-    const { request } = await requester.call('CreateRequest', { relation_id: many.relationId, fields: struct({ common_name: 'big.example' }), delivery: everyone });
-    for (let i = 0; i < 3; i++) await many.res(i).call('Respond', { request_id: request.request_id, fields: struct({ key: 'k'.repeat(FIELD_BYTES), cert: 'C' }) });
+    // A request near the receive limit and an answer that each fit a message; ResponseByField sends both in one, which
+    // passes the send limit (the page of responses holds at least one, however large).
+    const { request } = await requester.call('CreateRequest', { relation_id: one.relationId, fields: fieldsOf(LARGE_REQUEST_BYTES) });
+    await one.res().call('Respond', { request_id: request.request_id, fields: struct({ key: 'k'.repeat(FIELD_BYTES), cert: 'C' }) });
 
-    const error = await requester.fail('ListResponses', { request_id: request.request_id });
+    const error = await requester.fail('ResponseByField', { relation_id: one.relationId, match_fields: struct({ common_name: 'big.example' }) });
     expect(error.code).toBe(Code.RESOURCE_EXHAUSTED);
     expect(error.message).toMatch(/larger than max/i);
     // The handler gave grpc-js the reply; the log says what the client got.
-    expect(log.calls('RequesterService/ListResponses').at(-1)?.code).toBe('RESOURCE_EXHAUSTED');
+    expect(log.calls('RequesterService/ResponseByField').at(-1)?.code).toBe('RESOURCE_EXHAUSTED');
 
     // The same connection still answers, and the watch still delivers.
-    const one = await requester.call('GetRequest', { request_id: request.request_id });
-    expect(one.request.response_count).toBe(3);
+    const got = await requester.call('GetRequest', { request_id: request.request_id });
+    expect(got.request.response_count).toBe(1);
     expect(log.calls('RequesterService/GetRequest').at(-1)?.code).toBe('OK');
-    const next = (await requester.call('CreateRequest', { relation_id: many.relationId, fields: fieldsOf(10) })).request.request_id;
+    const next = (await requester.call('CreateRequest', { relation_id: other.relationId, fields: fieldsOf(10) })).request.request_id;
     await live.events.next(requestEvent('ADDED', next));
     live.cancel();
   });

@@ -7,6 +7,17 @@ export interface ListResponsesRequest {
    * Request id.
    */
   'request_id'?: (string);
+  /**
+   * Page size, 1 to 1000; 0 means 100. A page also ends once its responses
+   * take a quarter of the gateway's largest sent message, and holds at
+   * least one response.
+   */
+  'page_size'?: (number);
+  /**
+   * Token from a previous page of this request's responses, or from
+   * ResponseByField's next_page_token for the request it found.
+   */
+  'page_token'?: (string);
 }
 
 export interface ListResponsesRequest__Output {
@@ -14,4 +25,15 @@ export interface ListResponsesRequest__Output {
    * Request id.
    */
   'request_id': (string);
+  /**
+   * Page size, 1 to 1000; 0 means 100. A page also ends once its responses
+   * take a quarter of the gateway's largest sent message, and holds at
+   * least one response.
+   */
+  'page_size': (number);
+  /**
+   * Token from a previous page of this request's responses, or from
+   * ResponseByField's next_page_token for the request it found.
+   */
+  'page_token': (string);
 }

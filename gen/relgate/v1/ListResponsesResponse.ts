@@ -8,6 +8,10 @@ export interface ListResponsesResponse {
    * Responses in arrival order.
    */
   'responses'?: (_relgate_v1_Response)[];
+  /**
+   * Token of the next page; empty on the last page.
+   */
+  'next_page_token'?: (string);
 }
 
 export interface ListResponsesResponse__Output {
@@ -15,4 +19,8 @@ export interface ListResponsesResponse__Output {
    * Responses in arrival order.
    */
   'responses': (_relgate_v1_Response__Output)[];
+  /**
+   * Token of the next page; empty on the last page.
+   */
+  'next_page_token': (string);
 }

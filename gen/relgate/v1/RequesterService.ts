@@ -141,14 +141,14 @@ export interface RequesterServiceClient extends grpc.Client {
   listRequests(argument: _relgate_v1_ListRequestsRequest, callback: grpc.requestCallback<_relgate_v1_ListRequestsResponse__Output>): grpc.ClientUnaryCall;
   
   /**
-   * Lists the responses to one request.
+   * Lists the responses to one request in arrival order, a page at a time.
    */
   ListResponses(argument: _relgate_v1_ListResponsesRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ListResponsesResponse__Output>): grpc.ClientUnaryCall;
   ListResponses(argument: _relgate_v1_ListResponsesRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_ListResponsesResponse__Output>): grpc.ClientUnaryCall;
   ListResponses(argument: _relgate_v1_ListResponsesRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ListResponsesResponse__Output>): grpc.ClientUnaryCall;
   ListResponses(argument: _relgate_v1_ListResponsesRequest, callback: grpc.requestCallback<_relgate_v1_ListResponsesResponse__Output>): grpc.ClientUnaryCall;
   /**
-   * Lists the responses to one request.
+   * Lists the responses to one request in arrival order, a page at a time.
    */
   listResponses(argument: _relgate_v1_ListResponsesRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ListResponsesResponse__Output>): grpc.ClientUnaryCall;
   listResponses(argument: _relgate_v1_ListResponsesRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_ListResponsesResponse__Output>): grpc.ClientUnaryCall;
@@ -157,7 +157,8 @@ export interface RequesterServiceClient extends grpc.Client {
   
   /**
    * Finds the first request (in creation order) whose fields equal
-   * match_fields and returns its responses.
+   * match_fields and returns the first page of its responses; ListResponses
+   * with that request's id and the returned next_page_token gives the rest.
    */
   ResponseByField(argument: _relgate_v1_ResponseByFieldRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ResponseByFieldResponse__Output>): grpc.ClientUnaryCall;
   ResponseByField(argument: _relgate_v1_ResponseByFieldRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_ResponseByFieldResponse__Output>): grpc.ClientUnaryCall;
@@ -165,7 +166,8 @@ export interface RequesterServiceClient extends grpc.Client {
   ResponseByField(argument: _relgate_v1_ResponseByFieldRequest, callback: grpc.requestCallback<_relgate_v1_ResponseByFieldResponse__Output>): grpc.ClientUnaryCall;
   /**
    * Finds the first request (in creation order) whose fields equal
-   * match_fields and returns its responses.
+   * match_fields and returns the first page of its responses; ListResponses
+   * with that request's id and the returned next_page_token gives the rest.
    */
   responseByField(argument: _relgate_v1_ResponseByFieldRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_relgate_v1_ResponseByFieldResponse__Output>): grpc.ClientUnaryCall;
   responseByField(argument: _relgate_v1_ResponseByFieldRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_relgate_v1_ResponseByFieldResponse__Output>): grpc.ClientUnaryCall;
@@ -247,13 +249,14 @@ export interface RequesterServiceHandlers extends grpc.UntypedServiceImplementat
   ListRequests: grpc.handleUnaryCall<_relgate_v1_ListRequestsRequest__Output, _relgate_v1_ListRequestsResponse>;
   
   /**
-   * Lists the responses to one request.
+   * Lists the responses to one request in arrival order, a page at a time.
    */
   ListResponses: grpc.handleUnaryCall<_relgate_v1_ListResponsesRequest__Output, _relgate_v1_ListResponsesResponse>;
   
   /**
    * Finds the first request (in creation order) whose fields equal
-   * match_fields and returns its responses.
+   * match_fields and returns the first page of its responses; ListResponses
+   * with that request's id and the returned next_page_token gives the rest.
    */
   ResponseByField: grpc.handleUnaryCall<_relgate_v1_ResponseByFieldRequest__Output, _relgate_v1_ResponseByFieldResponse>;
   

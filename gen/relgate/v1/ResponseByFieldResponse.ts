@@ -10,9 +10,16 @@ export interface ResponseByFieldResponse {
    */
   'request'?: (_relgate_v1_Request | null);
   /**
-   * Its responses in arrival order.
+   * The first page of its responses in arrival order: up to 100, ending
+   * once they and the request take a quarter of the gateway's largest sent
+   * message; at least one when it has any.
    */
   'responses'?: (_relgate_v1_Response)[];
+  /**
+   * Token of the next page of its responses, for ListResponses with the
+   * request's id; empty when these are all of them.
+   */
+  'next_page_token'?: (string);
 }
 
 export interface ResponseByFieldResponse__Output {
@@ -21,7 +28,14 @@ export interface ResponseByFieldResponse__Output {
    */
   'request': (_relgate_v1_Request__Output | null);
   /**
-   * Its responses in arrival order.
+   * The first page of its responses in arrival order: up to 100, ending
+   * once they and the request take a quarter of the gateway's largest sent
+   * message; at least one when it has any.
    */
   'responses': (_relgate_v1_Response__Output)[];
+  /**
+   * Token of the next page of its responses, for ListResponses with the
+   * request's id; empty when these are all of them.
+   */
+  'next_page_token': (string);
 }

@@ -118,17 +118,26 @@ func (r *requester) call(args []string) error {
 	return nil
 }
 
+// responses prints every response to a request, following the pages a
+// request with many large responses comes in.
 func (r *requester) responses(args []string) error {
 	flags := flag.NewFlagSet("responses", flag.ExitOnError)
 	requestID := flags.String("request-id", "", "request id")
 	_ = flags.Parse(args)
-	reply, err := r.stub.ListResponses(r.options.Context(context.Background()), &relgatev1.ListResponsesRequest{RequestId: *requestID})
-	if err != nil {
-		return err
-	}
 	responses := []json.RawMessage{}
-	for _, response := range reply.GetResponses() {
-		responses = append(responses, client.Message(response))
+	token := ""
+	for {
+		reply, err := r.stub.ListResponses(r.options.Context(context.Background()), &relgatev1.ListResponsesRequest{RequestId: *requestID, PageToken: token})
+		if err != nil {
+			return err
+		}
+		for _, response := range reply.GetResponses() {
+			responses = append(responses, client.Message(response))
+		}
+		token = reply.GetNextPageToken()
+		if token == "" {
+			break
+		}
 	}
 	client.Emit("responses", map[string]any{"responses": responses})
 	return nil
