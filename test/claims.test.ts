@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Code } from '../src/errors.ts';
 import { startHarness, struct, type Harness } from './helpers/harness.ts';
-import { CERT, CSR, create, expectError, incoming, relate, respond, seconds, toSelector, toUnit, type Relation } from './helpers/fixture.ts';
+import { CERT, CSR, create, expectError, ids, incoming, relate, respond, seconds, toSelector, toUnit, type Relation } from './helpers/fixture.ts';
 import { requestEvent, watchReady, type Event } from './helpers/streams.ts';
 import { millis } from './helpers/world.ts';
 
@@ -137,8 +137,9 @@ describe('expiry', () => {
     }
     expect(await incoming(r, 0)).toEqual([]);
     expect(await incoming(r, 0, 'REQUEST_FILTER_ALL')).toEqual([request.request_id]);
-    const { requests: unanswered } = await r.req().call('ListRequests', { relation_id: r.id, filter: 'REQUEST_FILTER_ANSWERED' });
-    expect(unanswered).toEqual([]);
+    // Neither new nor answered: only ALL lists it, on the requester's side too.
+    const listed = async (filter: string) => ids((await r.req().call('ListRequests', { relation_id: r.id, filter })).requests);
+    expect([await listed('REQUEST_FILTER_ANSWERED'), await listed('REQUEST_FILTER_NEW'), await listed('REQUEST_FILTER_ALL')]).toEqual([[], [], [request.request_id]]);
     requesterWatch.cancel();
     responderWatch.cancel();
   });

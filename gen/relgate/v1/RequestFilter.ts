@@ -14,12 +14,14 @@ export const RequestFilter = {
    */
   REQUEST_FILTER_ALL: 'REQUEST_FILTER_ALL',
   /**
-   * Requester: not yet answered by all expected units. Responder: still
-   * waiting for the calling unit's answer.
+   * Requester: pending, not yet answered by all expected units (an expired
+   * request is no longer new). Responder: still waiting for the calling
+   * unit's answer.
    */
   REQUEST_FILTER_NEW: 'REQUEST_FILTER_NEW',
   /**
-   * Answered by every expected unit.
+   * Answered by every expected unit. An expired request is neither new nor
+   * answered: only REQUEST_FILTER_ALL lists it.
    */
   REQUEST_FILTER_ANSWERED: 'REQUEST_FILTER_ANSWERED',
 } as const;
@@ -39,13 +41,15 @@ export type RequestFilter =
   | 'REQUEST_FILTER_ALL'
   | 1
   /**
-   * Requester: not yet answered by all expected units. Responder: still
-   * waiting for the calling unit's answer.
+   * Requester: pending, not yet answered by all expected units (an expired
+   * request is no longer new). Responder: still waiting for the calling
+   * unit's answer.
    */
   | 'REQUEST_FILTER_NEW'
   | 2
   /**
-   * Answered by every expected unit.
+   * Answered by every expected unit. An expired request is neither new nor
+   * answered: only REQUEST_FILTER_ALL lists it.
    */
   | 'REQUEST_FILTER_ANSWERED'
   | 3
