@@ -5,11 +5,16 @@
 // server-streaming watches: only the transport differs.
 import type * as grpc from '@grpc/grpc-js';
 import { Code, RelgateError, asRelgateError, toRpcStatus, toServiceError } from './errors.ts';
-import { undecodableError } from './utf8.ts';
+import { undecodableError, wireSize } from './utf8.ts';
 import type { WatchSink, WatchSpec, Watcher } from './watch-hub.ts';
 
 /** Commands executing at once per session; beyond it the stream stops reading. */
 export const MAX_IN_FLIGHT = 1024;
+/**
+ * Bytes of commands executing at once per session, as they came on the wire; beyond it the stream stops reading too.
+ * Commands pile up while the store is slow, and 1024 commands of the largest size would hold gigabytes.
+ */
+export const MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
 
 /**
  * ErrorInfo metadata of a session the gateway wound down (one of its watches
@@ -40,6 +45,7 @@ export class Session {
   readonly #deps: SessionDeps;
   readonly #watchers: Watcher[] = [];
   #inFlight = 0;
+  #inFlightBytes = 0;
   #started = false;
   #ended = false;
   #halfClosed = false;
@@ -88,7 +94,9 @@ export class Session {
     if (!run || !name) {
       return this.#ack({ correlation_id: correlationId, error: toRpcStatus(new RelgateError(Code.INVALID_ARGUMENT, 'a session message must be start (first) or a command', { reason: 'INVALID_COMMAND' })) });
     }
+    const bytes = wireSize(message);
     this.#inFlight += 1;
+    this.#inFlightBytes += bytes;
     this.#throttle();
     // After the watches started, so that their snapshots come before the session's own changes;
     // not at all when starting them ended the session, as nobody would learn the outcome.
@@ -97,6 +105,7 @@ export class Session {
       (error: unknown) => this.#ack({ correlation_id: correlationId, error: toRpcStatus(asRelgateError(error)) }),
     ).finally(() => {
       this.#inFlight -= 1;
+      this.#inFlightBytes -= bytes;
       this.#throttle();
       this.#maybeFinish();
     });
@@ -178,7 +187,7 @@ export class Session {
   }
 
   #throttle(): void {
-    const pause = this.#endWith !== undefined || this.#blocked || this.#inFlight >= MAX_IN_FLIGHT;
+    const pause = this.#endWith !== undefined || this.#blocked || this.#inFlight >= MAX_IN_FLIGHT || this.#inFlightBytes >= MAX_IN_FLIGHT_BYTES;
     if (pause && !this.#paused) this.#call.pause();
     if (!pause && this.#paused) this.#call.resume();
     this.#paused = pause;

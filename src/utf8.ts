@@ -10,6 +10,8 @@ import protobuf from 'protobufjs';
 import { Code, invalidArgument, RelgateError, toServiceError } from './errors.ts';
 
 const INVALID_UTF8 = Symbol('relgate.invalidUtf8');
+/** The size on the wire of each request decoded, for what bounds the bytes a session holds. */
+const wireSizes = new WeakMap<object, number>();
 /** Marks what stands in for a request whose bytes are not a message of its type at all. */
 const MALFORMED = Symbol('relgate.malformed');
 const WIRE_LENGTH_DELIMITED = 2;
@@ -98,11 +100,17 @@ export function checkingUtf8(service: grpc.ServiceDefinition, serviceName: strin
           return Object.defineProperty({}, MALFORMED, { value: `the message is not a valid ${type.fullName.slice(1)}: ${(error as Error).message}` });
         }
         if (paths.length > 0) Object.defineProperty(message, INVALID_UTF8, { value: paths });
+        wireSizes.set(message, bytes.length);
         return message;
       },
     };
   }
   return checked as grpc.ServiceDefinition;
+}
+
+/** How many bytes a decoded request took on the wire; 0 when it was not decoded here. */
+export function wireSize(message: object): number {
+  return wireSizes.get(message) ?? 0;
 }
 
 /** INVALID_ARGUMENT for a request that was not a message of its type or held invalid UTF-8; undefined when it was valid. */

@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Code, fromServiceError } from '../src/errors.ts';
-import { MAX_IN_FLIGHT } from '../src/session.ts';
+import { MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES } from '../src/session.ts';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
@@ -258,29 +258,39 @@ describe('flow control', () => {
   test(`at most ${MAX_IN_FLIGHT} commands of a session run at once; the rest wait unread until one finishes`, async () => {
     const r = await relate(h);
     const session = await r.session(r.requesters[0] as string);
-    // Hold every write at the store's door, to see how many commands the session has started.
-    const store = h.server.store;
-    const write = store.write;
-    let started = 0;
-    let open = () => {};
-    const gate = new Promise<void>((resolve) => (open = resolve));
-    store.write = async function gated<T>(this: typeof store, fn: Parameters<typeof write<T>>[0]): Promise<T> {
-      started += 1;
-      await gate;
-      return write.call(this, fn) as Promise<T>;
-    };
+    const gate = gateWrites();
     const count = MAX_IN_FLIGHT + 200;
     let acks: Promise<unknown>[] = [];
     try {
       acks = Array.from({ length: count }, (_, i) => session.send(createCommand(r, { fields: struct({ common_name: `b${i}.example` }) })));
-      expect(await settled(() => started, 20_000)).toBe(MAX_IN_FLIGHT);
+      expect(await settled(gate.started, 20_000)).toBe(MAX_IN_FLIGHT);
     } finally {
-      store.write = write;
-      open();
+      gate.open();
     }
     await Promise.all(acks);
     expect(session.acks).toHaveLength(count);
     expect(session.acks.every((ack) => ack.error === null)).toBe(true);
+    session.end();
+    await session.closed;
+  }, 60_000);
+
+  test(`commands of a session running at once hold at most ${MAX_IN_FLIGHT_BYTES / 1024 / 1024} MiB as sent; the rest wait unread until some finish`, async () => {
+    const r = await relate(h);
+    const session = await r.session(r.requesters[0] as string);
+    const gate = gateWrites();
+    // Each command a little over 1 MiB: the bound is reached by the 64th, long before the count bound.
+    const big = 'x'.repeat(1024 * 1024);
+    const count = 100;
+    let acks: Promise<unknown>[] = [];
+    try {
+      acks = Array.from({ length: count }, (_, i) => session.send(createCommand(r, { fields: struct({ common_name: `big${i}.example`, sans: [big] }) })));
+      expect(await settled(gate.started, 20_000)).toBe(MAX_IN_FLIGHT_BYTES / (1024 * 1024));
+    } finally {
+      gate.open();
+    }
+    await Promise.all(acks);
+    expect(session.acks.every((ack) => ack.error === null)).toBe(true);
+    expect(session.acks).toHaveLength(count);
     session.end();
     await session.closed;
   }, 60_000);
@@ -306,6 +316,27 @@ describe('flow control', () => {
     expect(await session.status).toBeNull();
   }, 60_000);
 });
+
+/** Holds every write at the store's door until open(), to see how many commands a session has started. */
+function gateWrites(): { started: () => number; open: () => void } {
+  const store = h.server.store;
+  const write = store.write;
+  let started = 0;
+  let release = () => {};
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  store.write = async function gated<T>(this: typeof store, fn: Parameters<typeof write<T>>[0]): Promise<T> {
+    started += 1;
+    await gate;
+    return write.call(this, fn) as Promise<T>;
+  };
+  return {
+    started: () => started,
+    open: () => {
+      store.write = write;
+      release();
+    },
+  };
+}
 
 /** The value once it has not changed for 300 ms: for server state that no event announces. */
 async function settled(read: () => number, timeoutMs: number): Promise<number> {
