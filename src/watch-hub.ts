@@ -62,17 +62,19 @@ export interface HubOptions {
   maxMessageBytes: number;
 }
 
+/** Progress intervals in a row a watcher not yet live may hold more than its byte budget without taking any of it. */
+const STALLED_CHECKS = 6;
+
 /** Events per stream message; a revision is never split, so one may hold more. */
 const MAX_BATCH_EVENTS = 500;
 
-/** A unit joining or leaving a relation, kept so resumes know where the unit belonged. */
-interface MembershipChange {
-  revision: number;
-  relationId: string;
-  unit: string;
-  side: SideName;
-  joined: boolean;
-}
+/**
+ * A unit joining or leaving a relation, kept so resumes know where the unit belonged; or a unit removed, before which
+ * its name belonged to another unit, whose memberships a unit registered since under that name must not inherit.
+ */
+type MembershipChange =
+  | { revision: number; relationId: string; unit: string; side: SideName; joined: boolean; removed?: never }
+  | { revision: number; unit: string; removed: true };
 
 export const DEFAULT_HUB_OPTIONS: HubOptions = {
   maxBufferedEvents: 10_000,
@@ -251,7 +253,10 @@ export class WatchHub {
     for (let i = this.#memberships.length - 1; i >= 0; i--) {
       const change = this.#memberships[i] as MembershipChange;
       if (change.revision <= from) break;
-      if (change.revision > at || change.unit !== spec.unit || change.side !== spec.side) continue;
+      if (change.revision > at || change.unit !== spec.unit) continue;
+      // The name was another unit's before: what that unit belonged to is none of this one's.
+      if (change.removed) break;
+      if (change.side !== spec.side) continue;
       if (change.joined) relations.delete(change.relationId);
       else if (ofInterface(change.relationId, spec.interface)) relations.set(change.relationId, 0);
     }
@@ -398,12 +403,13 @@ function otherClientsTurn(): Promise<void> {
 /** Watchers of one view share their events: each is measured once. */
 const eventSizes = new WeakMap<WatchEventMessage, number>();
 
-/** The joins and departures a change records; removing a relation is a departure of each of its members. */
+/** The joins and departures a change records (removing a relation is a departure of each of its members), and removed units. */
 function membershipsOf(change: Change): MembershipChange[] {
   const data = change.data;
   const of = (unit: RelationUnitRecord, joined: boolean) => ({ revision: change.revision, relationId: change.relation_id, unit: unit.unit, side: unit.side, joined });
   if (data.kind === 'unit-joined' || data.kind === 'unit-departed') return [of(data.unit, data.kind === 'unit-joined')];
   if (data.kind === 'relation-removed') return (data.units ?? []).map((unit) => of(unit, false));
+  if (data.kind === 'registry' && data.what === 'unit-removed') return [{ revision: change.revision, unit: data.name, removed: true }];
   return [];
 }
 
@@ -468,6 +474,8 @@ export class Watcher {
   /** Batches handed to the transport, and how many at the last stall check. */
   #written = 0;
   #writtenAtStallCheck = 0;
+  /** Stall checks in a row that found this watcher holding more than its budget and taking nothing. */
+  #stalledChecks = 0;
   /** The snapshot's last message until it is handed to the transport: before that there is no revision to resume from. */
   #snapshotEnd: WatchBatchMessage | undefined;
   #live = false;
@@ -538,13 +546,16 @@ export class Watcher {
   /**
    * Called every progress interval. A watcher not yet live only takes changes once its snapshot or catch-up page is
    * sent, so one whose client stopped reading would hold them as long as the connection lasts: cut it off once it
-   * holds more than the byte budget and took nothing for a whole interval (a client reading a large snapshot is not).
+   * holds more than the byte budget and took nothing for STALLED_CHECKS intervals in a row. A client that reads a
+   * large snapshot slowly, a message at a time, takes one now and then and is not cut off: a snapshot it is cut off
+   * from starts over, and would again.
    */
   cutOffIfStalled(): void {
     const moved = this.#written !== this.#writtenAtStallCheck;
     this.#writtenAtStallCheck = this.#written;
-    if (this.#live || moved || !this.#waitingDrain || this.#queuedBytes <= this.#options.maxBufferedBytes) return;
-    this.#cutOff(`${this.#options.maxBufferedBytes} bytes`);
+    const stalled = !this.#live && !moved && this.#waitingDrain && this.#queuedBytes > this.#options.maxBufferedBytes;
+    this.#stalledChecks = stalled ? this.#stalledChecks + 1 : 0;
+    if (this.#stalledChecks >= STALLED_CHECKS) this.#cutOff(`${this.#options.maxBufferedBytes} bytes`);
   }
 
   /** Ends a watcher that fell behind, telling its client where to resume: after the last revision sent, or from a new snapshot. */

@@ -9,6 +9,7 @@ import { InterfaceRegistry } from '../src/interfaces.ts';
 import { Rpc, clientsOf, startHarness, struct, type Harness } from './helpers/harness.ts';
 import { startServer, type RunningServer } from '../src/server.ts';
 import { appName, makeWorld } from './helpers/world.ts';
+import { watch } from './helpers/streams.ts';
 
 let h: Harness;
 beforeAll(async () => {
@@ -367,6 +368,25 @@ describe('units', () => {
     const again = await h.registry.call('RegisterUnit', { name: web0, ingress_address: '10.9.0.1' });
     expect(again.unit).toMatchObject({ name: web0, ingress_address: '10.9.0.1', revision: String(h.server.store.currentRevision()) });
     await h.registry.call('JoinRelation', { relation_id: w.relationId, unit: web0 });
+  });
+
+  test("a unit registered under a removed unit's name inherits none of its history: a resume from before the removal replays nothing of the old unit's relations", async () => {
+    const w = await makeWorld(h);
+    const web0 = w.requesters[0] as string;
+    const before = h.server.store.currentRevision();
+    await w.req().call('CreateRequest', { relation_id: w.relationId, fields: struct({ common_name: 'old-unit.example' }) });
+    await h.registry.call('LeaveRelation', { relation_id: w.relationId, unit: web0 });
+    await h.registry.call('RemoveUnit', { name: web0 });
+    await h.registry.call('RegisterUnit', { name: web0 });
+    const resume = { start: 'WATCH_START_AFTER_REVISION', after_revision: String(before), progress_interval_ms: 50 };
+    // The old unit could have replayed this relation up to its departure; the new one is refused as a stranger.
+    const one = await watch(w.req(), { ...resume, relation_id: w.relationId }).status;
+    expect([one?.code, one?.reason]).toEqual([Code.FAILED_PRECONDITION, 'UNIT_NOT_JOINED']);
+    // A watch of every relation catches up to now and goes live without a single event of the old unit's relation.
+    const every = watch(w.req(), resume);
+    await every.events.next((event) => event.type === 'EVENT_TYPE_BOOKMARK' && Number(event.revision) >= h.server.store.currentRevision());
+    every.cancel();
+    expect(every.events.items.filter((event) => event.type !== 'EVENT_TYPE_BOOKMARK')).toEqual([]);
   });
 });
 

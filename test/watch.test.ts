@@ -610,6 +610,34 @@ describe('a watcher that does not read, against the byte budget', () => {
   }, 60_000);
 });
 
+describe('a watcher that reads its snapshot slowly', () => {
+  test('a message now and then, is not cut off, however much more than the budget the snapshot holds', async () => {
+    const b = await startHarness({ durability: 'normal', watchBufferBytes: 1024 * 1024, maxSendBytes: 1024 * 1024, progressIntervalMs: 100 });
+    try {
+      const r = await relate(b);
+      const created: string[] = [];
+      // More messages than the client's and the connection's buffers take in while it does not read.
+      for (let i = 0; i < 80; i++) created.push((await create(r, { fields: struct({ common_name: `slow${i}.example`, sans: ['x'.repeat(100_000)] }) })).request_id);
+      const cutOffs = b.server.hub.slowWatcherCutOffs;
+      const w = watch(r.res(), { relation_id: r.id, start: 'WATCH_START_SNAPSHOT' });
+      w.call.pause();
+      // One message, then one and a half progress intervals without reading: a stall check or two in a row, not six.
+      while (!w.events.items.some(snapshotComplete)) {
+        const read = new Promise((resolve) => w.call.once('data', resolve));
+        w.call.resume();
+        await read;
+        w.call.pause();
+        await new Promise((resolve) => setTimeout(resolve, 150));
+      }
+      w.cancel();
+      expect(b.server.hub.slowWatcherCutOffs).toBe(cutOffs);
+      expect(requestIds(w.events.items)).toEqual(created);
+    } finally {
+      await b.close();
+    }
+  }, 60_000);
+});
+
 describe('a long catch-up', () => {
   test('lets other clients in between its pages, and still delivers every change once, in order', async () => {
     const c = await startHarness({ durability: 'normal' });

@@ -42,8 +42,8 @@ export abstract class Endpoint<I extends InterfaceName> {
       names.map((name) =>
         unary<GetUnitResponse__Output>((cb) => registry.GetUnit({ name }, this.metadata, this.connection.callOptions(), cb)).then(
           (reply) => reply.unit,
-          // Departed since the relation was read (and so out of sight): no longer one of them.
-          (error: unknown) => (hasReason(error, 'NOT_A_MEMBER') ? null : Promise.reject(error)),
+          // Departed since the relation was read (and so out of sight), or removed since: no longer one of them.
+          (error: unknown) => (hasReason(error, 'NOT_A_MEMBER') || hasReason(error, 'UNIT_NOT_FOUND') ? null : Promise.reject(error)),
         ),
       ),
     );

@@ -84,7 +84,8 @@ export interface WatchOptions {
   /**
    * Events held for a consumer that has not read them before the stream is
    * paused (default 1000). A paused stream pushes back on the gateway,
-   * which cuts a watcher that stays behind; the watch then resumes.
+   * which cuts a watcher that stays behind; the watch then resumes. The
+   * first snapshot is held whole: one cut off would start over.
    */
   bufferEvents?: number;
 }

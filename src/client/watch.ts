@@ -176,6 +176,7 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
     if (revision > 0) {
       this.#revision = Math.max(last ?? 0, revision);
       this.#partialSnapshot = false;
+      this.#pushBackIfFull();
     } else if (batch.events.length > 0) {
       this.#partialSnapshot = true;
     }
@@ -205,8 +206,16 @@ export class Watch<Req, Res> implements AsyncIterableIterator<WatchEvent<Req, Re
     const waiter = this.#waiters.shift();
     if (waiter) return waiter.resolve({ value: event, done: false });
     this.#queue.push(event);
-    if (this.#queue.length >= this.#highWaterMark && !this.#paused) {
-      // Let the transport's flow control push back on the gateway.
+    this.#pushBackIfFull();
+  }
+
+  /**
+   * Lets the transport's flow control push back on the gateway once the queue is full; not while the first snapshot
+   * comes (no revision yet), which is read whole: the gateway cuts off a snapshot that stops moving, and a snapshot
+   * cut off starts over.
+   */
+  #pushBackIfFull(): void {
+    if (this.#queue.length >= this.#highWaterMark && !this.#paused && this.#revision !== undefined) {
       this.#paused = true;
       this.#stream?.pause();
     }
