@@ -468,7 +468,8 @@ export class Watcher {
   readonly #hub: WatchHub;
   readonly #sink: WatchSink;
   readonly #options: HubOptions;
-  readonly #queue: WatchBatchMessage[] = [];
+  /** Batches the transport has not taken yet, each with its size once measured (only when the transport is full). */
+  readonly #queue: { batch: WatchBatchMessage; bytes: number }[] = [];
   #queuedEvents = 0;
   #queuedBytes = 0;
   /** Batches handed to the transport, and how many at the last stall check. */
@@ -730,18 +731,24 @@ export class Watcher {
 
   #enqueue(batch: WatchBatchMessage): void {
     if (this.#stopped) return;
-    this.#queue.push(batch);
+    const entry = { batch, bytes: 0 };
+    this.#queue.push(entry);
     this.#queuedEvents += batch.events.length;
-    this.#queuedBytes += bytesOf(batch.events);
     this.#flush();
+    // Only what the transport did not take is held back: measured then, once, and not on the way of a reader that keeps up.
+    if (this.#queue.at(-1) === entry) {
+      entry.bytes = bytesOf(batch.events);
+      this.#queuedBytes += entry.bytes;
+    }
   }
 
   #flush(): void {
     while (!this.#waitingDrain && !this.#stopped) {
-      const batch = this.#queue.shift();
-      if (!batch) break;
+      const entry = this.#queue.shift();
+      if (!entry) break;
+      const { batch } = entry;
       this.#queuedEvents -= batch.events.length;
-      this.#queuedBytes -= bytesOf(batch.events);
+      this.#queuedBytes -= entry.bytes;
       this.#written += 1;
       if (batch === this.#snapshotEnd) this.#snapshotEnd = undefined;
       this.#sent = batch.revision;
