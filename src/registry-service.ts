@@ -3,7 +3,7 @@ import { hashToken, newToken } from './auth.ts';
 import { Code, RelgateError, failedPrecondition, notFound } from './errors.ts';
 import type { InterfaceRegistry, InterfaceDefinition } from './interfaces.ts';
 import { relationIdOf } from './relation-id.ts';
-import { refreshFlags, requireCaller, requireUnit } from './relations.ts';
+import { joinedRelationIds, refreshFlags, requireCaller, requireUnit } from './relations.ts';
 import { relationMessage, unitMessage } from './present.ts';
 import type { RelationRecord, SideName, Store, StoreTx, UnitRecord } from './store/store.ts';
 import { APPLICATION_NAME, ENDPOINT_NAME, UNIT_NAME, Violations } from './validate.ts';
@@ -132,7 +132,7 @@ export class RegistryService {
     new Violations().unitName('name', name).throwIfAny();
     return this.#store.write(async (tx) => {
       await requireUnit(tx, name);
-      const joined = (await tx.listUnitRelations(name)).sort((a, b) => a.revision - b.revision).map((membership) => membership.relation_id);
+      const joined = await joinedRelationIds(tx, name);
       if (joined.length > 0) throw unitInRelation(name, joined);
       const revision = await tx.revision();
       await tx.deleteUnit(name);

@@ -32,10 +32,10 @@ export async function joinedRelation(tx: StoreTx, relationId: string, caller: Un
   return { relation, units };
 }
 
-/** Relation ids the unit has joined on the side, in creation order. */
-export async function joinedRelationIds(tx: StoreTx, unit: string, side: SideName): Promise<string[]> {
+/** Relation ids the unit has joined, on the side or on either, in the order it joined them. */
+export async function joinedRelationIds(tx: StoreTx, unit: string, side?: SideName): Promise<string[]> {
   return (await tx.listUnitRelations(unit))
-    .filter((record) => record.side === side)
+    .filter((record) => side === undefined || record.side === side)
     .sort((a, b) => a.revision - b.revision)
     .map((record) => record.relation_id);
 }

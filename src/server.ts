@@ -767,7 +767,6 @@ class Handlers {
 
   async #watchScope(tx: Parameters<Parameters<WatchHub['watch']>[2]>[0], spec: WatchSpec): Promise<WatchScope> {
     const caller = await requireCaller(tx, spec.unit);
-    if (spec.relationId) new Violations().relationId('relation_id', spec.relationId).throwIfAny();
     // The id says the interface: relations of others are not read.
     const ids = spec.relationId ? [spec.relationId] : (await joinedRelationIds(tx, caller.name, spec.side)).filter((id) => ofInterface(id, spec.interface));
     const scope: WatchScope = new Map();

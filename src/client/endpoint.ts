@@ -97,7 +97,6 @@ export function duration(ms: number): Duration {
   return { seconds: String(Math.floor(ms / 1000)), nanos: Math.round((ms % 1000) * 1e6) };
 }
 
-/** Every page of a list call, concatenated. */
 /** The first item of a paged list: a page may come back empty with a token when the gateway stopped looking early. */
 export async function firstOfPages<T>(page: (token: string) => Promise<{ items: T[]; next: string }>): Promise<T | undefined> {
   let token = '';
