@@ -8,7 +8,7 @@ import { Code } from '../src/errors.ts';
 import { InterfaceRegistry } from '../src/interfaces.ts';
 import { Rpc, clientsOf, startHarness, struct, type Harness } from './helpers/harness.ts';
 import { startServer, type RunningServer } from '../src/server.ts';
-import { appName, makeWorld } from './helpers/world.ts';
+import { appName, expectOneRelationFromCreatesAtOnce, makeWorld } from './helpers/world.ts';
 import { watch } from './helpers/streams.ts';
 
 let h: Harness;
@@ -478,15 +478,7 @@ describe('relations', () => {
 
   test('identical CreateRelation calls at once create one relation; every other is refused naming it', async () => {
     const w = await makeWorld(h, { join: false });
-    const spec = { interface: 'http', requester_application: w.requesterApp, requester_endpoint: 'website', responder_application: w.responderApp, responder_endpoint: 'website' };
-    const outcomes = await Promise.all(Array.from({ length: 8 }, () => h.registry.call('CreateRelation', spec).then((reply) => reply.relation.id as string, () => h.registry.fail('CreateRelation', spec))));
-    const ids = outcomes.filter((outcome) => typeof outcome === 'string');
-    expect(ids).toHaveLength(1);
-    for (const refused of outcomes.filter((outcome) => typeof outcome !== 'string')) {
-      expect([refused.code, refused.reason, refused.metadata]).toEqual([Code.ALREADY_EXISTS, 'RELATION_EXISTS', { relation_id: ids[0] }]);
-    }
-    const listed = await h.registry.call('ListRelations', { application: w.requesterApp, interface: 'http' });
-    expect(listed.relations.map((relation: { id: string }) => relation.id)).toEqual(ids);
+    await expectOneRelationFromCreatesAtOnce(Array.from({ length: 8 }, () => h.registry), w);
   });
 
   test('in open mode registry reads stay open to every caller, whichever unit it names', async () => {

@@ -13,7 +13,7 @@ import { findGrpcurl, parseMessages, shell, spawnServe, type ServeProcess } from
 import { sql, startPostgres, type PostgresCluster } from './helpers/postgres.ts';
 import { requestEvent, responseEvent, watch, watchReady, type Event, type Msg } from './helpers/streams.ts';
 import { changeEvents, eventKey, expectWellFormed } from './helpers/watch-log.ts';
-import { makeWorld, type Clients, type World } from './helpers/world.ts';
+import { expectOneRelationFromCreatesAtOnce, makeWorld, type Clients, type World } from './helpers/world.ts';
 
 const CSR = { common_name: 'web.example' };
 const CERT = { key: 'K', cert: 'C' };
@@ -107,20 +107,7 @@ describe('replicas on one PostgreSQL', () => {
 
   it('one relation created on both replicas at once is created once; every other create is refused naming it', async () => {
     const w = await makeWorld(a, { join: false });
-    const spec = { interface: 'http', requester_application: w.requesterApp, requester_endpoint: 'website', responder_application: w.responderApp, responder_endpoint: 'website' };
-    const outcomes = await Promise.all(
-      Array.from({ length: 8 }, (_, i) => {
-        const registry = (i % 2 === 0 ? a : b).registry;
-        return registry.call('CreateRelation', spec).then((reply) => reply.relation.id as string, () => registry.fail('CreateRelation', spec));
-      }),
-    );
-    const ids = outcomes.filter((outcome) => typeof outcome === 'string');
-    expect(ids).toHaveLength(1);
-    for (const refused of outcomes.filter((outcome) => typeof outcome !== 'string')) {
-      expect([refused.code, refused.reason, refused.metadata]).toEqual([Code.ALREADY_EXISTS, 'RELATION_EXISTS', { relation_id: ids[0] }]);
-    }
-    const listed = await b.registry.call('ListRelations', { application: w.requesterApp, interface: 'http' });
-    expect(listed.relations.map((relation: { id: string }) => relation.id)).toEqual(ids);
+    await expectOneRelationFromCreatesAtOnce(Array.from({ length: 8 }, (_, i) => (i % 2 === 0 ? a : b).registry), w);
   });
 
   it('Call on one replica reaches a responder watching on another; NO_RESPONDERS counts every replica', async () => {

@@ -2,6 +2,7 @@
 // applications (so tests in one file never share units), a listing of
 // everything the store holds as the API shows it, and small polling helpers.
 import { expect } from 'vitest';
+import { Code } from '../../src/errors.ts';
 import type { Rpc } from './harness.ts';
 
 /** What the fixtures need from a harness or from clients of a child server. */
@@ -89,6 +90,22 @@ export async function makeWorld(c: Clients, options: WorldOptions = {}): Promise
     req: (i = 0) => must(requesterClients[i], `requester ${i}`),
     res: (i = 0) => must(responderClients[i], `responder ${i}`),
   };
+}
+
+/**
+ * Sends one CreateRelation (an http relation between the world's applications) through each registry at once, and
+ * checks that exactly one created it, every other was refused with RELATION_EXISTS naming it, and it is listed once.
+ */
+export async function expectOneRelationFromCreatesAtOnce(registries: Rpc[], w: Pick<World, 'requesterApp' | 'responderApp'>): Promise<void> {
+  const spec = { interface: 'http', requester_application: w.requesterApp, requester_endpoint: 'website', responder_application: w.responderApp, responder_endpoint: 'website' };
+  const outcomes = await Promise.all(registries.map((registry) => registry.call('CreateRelation', spec).then((reply) => reply.relation.id as string, () => registry.fail('CreateRelation', spec))));
+  const ids = outcomes.filter((outcome) => typeof outcome === 'string');
+  expect(ids).toHaveLength(1);
+  for (const refused of outcomes.filter((outcome) => typeof outcome !== 'string')) {
+    expect([refused.code, refused.reason, refused.metadata]).toEqual([Code.ALREADY_EXISTS, 'RELATION_EXISTS', { relation_id: ids[0] }]);
+  }
+  const listed = await (registries.at(-1) as Rpc).call('ListRelations', { application: w.requesterApp, interface: 'http' });
+  expect(listed.relations.map((relation: { id: string }) => relation.id)).toEqual(ids);
 }
 
 export function must<T>(value: T | undefined, what: string): T {
